@@ -1,0 +1,89 @@
+"""Preflight checks: is this oracle one that functionally-equivalent extraction can use?
+
+§6.1 assumes the adversary sees the raw logits as 64-bit floats, of a network that is piecewise
+linear (ReLU). Each violated assumption would otherwise turn into a silently wrong model, so each
+is refused here with a message saying what was seen and what to do. Costs about 40 queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle, OutputKind
+
+__all__ = ["OracleMismatchError", "check_logit_oracle"]
+
+
+class OracleMismatchError(ValueError):
+    """The oracle does not expose what functionally-equivalent extraction needs."""
+
+
+def check_logit_oracle(
+    oracle: Oracle, d: int, centre: NDArray[np.float64], width: float, rng: np.random.Generator
+) -> int:
+    """Check ``oracle`` and return ``K``, its number of outputs; raise if it is unusable."""
+    kind = oracle.output_kind
+    if kind not in (OutputKind.LOGITS, OutputKind.UNKNOWN):
+        raise OracleMismatchError(
+            f"this oracle returns {kind.value}; functionally-equivalent extraction needs raw "
+            "float64 logits (§6.1). Use a learning-based attack, or an API that returns logits."
+        )
+    x = centre + rng.uniform(-0.5, 0.5, (8, d)) * width
+    raw = np.asarray(oracle(x))
+    if raw.dtype.kind in "iub" or (raw.dtype.kind == "f" and np.all(raw == np.round(raw))
+                                   and raw.shape[1] == 1):
+        raise OracleMismatchError(
+            "the oracle returns class labels, not logits: functionally-equivalent extraction "
+            "needs the raw float64 logits (§6.1). Use a learning-based attack on a label oracle."
+        )
+    if raw.dtype != np.float64:
+        raise OracleMismatchError(
+            f"the oracle returns {raw.dtype} outputs; functionally-equivalent extraction needs "
+            "float64 logits (§6.1: the attack measures differences far below float32 precision). "
+            "Run the victim in float64 (e.g. model.double()) and return float64 arrays."
+        )
+    y = raw.astype(np.float64)
+    k = y.shape[1]
+    if np.all(y.astype(np.float32).astype(np.float64) == y):
+        raise OracleMismatchError(
+            "the oracle's outputs are exactly float32 values converted to float64: the victim "
+            "computes in float32. Run it in float64 (e.g. model.double()) so the logits carry "
+            "53 bits."
+        )
+    if k > 1 and np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, rtol=0, atol=1e-9):
+        raise OracleMismatchError(
+            "the oracle returns probabilities (each row sums to 1); functionally-equivalent "
+            "extraction needs logits. If the probabilities are exact float64, pass "
+            "np.log(probabilities) differences instead (logits up to a constant per input)."
+        )
+    # Rounded outputs: a tiny move must change them, and their low mantissa bits must be used.
+    step = rng.standard_normal(d)
+    step *= 1e-7 * width / np.linalg.norm(step)
+    y2 = np.asarray(oracle(x + step), dtype=np.float64)
+    mantissa, _ = np.frexp(np.abs(y[y != 0]))
+    low_bits_used = mantissa.size == 0 or np.any(
+        (mantissa * 2.0**53).astype(np.int64) % (1 << 16) != 0
+    )
+    if np.all(y2 == y) or not low_bits_used:
+        raise OracleMismatchError(
+            "the oracle's outputs look rounded (a small move of the input leaves them unchanged, "
+            "or their low-order bits are all zero). Functionally-equivalent extraction needs "
+            "full-precision float64 logits; a rounding defence defeats it, by design."
+        )
+    # Piecewise linearity: second differences along short segments vanish except at a kink.
+    base = centre + rng.uniform(-0.25, 0.25, (8, d)) * width
+    u = rng.standard_normal((8, d))
+    u *= 1e-3 * width / np.linalg.norm(u, axis=1, keepdims=True)
+    z = np.asarray(oracle(np.concatenate([base - u, base, base + u])), dtype=np.float64)
+    lo, mid, hi = z[:8], z[8:16], z[16:]
+    curvature = np.max(np.abs(lo - 2 * mid + hi), axis=1)
+    slope = np.max(np.abs(hi - lo), axis=1)
+    curved = int(np.sum(curvature > 1e-6 * slope + 1e-12 * np.max(np.abs(mid))))
+    if curved >= 4:
+        raise OracleMismatchError(
+            f"the victim is not piecewise linear: {curved} of 8 short segments are curved. "
+            "Functionally-equivalent extraction applies to ReLU networks (§6.1); a tanh, sigmoid "
+            "or softmax output cannot be extracted this way."
+        )
+    return k

@@ -1,0 +1,448 @@
+"""Functionally-equivalent extraction of one-hidden-layer ReLU networks (Jagielski et al. 2020, §6).
+
+The four phases of §6.2 — critical-point search, weight recovery, global sign recovery, last
+layer — in two modes:
+
+``"default"``
+    Critical points from batched 2-linearity tests along random lines; each unit's signed row from
+    a rank-one fit of the difference of the Jacobians of the two regions beside its critical point
+    (regions shared by neighbouring critical points are measured once); steps sized from the gap
+    to the neighbouring critical points, with probes that crossed another hyperplane detected by
+    the fit and measured again; units already known are recognised on later lines without a
+    query; signs from the Jacobians already measured; last layer by least squares on answered
+    queries. The number of hidden units is found, not given.
+``"paper"``
+    The reference: Algorithm 1 interval by interval over ``t ∈ [-h², h²]``, absolute values
+    from second differences along each ``e_j`` (§6.4.1), entry signs from ``e_ref + e_j``
+    (§6.4.2), global signs through the null space of the recovered rows (§6.5), last layer by
+    least squares (§6.6).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.network import ReLUNetwork
+from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
+
+from .checks import check_logit_oracle
+from .jacobian import jacobian_columns, jacobians
+from .result import ExtractionError, ExtractionResult, PhaseCost
+from .rows import fit_row
+from .search import Kink, Line, search_line, search_line_paper
+from .signs import fit_last_layer, signs_from_jacobians, signs_from_nullspace
+
+Array = NDArray[np.float64]
+ProgressFn = Callable[[str, int, int, int | None], None]
+
+__all__ = ["FunctionalExtraction", "extract_functional"]
+
+
+@dataclass
+class _Units:
+    """Units recovered so far (unit-norm rows ``r``, biases ``β``, output vectors ``g``)."""
+
+    rows: list[Array] = field(default_factory=list)
+    biases: list[float] = field(default_factory=list)
+    outs: list[Array] = field(default_factory=list)
+    points: list[Array] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: Array, bias: float, out: Array, point: Array, error: float) -> None:
+        self.rows.append(row)
+        self.biases.append(bias)
+        self.outs.append(out)
+        self.points.append(point)
+        self.errors.append(error)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionalExtraction:
+    """Functionally-equivalent extraction (§6), configured once and run on an oracle.
+
+    Parameters
+    ----------
+    mode:
+        ``"default"`` (this project's improved attack) or ``"paper"`` (the reference).
+    hidden:
+        Number of hidden units, if known; it is then only a check (default mode) or the stopping
+        rule (paper mode, which needs it for its ``[-h², h²]`` range and stops at ``h`` units).
+    input_bounds:
+        The box the victim's inputs live in (MNIST: ``(0, 1)``); lines are drawn through it.
+        Queries may leave the box: the logit oracle of §6.1 accepts any float64 input.
+    seed:
+        Seed of the random lines.
+    max_lines:
+        Hard bound on the number of lines searched (the attack never loops forever).
+    patience:
+        Default mode: stop after this many consecutive lines that reveal no new unit.
+    step_fraction:
+        Default mode: finite-difference step as a fraction of the distance to the neighbouring
+        critical points on the line.
+    """
+
+    mode: Literal["default", "paper"] = "default"
+    hidden: int | None = None
+    input_bounds: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    max_lines: int = 64
+    patience: int = 4
+    step_fraction: float = 0.25
+    check_oracle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("default", "paper"):
+            raise ValueError(f"mode must be 'default' or 'paper', got {self.mode!r}")
+        if self.hidden is not None and self.hidden < 1:
+            raise ValueError(f"hidden must be a positive number of units, got {self.hidden}")
+        lo, hi = self.input_bounds
+        if not hi > lo:
+            raise ValueError(f"input_bounds must be (low, high) with low < high, got {lo, hi}")
+        if self.mode == "paper" and self.hidden is None:
+            raise ValueError("paper mode needs hidden=h (it searches t in [-h², h²] as §6.3 does)")
+        if self.max_lines < 1 or self.patience < 1 or not 0 < self.step_fraction <= 1:
+            raise ValueError("max_lines, patience >= 1 and 0 < step_fraction <= 1 are required")
+
+    # ------------------------------------------------------------------ run
+    def run(
+        self, oracle: Any, *, input_dim: int | None = None, progress: ProgressFn | None = None
+    ) -> ExtractionResult:
+        """Extract the victim behind ``oracle``.
+
+        ``oracle`` is an :class:`~model_extraction.oracle.Oracle`, a network, or any callable
+        mapping an ``(n, d)`` float64 array to ``(n, K)`` float64 logits. ``input_dim`` is
+        required when the oracle does not know ``d``. ``progress(phase, queries, units, h)`` is
+        called as the attack goes.
+        """
+        oracle = as_oracle(oracle, input_dim=input_dim)
+        d = input_dim if input_dim is not None else oracle.input_dim
+        if d is None:
+            raise ValueError("input_dim is required: the oracle does not say how many inputs it has")
+        if oracle.input_dim is None:
+            oracle.input_dim = d
+        run = _Run(self, oracle, d, progress)
+        try:
+            return run.execute()
+        except BudgetExhaustedError as err:
+            raise BudgetExhaustedError(
+                err.budget, err.used, err.requested, progress=run.where()
+            ) from None
+
+
+def extract_functional(
+    oracle: Any,
+    *,
+    input_dim: int | None = None,
+    hidden: int | None = None,
+    mode: Literal["default", "paper"] = "default",
+    input_bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> ExtractionResult:
+    """Functionally-equivalent extraction (§6) as one function call.
+
+    See :class:`FunctionalExtraction` for the parameters.
+    """
+    attack = FunctionalExtraction(
+        mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options
+    )
+    return attack.run(oracle, input_dim=input_dim, progress=progress)
+
+
+class _Run:
+    """State of one extraction (phases, costs, the units found)."""
+
+    def __init__(self, cfg: FunctionalExtraction, oracle: Oracle, d: int,
+                 progress: ProgressFn | None) -> None:
+        self.cfg, self.oracle, self.d = cfg, oracle, d
+        self.rng = np.random.default_rng(cfg.seed)
+        self.progress = progress
+        self.phases: dict[str, PhaseCost] = {}
+        self.phase = "start"
+        self.units = _Units()
+        self.lines = 0
+        self.notes: list[str] = []
+        lo, hi = cfg.input_bounds
+        self.centre = np.full(d, 0.5 * (lo + hi))
+        self.width = hi - lo
+        # Every answered query that the last layer may reuse (§6.6).
+        self.seen_x: list[Array] = []
+        self.seen_y: list[Array] = []
+        self.jac_points: list[Array] = []
+        self.jacs: list[Array] = []
+        self.k: int | None = None
+
+    # ---------------------------------------------------------------- helpers
+    def where(self) -> str:
+        return (
+            f"The attack was in phase '{self.phase}' after {self.lines} lines, with "
+            f"{len(self.units)} hidden units recovered."
+        )
+
+    def _tick(self) -> None:
+        if self.progress is not None:
+            self.progress(self.phase, self.oracle.queries, len(self.units), self.cfg.hidden)
+
+    def _enter(self, phase: str) -> tuple[str, int, float]:
+        self.phase = phase
+        self._tick()
+        return phase, self.oracle.queries, time.perf_counter()
+
+    def _leave(self, mark: tuple[str, int, float]) -> None:
+        phase, q0, t0 = mark
+        cost = self.phases.setdefault(phase, PhaseCost())
+        cost.queries += self.oracle.queries - q0
+        cost.seconds += time.perf_counter() - t0
+        self._tick()
+
+    def _random_line(self, length: float) -> Line:
+        origin = self.centre + self.rng.uniform(-0.25, 0.25, self.d) * self.width
+        direction = self.rng.standard_normal(self.d)
+        direction *= length / np.linalg.norm(direction)
+        return Line(origin, direction)
+
+    # ------------------------------------------------------------------ main
+    def execute(self) -> ExtractionResult:
+        mark = self._enter("check")
+        if self.cfg.check_oracle:
+            self.k = check_logit_oracle(self.oracle, self.d, self.centre, self.width, self.rng)
+        self._leave(mark)
+        if self.cfg.mode == "paper":
+            self._paper_rows()
+        else:
+            self._default_rows()
+        if not len(self.units):
+            raise ExtractionError(
+                "no hidden unit was found: the victim looks affine along every line searched "
+                "(a network with no active ReLU cannot be told from a linear model)"
+            )
+        if self.cfg.hidden is not None and len(self.units) != self.cfg.hidden:
+            raise ExtractionError(
+                f"found {len(self.units)} distinct hidden units, but hidden={self.cfg.hidden} was "
+                f"given, after {self.lines} lines (the bound is max_lines={self.cfg.max_lines}). "
+                "Check h, or raise max_lines; units whose outgoing weights are all zero are "
+                "invisible to any query and cannot be found."
+            )
+        rows = np.array(self.units.rows)
+        biases = np.array(self.units.biases)
+        outs = np.array(self.units.outs)
+        if np.linalg.matrix_rank(rows) < len(rows):
+            raise ExtractionError(
+                "the recovered rows are linearly dependent; §6.1 assumes h < d independent "
+                "rows and sign recovery needs it"
+            )
+
+        mark = self._enter("signs")
+        if self.cfg.mode == "paper":
+            points = np.array(self.units.points)
+            values = np.asarray(self.oracle(points), dtype=np.float64)
+            self._remember(points, values)
+            signs = signs_from_nullspace(self.oracle, rows, points, values, 1e-3 * self.width)
+        else:
+            signs, confidence = signs_from_jacobians(
+                rows, biases, outs, np.array(self.jac_points), np.array(self.jacs)
+            )
+            weak = int(np.sum(confidence < 0.5))
+            if weak:
+                self.notes.append(f"{weak} unit signs were decided with low confidence")
+        self._leave(mark)
+
+        mark = self._enter("last layer")
+        w0 = rows * signs[:, None]
+        b0 = biases * signs
+        x = np.concatenate(self.seen_x)
+        y = np.concatenate(self.seen_y)
+        if len(x) > 20 * (len(rows) + 1) + 2000:
+            pick = self.rng.choice(len(x), 20 * (len(rows) + 1) + 2000, replace=False)
+            x, y = x[pick], y[pick]
+        w1, b1, resid = fit_last_layer(w0, b0, x, y)
+        if resid > 1e-6:
+            self.notes.append(
+                f"the last-layer least squares leaves a relative residual of {resid:.1e} on "
+                "answered queries: the extracted model does not reproduce them exactly"
+            )
+        self._leave(mark)
+
+        errors = np.maximum(np.array(self.units.errors), 2.0**-60)
+        network = ReLUNetwork(
+            w0, b0, w1, b1,
+            {"kind": "extracted", "mode": self.cfg.mode, "queries": self.oracle.queries},
+        )
+        return ExtractionResult(
+            network=network,
+            mode=self.cfg.mode,
+            queries=sum(p.queries for p in self.phases.values()),
+            phases=self.phases,
+            lines=self.lines,
+            estimated_bits=-np.log2(errors),
+            notes=self.notes,
+        )
+
+    def _remember(self, x: Array, y: Array) -> None:
+        self.seen_x.append(np.asarray(x, dtype=np.float64))
+        self.seen_y.append(np.asarray(y, dtype=np.float64))
+
+    # ----------------------------------------------------------- default mode
+    def _default_rows(self) -> None:
+        cfg = self.cfg
+        length = 2.0 * np.sqrt(self.d) * self.width
+        idle = 0
+        while self.lines < cfg.max_lines and idle < cfg.patience:
+            if cfg.hidden is not None and len(self.units) >= cfg.hidden:
+                break
+            line = self._random_line(length)
+            self.lines += 1
+            mark = self._enter("critical points")
+            kinks, stats = search_line(self.oracle, line, grid=max(64, 2 * len(self.units)))
+            self._leave(mark)
+            new = self._unknown(kinks, line)
+            if not new:
+                idle += 1
+                length *= 2.0  # units not seen yet have their hyperplanes further out
+                continue
+            idle = 0
+            mark = self._enter("weights")
+            self._recover_on_line(line, kinks, new, (-1.0, 1.0))
+            self._leave(mark)
+
+    def _unknown(self, kinks: list[Kink], line: Line) -> list[int]:
+        """Indices of ``kinks`` that belong to no unit found so far (predicted, no query)."""
+        if not len(self.units):
+            return list(range(len(kinks)))
+        rows = np.array(self.units.rows)
+        outs = np.array(self.units.outs)
+        speed = rows @ line.direction  # dy/dt of each known unit
+        t_pred = -(rows @ line.origin + np.array(self.units.biases)) / speed
+        dm_pred = outs * np.abs(speed)[:, None]  # slope change each unit makes on this line
+        new = []
+        for i, kink in enumerate(kinks):
+            dt = np.abs(t_pred - kink.t)
+            j = int(np.argmin(dt))
+            close = dt[j] <= 1e-6 * (1 + abs(kink.t))
+            same = np.linalg.norm(dm_pred[j] - kink.slope_change) <= 1e-4 * np.linalg.norm(
+                kink.slope_change
+            )
+            if not (close and same):
+                new.append(i)
+        return new
+
+    def _recover_on_line(
+        self, line: Line, kinks: list[Kink], new: list[int], t_range: tuple[float, float]
+    ) -> None:
+        """Rows of the new units on ``line`` from the Jacobians of the regions beside them."""
+        ts = np.array([k.t for k in kinks])
+        speed = float(np.linalg.norm(line.direction))
+        # Region s lies between kink s-1 and kink s (region 0 before the first kink).
+        # The outer regions end where the search ended: kinks beyond it are unknown.
+        edges = np.concatenate([[t_range[0]], ts, [t_range[1]]])
+        needed = sorted({s for i in new for s in (i, i + 1)})
+        centres = np.array([0.5 * (edges[s] + edges[s + 1]) for s in needed])
+        half = np.array([0.5 * (edges[s + 1] - edges[s]) for s in needed]) * speed
+        steps = np.minimum(self.cfg.step_fraction * half, 0.5 * self.width)
+        points = line.at(centres)
+        values, jacs = self._jacobians(points, steps)
+        region = {s: n for n, s in enumerate(needed)}
+        self._remember(points, values)
+
+        # A probe that crosses another hyperplane breaks the rank-one structure of the
+        # difference and is flagged by the fit; a probe that crosses the unit's *own* hyperplane
+        # only shrinks one entry, so steps are also kept under half the distance to it.
+        col_steps = np.repeat(steps[:, None], self.d, axis=1)
+        fits = {}
+        for _round in range(6):
+            redo: dict[tuple[int, int], float] = {}
+            for i in new:
+                before, after = region[i], region[i + 1]
+                fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
+                fits[i] = fit
+                crossing = fit.suspicious_columns()
+                for s_ in (before, after):
+                    reach = abs(float(fit.row @ line.direction)) * abs(centres[s_] - kinks[i].t)
+                    with np.errstate(divide="ignore"):
+                        safe = 0.5 * reach / np.abs(fit.row)
+                    for j in np.union1d(crossing, np.flatnonzero(col_steps[s_] > safe)):
+                        new_step = min(col_steps[s_, j] / 8.0, 0.5 * safe[j])
+                        redo[(s_, int(j))] = min(redo.get((s_, int(j)), np.inf), new_step)
+            if not redo:
+                break
+            pairs = np.array(list(redo.keys()), dtype=np.int64)
+            probe_steps = np.array(list(redo.values()))
+            col_steps[pairs[:, 0], pairs[:, 1]] = probe_steps
+            cols = jacobian_columns(self.oracle, points, values, pairs, probe_steps)
+            jacs[pairs[:, 0], :, pairs[:, 1]] = cols
+        else:
+            self.notes.append("some Jacobian columns stayed inconsistent after 6 re-measurements")
+
+        self.jac_points.extend(points)
+        self.jacs.extend(jacs)
+        for i in new:
+            fit = fits[i]
+            before, after = region[i], region[i + 1]
+            # Refine the crossing from the two regions' exact affine pieces along the line.
+            ya, yb = values[before], values[after]
+            ma, mb = jacs[before] @ line.direction, jacs[after] @ line.direction
+            ta, tb = centres[before], centres[after]
+            dm = ma - mb
+            t = ta + float((yb - ya - mb * (tb - ta)) @ dm) / float(dm @ dm)
+            if not edges[i] < t < edges[i + 2]:
+                t = kinks[i].t
+            point = line.at(np.array([t]))[0]
+            bias = -float(fit.row @ point)
+            if fit.error_estimate > 1e-6:
+                self.notes.append(f"a critical point at t={t:.6g} was not a single ReLU; skipped")
+                continue
+            self.units.add(fit.row, bias, fit.out, point, fit.error_estimate)
+
+    def _jacobians(self, points: Array, steps: Array) -> tuple[Array, Array]:
+        chunk = max(1, 16_384 // (self.d + 1))
+        vals, jacs = [], []
+        for s in range(0, len(points), chunk):
+            v, j = jacobians(self.oracle, points[s : s + chunk], steps[s : s + chunk])
+            vals.append(v)
+            jacs.append(j)
+        return np.concatenate(vals), np.concatenate(jacs)
+
+    # ------------------------------------------------------------- paper mode
+    def _paper_rows(self) -> None:
+        from .paper import recover_row_second_differences
+
+        h = int(self.cfg.hidden or 0)
+        while self.lines < self.cfg.max_lines and len(self.units) < h:
+            origin = self.centre + self.rng.uniform(-0.25, 0.25, self.d) * self.width
+            v = self.rng.standard_normal(self.d)
+            line = Line(origin, v / np.linalg.norm(v) * self.width)
+            self.lines += 1
+            mark = self._enter("critical points")
+            kinks, _ = search_line_paper(self.oracle, line, (-float(h) ** 2, float(h) ** 2))
+            self._leave(mark)
+            mark = self._enter("weights")
+            for kink in kinks:
+                point = line.at(np.array([kink.t]))[0]
+                row, out, err, xs, ys = recover_row_second_differences(
+                    self.oracle, point, self.width
+                )
+                self._remember(xs, ys)
+                bias = -float(row @ point)
+                if self._duplicate(row, bias):
+                    continue
+                self.units.add(row, bias, out, point, err)
+                if len(self.units) >= h:
+                    break
+            self._leave(mark)
+
+    def _duplicate(self, row: Array, bias: float) -> bool:
+        for r, b in zip(self.units.rows, self.units.biases, strict=True):
+            c = float(r @ row)
+            if abs(abs(c) - 1) < 1e-6 and abs(np.sign(c) * b - bias) < 1e-4 * (1 + abs(bias)):
+                return True
+        return False

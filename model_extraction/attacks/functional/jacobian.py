@@ -1,0 +1,54 @@
+"""Finite-difference Jacobians of the logit oracle, batched (§6.4).
+
+Inside one linear region the victim is affine, so a forward difference is exact up to rounding:
+``J e_j = (O_L(x + δ e_j) - O_L(x)) / δ``. The error is the oracle's rounding noise divided by
+``δ``, so steps are as large as the region allows. Every probe is a counted oracle query.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle
+
+Array = NDArray[np.float64]
+
+__all__ = ["jacobians", "jacobian_columns"]
+
+_MAX_ROWS = 16_384  # rows per oracle call
+
+
+def _call(oracle: Oracle, x: Array) -> Array:
+    outs = [oracle(x[i : i + _MAX_ROWS]) for i in range(0, len(x), _MAX_ROWS)]
+    return np.concatenate(outs, axis=0).astype(np.float64, copy=False)
+
+
+def jacobian_columns(
+    oracle: Oracle, points: Array, values: Array, columns: NDArray[np.int64], steps: Array
+) -> Array:
+    """Columns ``J[:, j]`` at ``points[p]`` for pairs ``(p, j)`` given as parallel arrays.
+
+    ``points`` is ``(m, d)`` with known outputs ``values`` ``(m, K)``; ``columns`` ``(q, 2)`` holds
+    ``(point index, input coordinate)`` pairs and ``steps`` ``(q,)`` the step of each probe.
+    Returns ``(q, K)`` slopes. The true displacement after float64 rounding is used.
+    """
+    p, j = columns[:, 0], columns[:, 1]
+    x = points[p].copy()
+    base = x[np.arange(len(p)), j].copy()
+    x[np.arange(len(p)), j] = base + steps
+    actual = x[np.arange(len(p)), j] - base
+    out = _call(oracle, x)
+    return (out - values[p]) / actual[:, None]
+
+
+def jacobians(oracle: Oracle, points: Array, steps: Array) -> tuple[Array, Array]:
+    """Full Jacobians at each of ``points`` (``(m, d)``), with one step per point (``(m,)``).
+
+    Costs ``m (d + 1)`` queries. Returns ``(values (m, K), jacobians (m, K, d))``.
+    """
+    m, d = points.shape
+    values = _call(oracle, points)
+    cols = np.stack(np.meshgrid(np.arange(m), np.arange(d), indexing="ij"), -1).reshape(-1, 2)
+    slopes = jacobian_columns(oracle, points, values, cols, np.repeat(steps, d))
+    return values, slopes.reshape(m, d, -1).transpose(0, 2, 1)

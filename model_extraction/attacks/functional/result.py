@@ -1,0 +1,64 @@
+"""What a functionally-equivalent extraction returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model_extraction.network import ReLUNetwork
+
+__all__ = ["ExtractionError", "ExtractionResult", "PhaseCost"]
+
+
+class ExtractionError(RuntimeError):
+    """The attack could not produce a trustworthy model; the message says why and what to do."""
+
+
+@dataclass
+class PhaseCost:
+    """Queries and wall time spent in one phase of the attack."""
+
+    queries: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ExtractionResult:
+    """The extracted network and the cost of getting it.
+
+    ``estimated_bits`` is the attack's own estimate of the precision of each recovered row
+    (from the residual of the rank-one fits; no access to the victim's weights), so it can be
+    reported against a real API where the true weights are unknown.
+    """
+
+    network: ReLUNetwork
+    mode: str
+    queries: int
+    phases: dict[str, PhaseCost]
+    lines: int
+    estimated_bits: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Total wall time of the attack."""
+        return sum(p.seconds for p in self.phases.values())
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable summary."""
+        bits = self.estimated_bits
+        return {
+            "mode": self.mode,
+            "hidden": self.network.hidden,
+            "queries": self.queries,
+            "log2_queries": float(np.log2(max(self.queries, 1))),
+            "lines": self.lines,
+            "seconds": self.seconds,
+            "phases": {k: {"queries": v.queries, "seconds": v.seconds}
+                       for k, v in self.phases.items()},
+            "estimated_bits_mean": float(np.mean(bits)) if bits.size else None,
+            "estimated_bits_min": float(np.min(bits)) if bits.size else None,
+            "notes": list(self.notes),
+        }

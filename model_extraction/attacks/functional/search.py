@@ -1,0 +1,272 @@
+"""Critical-point search along lines (Jagielski et al. 2020, §6.3 and Algorithm 1).
+
+Along a line ``x(t) = origin + t · direction`` the victim's logits are a piecewise-linear function
+of ``t``; its kinks are the points where one hidden ReLU changes sign. Algorithm 1 (the
+*2-linearity test*) locates the only kink of an interval from the two end slopes, or rejects the
+interval when the value at the candidate does not match; rejected intervals are split in two.
+
+Two drivers share that test:
+
+* :func:`search_line_paper` follows the paper: one interval at a time, depth-first.
+* :func:`search_line` tests all pending intervals of a line in one oracle batch per round
+  (a grid first, then batched splits). Same test, far fewer oracle calls.
+
+Both are bounded: an interval is split at most ``max_depth`` times and a line never costs more than
+``max_queries``; what could not be resolved within those bounds is counted, never retried forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle
+
+Array = NDArray[np.float64]
+
+__all__ = ["Kink", "Line", "LineSearchStats", "search_line", "search_line_paper"]
+
+
+@dataclass(frozen=True)
+class Line:
+    """The line ``origin + t · direction`` of §6.3 (the paper's ``u + t v``)."""
+
+    origin: Array
+    direction: Array
+
+    def at(self, t: Array) -> Array:
+        """Points of the line at parameters ``t`` (shape ``(n,)``) as an ``(n, d)`` array."""
+        t = np.asarray(t, dtype=np.float64)
+        return self.origin[None, :] + t[:, None] * self.direction[None, :]
+
+
+@dataclass(frozen=True)
+class Kink:
+    """A critical point found on a line: where it is, and how the slope ``dO_L/dt`` changes."""
+
+    t: float
+    slope_change: Array  # (K,): slope after the kink minus slope before it
+
+
+@dataclass
+class LineSearchStats:
+    """What a line search cost and what it had to leave unresolved."""
+
+    queries: int = 0
+    rounds: int = 0
+    rejected: int = 0  # candidates Algorithm 1 rejected (interval split)
+    unresolved: int = 0  # intervals still holding kinks when the depth bound was reached
+    kinks: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _tolerance(*values: Array) -> float:
+    scale = max(float(np.max(np.abs(v))) if v.size else 0.0 for v in values)
+    return 1e-9 * scale + 1e-300
+
+
+def _two_linearity(
+    a: Array, b: Array, y1: Array, m1: Array, y2: Array, m2: Array
+) -> tuple[Array, Array, Array]:
+    """Vectorised lines 4–5 of Algorithm 1 for a batch of intervals.
+
+    Returns the candidate ``t``, the value the two-segment model predicts there, and a mask of
+    intervals whose end slopes and values agree with a single affine piece (no kink at all).
+    With ``K`` outputs the intersection is the least-squares ``t`` over the outputs.
+    """
+    dm = m1 - m2  # (n, K)
+    rhs = y2 - y1 - m2 * (b - a)[:, None]
+    denom = np.einsum("nk,nk->n", dm, dm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = a + np.einsum("nk,nk->n", rhs, dm) / denom
+    yhat = y1 + m1 * (t - a)[:, None]
+    affine = np.empty(len(a), dtype=bool)
+    for i in range(len(a)):
+        tol = _tolerance(y1[i], y2[i], m1[i] * (b[i] - a[i]))
+        affine[i] = (
+            np.max(np.abs(y1[i] + m1[i] * (b[i] - a[i]) - y2[i])) <= tol
+            and np.max(np.abs(dm[i])) * (b[i] - a[i]) <= tol
+        )
+    return t, yhat, affine
+
+
+class _Prober:
+    """Evaluates ``O_L`` at ``t``, ``t - eps`` and ``t + eps`` on a line, counting queries."""
+
+    def __init__(self, oracle: Oracle, line: Line, stats: LineSearchStats, max_queries: int):
+        self.oracle, self.line, self.stats, self.max_queries = oracle, line, stats, max_queries
+
+    def values(self, t: Array) -> Array:
+        if self.stats.queries + len(t) > self.max_queries:
+            raise _LineBudget
+        self.stats.queries += len(t)
+        return np.asarray(self.oracle(self.line.at(t)), dtype=np.float64)
+
+    def triples(self, t: Array, eps: Array) -> tuple[Array, Array, Array]:
+        """Value at ``t``, slope just left of ``t`` and slope just right of ``t``."""
+        n = len(t)
+        out = self.values(np.concatenate([t - eps, t, t + eps]))
+        lo, mid, hi = out[:n], out[n : 2 * n], out[2 * n :]
+        return mid, (mid - lo) / eps[:, None], (hi - mid) / eps[:, None]
+
+
+class _LineBudget(Exception):
+    pass
+
+
+def search_line(
+    oracle: Oracle,
+    line: Line,
+    t_range: tuple[float, float] = (-1.0, 1.0),
+    *,
+    grid: int = 256,
+    max_depth: int = 40,
+    max_queries: int = 200_000,
+    rel_eps: float = 1e-3,
+    verify_step: float = 1e-2,
+) -> tuple[list[Kink], LineSearchStats]:
+    """Find the critical points on ``line`` within ``t_range``, testing intervals in batches.
+
+    Parameters
+    ----------
+    oracle:
+        A float64 logit oracle.
+    line, t_range:
+        The line and the parameter interval to sweep.
+    grid:
+        Number of initial intervals (one batch of ``3 (grid + 1)`` queries).
+    max_depth:
+        How many times an interval may be halved before it is given up (counted as unresolved).
+    max_queries:
+        Hard cap on the queries this line may spend.
+    rel_eps:
+        Finite-difference step for the end slopes, relative to the interval length.
+    verify_step:
+        Offset of the two verification queries from the candidate, relative to the interval.
+        It must exceed ``rel_eps``: a kink inside a slope probe makes the two pieces meet at the
+        end of that probe, and only an offset larger than the probe exposes it.
+    """
+    if not verify_step > rel_eps:
+        raise ValueError("verify_step must be larger than rel_eps")
+    stats = LineSearchStats()
+    probe = _Prober(oracle, line, stats, max_queries)
+    lo, hi = float(t_range[0]), float(t_range[1])
+    if not hi > lo:
+        raise ValueError(f"t_range must be increasing, got {t_range}")
+    ts = np.linspace(lo, hi, grid + 1)
+    kinks: list[Kink] = []
+    try:
+        eps = np.full(len(ts), (hi - lo) / grid * rel_eps)
+        y, ml, mr = probe.triples(ts, eps)
+        # pending intervals: arrays of a, b and the end data
+        a, b = ts[:-1], ts[1:]
+        y1, m1, y2, m2 = y[:-1], mr[:-1], y[1:], ml[1:]
+        depth = 0
+        while len(a):
+            stats.rounds += 1
+            t, yhat, affine = _two_linearity(a, b, y1, m1, y2, m2)
+            keep = ~affine
+            a, b, y1, m1, y2, m2, t, yhat = (v[keep] for v in (a, b, y1, m1, y2, m2, t, yhat))
+            if not len(a):
+                break
+            # Verify the candidate (the paper's check), and also a point left of it against the
+            # left piece and one right of it against the right piece: the paper's check alone
+            # also passes when two kinks make the pieces meet on an outer segment.
+            step = (b - a) * verify_step
+            inside = np.isfinite(t) & (t - step > a) & (t + step < b)
+            ok = np.zeros(len(a), dtype=bool)
+            if inside.any():
+                idx = np.flatnonzero(inside)
+                ti, si = t[idx], step[idx]
+                n = len(idx)
+                vals = probe.values(np.concatenate([ti - si, ti, ti + si]))
+                left, centre, right = vals[:n], vals[n : 2 * n], vals[2 * n :]
+                pred_left = y1[idx] + m1[idx] * (ti - si - a[idx])[:, None]
+                pred_right = y2[idx] + m2[idx] * (ti + si - b[idx])[:, None]
+                tol = np.array([_tolerance(y1[i], y2[i]) for i in idx]) * 0.1
+                match = (
+                    (np.max(np.abs(left - pred_left), axis=1) <= tol)
+                    & (np.max(np.abs(centre - yhat[idx]), axis=1) <= tol)
+                    & (np.max(np.abs(right - pred_right), axis=1) <= tol)
+                )
+                ok[idx[match]] = True
+            for i in np.flatnonzero(ok):
+                kinks.append(Kink(float(t[i]), m2[i] - m1[i]))
+            split = ~ok
+            stats.rejected += int(split.sum())
+            depth += 1
+            if depth > max_depth:
+                stats.unresolved += int(split.sum())
+                break
+            a, b, y1, m1, y2, m2 = (v[split] for v in (a, b, y1, m1, y2, m2))
+            if not len(a):
+                break
+            mid = 0.5 * (a + b)
+            ym, mlm, mrm = probe.triples(mid, (b - a) * 0.5 * rel_eps)
+            a = np.concatenate([a, mid])
+            b = np.concatenate([mid, b])
+            y1, m1 = np.concatenate([y1, ym]), np.concatenate([m1, mrm])
+            y2, m2 = np.concatenate([ym, y2]), np.concatenate([mlm, m2])
+    except _LineBudget:
+        stats.notes.append(f"line search stopped at its cap of {max_queries} queries")
+    kinks.sort(key=lambda k: k.t)
+    stats.kinks = len(kinks)
+    return kinks, stats
+
+
+def search_line_paper(
+    oracle: Oracle,
+    line: Line,
+    t_range: tuple[float, float] = (-1.0, 1.0),
+    *,
+    max_depth: int = 40,
+    max_queries: int = 200_000,
+    rel_eps: float = 1e-3,
+) -> tuple[list[Kink], LineSearchStats]:
+    """Algorithm 1 as the paper runs it: test ``[t1, t2]``; on rejection split it and recurse.
+
+    One interval per oracle round (depth-first, with an explicit stack so that the recursion is
+    bounded by ``max_depth`` and the cost by ``max_queries``).
+    """
+    stats = LineSearchStats()
+    probe = _Prober(oracle, line, stats, max_queries)
+    lo, hi = float(t_range[0]), float(t_range[1])
+    kinks: list[Kink] = []
+
+    def end_data(t: float, length: float) -> tuple[Array, Array, Array]:
+        y, ml, mr = probe.triples(np.array([t]), np.array([length * rel_eps]))
+        return y[0], ml[0], mr[0]
+
+    try:
+        ya, _, ma = end_data(lo, hi - lo)
+        yb, mb, _ = end_data(hi, hi - lo)
+        stack = [(lo, hi, ya, ma, yb, mb, 0)]
+        while stack:
+            a, b, y1, m1, y2, m2, depth = stack.pop()
+            stats.rounds += 1
+            t, yhat, affine = _two_linearity(
+                np.array([a]), np.array([b]), y1[None], m1[None], y2[None], m2[None]
+            )
+            if affine[0]:
+                continue
+            tc = float(t[0])
+            if np.isfinite(tc) and a < tc < b:
+                y = probe.values(np.array([tc]))[0]
+                if np.max(np.abs(y - yhat[0])) <= _tolerance(y1, y2) * 0.1:
+                    kinks.append(Kink(tc, m2 - m1))
+                    continue
+            stats.rejected += 1
+            if depth >= max_depth:
+                stats.unresolved += 1
+                continue
+            mid = 0.5 * (a + b)
+            ym, mlm, mrm = end_data(mid, b - a)
+            stack.append((mid, b, ym, mrm, y2, m2, depth + 1))
+            stack.append((a, mid, y1, m1, ym, mlm, depth + 1))
+    except _LineBudget:
+        stats.notes.append(f"line search stopped at its cap of {max_queries} queries")
+    kinks.sort(key=lambda k: k.t)
+    stats.kinks = len(kinks)
+    return kinks, stats

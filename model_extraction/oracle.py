@@ -1,0 +1,249 @@
+"""The oracle: the attacker's only view of a victim, and what each view costs.
+
+An oracle takes a batch of inputs ``(n, d)`` and returns one output row per input. It counts
+every row it evaluates (finite-difference probes included: a probe is a forward pass of the
+victim like any other), refuses a batch that would overrun its query budget *before*
+evaluating it, and says what kind of output it exposes (Jagielski et al. 2020, §3 and Table 1:
+raw logits for functionally-equivalent extraction, probabilities, top-k probabilities or only
+labels for learning-based extraction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "BudgetExhaustedError",
+    "CallableOracle",
+    "ModelOracle",
+    "Oracle",
+    "OracleOutputError",
+    "OutputKind",
+    "as_oracle",
+]
+
+
+class OutputKind(str, Enum):
+    """What the victim's API reveals for each query."""
+
+    LOGITS = "logits"
+    """Raw logits as float64 (the threat model of functionally-equivalent extraction, §6.1)."""
+    PROBABILITIES = "probabilities"
+    """The full softmax probability vector."""
+    TOP_K = "top_k"
+    """Only the k largest probabilities; the others are reported as 0 (the paper's WSL-5)."""
+    LABEL = "label"
+    """Only the predicted class, as a one-column integer array."""
+    UNKNOWN = "unknown"
+    """A user's callable that did not declare what it returns; attacks check it themselves."""
+
+
+class BudgetExhaustedError(RuntimeError):
+    """The oracle's query budget cannot pay for the batch that was asked for.
+
+    Attributes
+    ----------
+    budget, used, requested:
+        The budget, the queries already paid for, and the size of the refused batch.
+    progress:
+        Set by attacks that catch and re-raise it: a sentence saying how far they got.
+    """
+
+    def __init__(self, budget: int, used: int, requested: int, progress: str = "") -> None:
+        self.budget, self.used, self.requested, self.progress = budget, used, requested, progress
+        message = (
+            f"query budget exhausted: {used} of {budget} queries used, a batch of {requested} "
+            f"more was refused (nothing was evaluated)."
+        )
+        if progress:
+            message += f" {progress}"
+        message += " Raise the budget or ask for less (a smaller model, fewer checks)."
+        super().__init__(message)
+
+
+class OracleOutputError(ValueError):
+    """The oracle returned something an attack cannot use (NaN, wrong shape, wrong type)."""
+
+
+ModelFn = Callable[[NDArray[np.float64]], ArrayLike]
+
+
+class Oracle:
+    """Base class: validation, query counting and the budget.
+
+    Subclasses implement :meth:`_evaluate`. Calling the oracle on ``x`` of shape ``(n, d)``
+    returns an ``(n, K)`` array and adds ``n`` to :attr:`queries`.
+
+    Parameters
+    ----------
+    input_dim:
+        ``d``; ``None`` if unknown (then any width is passed through).
+    output_kind:
+        What the outputs are (:class:`OutputKind`).
+    budget:
+        Maximum number of input rows this oracle will ever evaluate; ``None`` for no limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_dim: int | None,
+        output_kind: OutputKind | str,
+        budget: int | None = None,
+    ) -> None:
+        if budget is not None and budget < 0:
+            raise ValueError(f"budget must be a non-negative number of queries, got {budget}")
+        self.input_dim = input_dim
+        self.output_kind = OutputKind(output_kind)
+        self.budget = budget
+        self.queries = 0
+        self.calls = 0
+
+    @property
+    def remaining(self) -> int | None:
+        """Queries left in the budget (``None`` when unlimited)."""
+        return None if self.budget is None else self.budget - self.queries
+
+    def _evaluate(self, x: NDArray[np.float64]) -> ArrayLike:
+        raise NotImplementedError
+
+    def __call__(self, x: ArrayLike) -> NDArray[Any]:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or (self.input_dim is not None and x.shape[1] != self.input_dim):
+            width = "d" if self.input_dim is None else str(self.input_dim)
+            raise ValueError(f"oracle expects a batch of shape (n, {width}); got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("oracle inputs contain NaN or inf")
+        n = x.shape[0]
+        if self.budget is not None and self.queries + n > self.budget:
+            raise BudgetExhaustedError(self.budget, self.queries, n)
+        if n == 0:
+            return np.zeros((0, 0))
+        out = np.asarray(self._evaluate(x))
+        self.queries += n
+        self.calls += 1
+        if out.ndim == 1:
+            out = out[:, None]
+        if out.ndim != 2 or out.shape[0] != n:
+            raise OracleOutputError(
+                f"the victim returned shape {out.shape} for a batch of {n} inputs; "
+                "expected (n, K): one row of outputs per input row"
+            )
+        if out.dtype.kind == "f" and not np.all(np.isfinite(out)):
+            bad = int(np.sum(~np.all(np.isfinite(out), axis=1)))
+            raise OracleOutputError(
+                f"the victim returned NaN or inf for {bad} of {n} inputs; check the model and "
+                "the input range (an overflow in the victim cannot be extracted around)"
+            )
+        return out
+
+
+def _softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ModelOracle(Oracle):
+    """An oracle over a model function that returns logits, with an output policy.
+
+    Parameters
+    ----------
+    model:
+        A :class:`~model_extraction.network.ReLUNetwork` (anything with ``.logits``), or a
+        callable mapping ``(n, d)`` float64 inputs to ``(n, K)`` logits.
+    output:
+        Which view of the logits the attacker gets (:class:`OutputKind`).
+    k:
+        For ``top_k``: how many probabilities are revealed.
+    budget:
+        Query budget (rows), ``None`` for unlimited.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        output: OutputKind | str = OutputKind.LOGITS,
+        k: int = 5,
+        budget: int | None = None,
+        input_dim: int | None = None,
+    ) -> None:
+        self.model = model
+        fn = getattr(model, "logits", model)
+        if not callable(fn):
+            raise TypeError(f"model must be a network or a callable, got {type(model).__name__}")
+        self._fn: ModelFn = fn
+        if input_dim is None:
+            input_dim = getattr(model, "input_dim", None)
+        super().__init__(input_dim=input_dim, output_kind=output, budget=budget)
+        if self.output_kind is OutputKind.UNKNOWN:
+            raise ValueError("a ModelOracle knows its output kind; choose one of logits, "
+                             "probabilities, top_k, label")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k = k
+
+    def _evaluate(self, x: NDArray[np.float64]) -> NDArray[Any]:
+        logits = np.asarray(self._fn(x), dtype=np.float64)
+        if logits.ndim != 2:
+            return logits
+        kind = self.output_kind
+        if kind is OutputKind.LOGITS:
+            return logits
+        if kind is OutputKind.LABEL:
+            return np.argmax(logits, axis=1)[:, None].astype(np.int64)
+        probs = _softmax(logits)
+        if kind is OutputKind.TOP_K and self.k < probs.shape[1]:
+            drop = np.argsort(-probs, axis=1, kind="stable")[:, self.k :]
+            np.put_along_axis(probs, drop, 0.0, axis=1)
+        return probs
+
+
+class CallableOracle(Oracle):
+    """Wrap a user's function ``(n, d) float64 -> (n, K)`` as a counted, budgeted oracle.
+
+    Nothing is assumed about what the function returns (``output_kind`` defaults to
+    ``unknown``); each attack checks the outputs it needs and says so when they do not fit.
+    """
+
+    def __init__(
+        self,
+        fn: ModelFn,
+        *,
+        input_dim: int | None = None,
+        output_kind: OutputKind | str = OutputKind.UNKNOWN,
+        budget: int | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"expected a callable, got {type(fn).__name__}")
+        super().__init__(input_dim=input_dim, output_kind=output_kind, budget=budget)
+        self.fn = fn
+
+    def _evaluate(self, x: NDArray[np.float64]) -> ArrayLike:
+        return self.fn(x)
+
+
+def as_oracle(obj: Any, *, input_dim: int | None = None, budget: int | None = None) -> Oracle:
+    """Coerce ``obj`` to an :class:`Oracle`.
+
+    An ``Oracle`` is returned as is; a network (anything with ``.logits``) becomes a logit
+    :class:`ModelOracle`; any other callable becomes a :class:`CallableOracle`.
+    """
+    if isinstance(obj, Oracle):
+        if budget is not None and obj.budget is None:
+            obj.budget = budget
+        return obj
+    if hasattr(obj, "logits"):
+        return ModelOracle(obj, budget=budget, input_dim=input_dim)
+    if callable(obj):
+        return CallableOracle(obj, input_dim=input_dim, budget=budget)
+    raise TypeError(
+        f"cannot use a {type(obj).__name__} as an oracle: pass an Oracle, a network, or a "
+        "callable mapping an (n, d) float64 array to an (n, K) array"
+    )
