@@ -57,12 +57,23 @@ class _Units:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, row: Array, bias: float, out: Array, point: Array, error: float) -> None:
+    def add(self, row: Array, bias: float, out: Array, point: Array, error: float) -> bool:
+        """Add a unit, or keep the more precise copy if the same hyperplane is already known."""
+        for n, (r, b) in enumerate(zip(self.rows, self.biases, strict=True)):
+            c = float(r @ row)
+            if abs(c) > 1 - 1e-6 and abs(np.sign(c) * b - bias) <= 1e-3 * (1 + abs(bias)):
+                if error < self.errors[n]:
+                    sign = float(np.sign(c))
+                    self.rows[n], self.biases[n] = sign * row, sign * bias
+                    # g = J(y > 0) - J(y < 0) does not change when the row is flipped.
+                    self.outs[n], self.points[n], self.errors[n] = out, point, error
+                return False
         self.rows.append(row)
         self.biases.append(bias)
         self.outs.append(out)
         self.points.append(point)
         self.errors.append(error)
+        return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,17 +443,7 @@ class _Run:
                     self.oracle, point, self.width
                 )
                 self._remember(xs, ys)
-                bias = -float(row @ point)
-                if self._duplicate(row, bias):
-                    continue
-                self.units.add(row, bias, out, point, err)
+                self.units.add(row, -float(row @ point), out, point, err)
                 if len(self.units) >= h:
                     break
             self._leave(mark)
-
-    def _duplicate(self, row: Array, bias: float) -> bool:
-        for r, b in zip(self.units.rows, self.units.biases, strict=True):
-            c = float(r @ row)
-            if abs(abs(c) - 1) < 1e-6 and abs(np.sign(c) * b - bias) < 1e-4 * (1 + abs(bias)):
-                return True
-        return False

@@ -34,7 +34,7 @@ def _second_differences(
 
 
 def recover_row_second_differences(
-    oracle: Oracle, point: Array, width: float, c: float = 1e-4, eps: float = 1e-5
+    oracle: Oracle, point: Array, width: float, c: float = 1e-2, eps: float = 1e-3
 ) -> tuple[Array, Array, float, Array, Array]:
     """Row of the unit critical at ``point``, up to a global sign, in ``8 d`` queries.
 

@@ -1,0 +1,3 @@
+from model_extraction.cli import app
+
+app()
