@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +23,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     default = "default"
     paper = "paper"
 

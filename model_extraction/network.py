@@ -121,7 +121,7 @@ class ReLUNetwork:
 
     # ----------------------------------------------------------------- torch
     def to_torch(self, dtype: Any = None) -> Any:
-        """A ``torch.nn.Sequential(Linear, ReLU, Linear)`` with these weights (float64 by default)."""
+        """A ``Sequential(Linear, ReLU, Linear)`` with these weights (float64 by default)."""
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
@@ -199,7 +199,7 @@ class ReLUNetwork:
             raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
         missing = {"weight0", "bias0", "weight1", "bias1"} - tensors.keys()
         if missing:
-            raise ValueError(f"{path} lacks tensors {sorted(missing)}; was it saved by ReLUNetwork?")
+            raise ValueError(f"{path} lacks tensors {sorted(missing)}; not saved by ReLUNetwork?")
         metadata = json.loads(meta.get("model_extraction", "{}"))
         return cls(
             tensors["weight0"], tensors["bias0"], tensors["weight1"], tensors["bias1"], metadata

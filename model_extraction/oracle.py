@@ -11,7 +11,7 @@ labels for learning-based extraction).
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-class OutputKind(str, Enum):
+class OutputKind(StrEnum):
     """What the victim's API reveals for each query."""
 
     LOGITS = "logits"

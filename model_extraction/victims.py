@@ -38,7 +38,9 @@ def train_victim(
     x = np.asarray(x_train, dtype=np.float32)
     y = np.asarray(y_train, dtype=np.int64)
     if x.ndim != 2 or y.shape != (len(x),):
-        raise ValueError(f"expected x of shape (n, d) and y of shape (n,); got {x.shape}, {y.shape}")
+        raise ValueError(
+            f"expected x of shape (n, d) and y of shape (n,); got {x.shape}, {y.shape}"
+        )
     if hidden < 1 or epochs < 1 or batch_size < 1:
         raise ValueError("hidden, epochs and batch_size must be positive")
     k = int(num_classes if num_classes is not None else y.max() + 1)

@@ -137,7 +137,7 @@ class FunctionalExtraction:
         oracle = as_oracle(oracle, input_dim=input_dim)
         d = input_dim if input_dim is not None else oracle.input_dim
         if d is None:
-            raise ValueError("input_dim is required: the oracle does not say how many inputs it has")
+            raise ValueError("input_dim is required: the oracle does not say its number of inputs")
         if oracle.input_dim is None:
             oracle.input_dim = d
         run = _Run(self, oracle, d, progress)

@@ -1,0 +1,154 @@
+"""Functionally-equivalent extraction (§6): it must really extract, and refuse what it can't."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_extraction import (
+    BudgetExhaustedError,
+    CallableOracle,
+    ExtractionError,
+    ModelOracle,
+    OracleMismatchError,
+    ReLUNetwork,
+    compare_networks,
+    extract_functional,
+)
+
+
+def test_extracts_trained_digits_victim(trained_victim, digits):
+    x, _ = digits
+    oracle = ModelOracle(trained_victim)
+    result = extract_functional(oracle)
+    m = compare_networks(trained_victim, result.network, test_inputs=x[1500:])
+    assert result.network.hidden == trained_victim.hidden
+    assert m["fidelity_test"] == 1.0 and m["fidelity_uniform"] == 1.0
+    assert m["wrong_signs"] == 0
+    assert m["mean_bits"] >= 40 and m["worst_unit_bits"] >= 30
+    assert m["max_logit_error"] < 1e-8
+    assert result.queries == oracle.queries  # every forward pass was counted
+
+
+@settings(max_examples=8, deadline=None)
+@given(d=st.integers(20, 60), h=st.integers(2, 16), k=st.integers(2, 6), seed=st.integers(0, 999))
+def test_random_victims_property(d, h, k, seed):
+    victim = ReLUNetwork.random(d, h, k, seed=seed)
+    result = extract_functional(ModelOracle(victim), seed=seed)
+    m = compare_networks(victim, result.network, n_uniform=2000)
+    assert result.network.hidden == h
+    assert m["fidelity_uniform"] == 1.0
+    assert m["mean_bits"] >= 35
+
+
+def test_plain_callable_oracle(random_victim):
+    calls = []
+
+    def api(x):
+        calls.append(len(x))
+        return random_victim.logits(x)
+
+    result = extract_functional(api, input_dim=50, hidden=12)
+    assert sum(calls) == result.queries
+    m = compare_networks(random_victim, result.network)
+    assert m["fidelity_uniform"] == 1.0
+
+
+def test_paper_mode_runs_and_finds_units(random_victim):
+    result = extract_functional(ModelOracle(random_victim), mode="paper", hidden=12)
+    assert result.network.hidden == 12
+    assert set(result.phases) >= {"critical points", "weights", "signs", "last layer"}
+
+
+def test_hidden_mismatch_is_a_clear_error(random_victim):
+    with pytest.raises(ExtractionError, match="hidden=13"):
+        extract_functional(ModelOracle(random_victim), hidden=13, max_lines=3)
+
+
+@pytest.mark.parametrize("output", ["probabilities", "top_k", "label"])
+def test_refuses_non_logit_oracles(random_victim, output):
+    with pytest.raises(OracleMismatchError, match="logits"):
+        extract_functional(ModelOracle(random_victim, output=output))
+
+
+def test_refuses_undeclared_probabilities(random_victim):
+    def probs(x):
+        z = random_victim.logits(x)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    with pytest.raises(OracleMismatchError, match="probabilities"):
+        extract_functional(probs, input_dim=50)
+
+
+def test_refuses_labels_from_callable(random_victim):
+    with pytest.raises(OracleMismatchError, match="labels"):
+        extract_functional(lambda x: random_victim.predict(x), input_dim=50)
+
+
+def test_refuses_float32(random_victim):
+    with pytest.raises(OracleMismatchError, match="float32"):
+        extract_functional(lambda x: random_victim.logits(x).astype(np.float32), input_dim=50)
+    with pytest.raises(OracleMismatchError, match="float32"):
+        extract_functional(
+            lambda x: random_victim.logits(x).astype(np.float32).astype(np.float64), input_dim=50
+        )
+
+
+def test_refuses_rounded_outputs(random_victim):
+    with pytest.raises(OracleMismatchError, match="rounded"):
+        extract_functional(lambda x: np.round(random_victim.logits(x), 4), input_dim=50)
+
+
+def test_refuses_tanh_victim(random_victim):
+    v = random_victim
+
+    def tanh_net(x):
+        return np.tanh(x @ v.weight0.T + v.bias0) @ v.weight1.T + v.bias1
+
+    with pytest.raises(OracleMismatchError, match="piecewise linear"):
+        extract_functional(tanh_net, input_dim=50)
+
+
+def test_refuses_nan_outputs(random_victim):
+    def broken(x):
+        y = random_victim.logits(x)
+        y[0, 0] = np.nan
+        return y
+
+    with pytest.raises(ValueError, match="NaN"):
+        extract_functional(broken, input_dim=50)
+
+
+def test_budget_exhausted_says_how_far(random_victim):
+    oracle = ModelOracle(random_victim, budget=500)
+    with pytest.raises(BudgetExhaustedError, match="phase") as info:
+        extract_functional(oracle)
+    assert oracle.queries <= 500
+    assert "units recovered" in str(info.value)
+
+
+def test_oracle_counts_and_budget(random_victim):
+    oracle = CallableOracle(random_victim.logits, input_dim=50, budget=10)
+    oracle(np.zeros((4, 50)))
+    assert oracle.queries == 4 and oracle.remaining == 6
+    with pytest.raises(BudgetExhaustedError):
+        oracle(np.zeros((7, 50)))
+    assert oracle.queries == 4  # nothing evaluated
+    with pytest.raises(ValueError, match=r"\(n, 50\)"):
+        oracle(np.zeros((2, 49)))
+
+
+def test_network_save_load_torch(tmp_path, random_victim):
+    import torch
+
+    path = random_victim.save(tmp_path / "v.safetensors")
+    loaded = ReLUNetwork.load(path)
+    x = np.random.default_rng(0).uniform(size=(5, 50))
+    assert np.array_equal(loaded.logits(x), random_victim.logits(x))
+    module = loaded.to_torch()
+    with torch.no_grad():
+        y = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, random_victim.logits(x), rtol=1e-12, atol=1e-12)
+    again = ReLUNetwork.from_torch(module)
+    assert np.array_equal(again.weight0, random_victim.weight0)
