@@ -29,6 +29,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 from rich.table import Table
+from tiny_dataset_files import (
+    tar_directory,
+    write_cifar_batches,
+    write_image_tree,
+    write_mnist,
+    write_svhn,
+)
 
 from model_extraction.datasets import (
     CACHE_ENV,
@@ -36,15 +43,13 @@ from model_extraction.datasets import (
     Dataset,
     DatasetCorruptError,
     DatasetNotFoundError,
-    dataset_report,
-    format_report,
-    load_dataset,
-)
-from model_extraction.datasets import (
     checksums,
     cifar,
+    dataset_report,
     folder,
+    format_report,
     idx,
+    load_dataset,
     locations,
     registry,
     safe_pickle,
@@ -52,14 +57,6 @@ from model_extraction.datasets import (
 from model_extraction.datasets.checksums import Digest
 from model_extraction.datasets.mnist import MNIST
 from model_extraction.datasets.svhn import SVHN
-from tiny_dataset_files import (
-    py2_batch,
-    tar_directory,
-    write_cifar_batches,
-    write_image_tree,
-    write_mnist,
-    write_svhn,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 _REAL_DATA_ENV = os.environ.get(DATA_ENV)
@@ -116,9 +113,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for all real-data tests, so CIFAR-10 is extracted and decoded once."""
-    return tmp_path_factory.mktemp("real-cache")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache for all real-data tests, so CIFAR-10 is extracted and decoded once; removed
+    afterwards (the extracted tree is 60,000 files)."""
+    path = tmp_path_factory.mktemp("real-cache")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -200,8 +200,13 @@ def test_idx_files_raw_and_gzip(tmp_path: Path) -> None:
 def test_load_mnist_tiny(tmp_path: Path, gz: bool, no_digests: None) -> None:
     images, labels, _ = write_mnist(tmp_path / "mnist", "test", n=5, gz=gz)
     d = load_dataset("mnist", "test", data_dir=tmp_path, download=False)
-    assert (d.name, d.split, len(d), d.input_shape, d.num_classes) == ("mnist", "test", 5,
-                                                                      (1, 28, 28), 10)
+    assert (d.name, d.split, len(d), d.input_shape, d.num_classes) == (
+        "mnist",
+        "test",
+        5,
+        (1, 28, 28),
+        10,
+    )
     assert d.images.dtype == np.uint8 and d.labels.dtype == np.int64
     np.testing.assert_array_equal(d.images[:, 0], images)
     np.testing.assert_array_equal(d.labels, labels)
@@ -254,8 +259,9 @@ def test_idx_wrong_layout(tmp_path: Path, no_digests: None) -> None:
 # --------------------------------------------------------------------------- lookup order
 
 
-def test_lookup_order(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
-                      no_digests: None) -> None:
+def test_lookup_order(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, no_digests: None
+) -> None:
     explicit, env, system = tmp_path / "explicit", tmp_path / "env", tmp_path / "system"
     write_mnist(explicit / "mnist", n=2)
     write_mnist(env, n=3)  # files directly in the directory
@@ -276,7 +282,9 @@ def test_lookup_order(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPat
     assert len(d) == 5 and d.source == str(system / "MNIST" / "raw")
 
 
-def test_missing_dataset_message(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_dataset_message(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = tmp_path / "env"
     env.mkdir()
     monkeypatch.setenv(DATA_ENV, str(env))
@@ -383,8 +391,11 @@ def test_download_with_bad_content_is_refused(
     for path in (tmp_path / "src").iterdir():
         served[f"/m/{path.name}"] = path.read_bytes()
     monkeypatch.setitem(registry.SOURCES, "mnist", dataclasses.replace(MNIST, urls=(f"{base}/m/",)))
-    with pytest.raises(DatasetCorruptError, match="sha256 mismatch"):
+    with pytest.raises(DatasetCorruptError, match="sha256 mismatch") as info:
         load_dataset("mnist", "test", progress=False)
+    assert info.value.path == cache / "mnist" / "t10k-images-idx3-ubyte.gz"
+    assert f"download from {base}/m/" in str(info.value)
+    assert pickle.loads(pickle.dumps(info.value)).path == info.value.path
     assert list((cache / "mnist").iterdir()) == []
 
 
@@ -458,8 +469,9 @@ def test_cifar_from_canonical_tarball(tmp_path: Path, cache: Path, no_digests: N
     batches = tmp_path / "build" / "cifar-10-batches-py"
     data, labels = write_cifar_batches(batches, "test", n=3)
     write_cifar_batches(batches, "train", n=2)
-    tarball = tar_directory(tmp_path / "build", tmp_path / "data" / "cifar10" /
-                            "cifar-10-python.tar.gz")
+    tarball = tar_directory(
+        tmp_path / "build", tmp_path / "data" / "cifar10" / "cifar-10-python.tar.gz"
+    )
     d = load_dataset("cifar10", "test", data_dir=tmp_path / "data", download=False)
     assert d.source == str(tarball) and len(d) == 3
     np.testing.assert_array_equal(d.images.reshape(3, -1), data)
@@ -475,8 +487,9 @@ def _cifar_jpeg_tarball(tmp_path: Path, classes: tuple[str, ...] = cifar.CIFAR10
     return tar_directory(tree, tmp_path / "data" / "cifar10-jpeg" / "cifar10_jpg.tar.gz")
 
 
-def test_cifar_from_jpeg_tarball(tmp_path: Path, cache: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar_from_jpeg_tarball(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tarball = _cifar_jpeg_tarball(tmp_path)
     sha = hashlib.sha256(tarball.read_bytes()).hexdigest()
     monkeypatch.setitem(checksums.KNOWN_DIGESTS, ("cifar10", tarball.name), Digest("sha256", sha))
@@ -504,8 +517,7 @@ def test_cifar_jpeg_tarball_wrong_layout(tmp_path: Path, no_digests: None) -> No
         load_dataset("cifar10", "test", data_dir=tmp_path / "data", download=False)
 
 
-def test_truncated_tarball_extracts_nothing(tmp_path: Path, cache: Path,
-                                            no_digests: None) -> None:
+def test_truncated_tarball_extracts_nothing(tmp_path: Path, cache: Path, no_digests: None) -> None:
     tarball = _cifar_jpeg_tarball(tmp_path)
     tarball.write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
     with pytest.raises(DatasetCorruptError, match="truncated or corrupt archive") as info:
@@ -557,7 +569,9 @@ def test_image_folder_mixed_formats(tmp_path: Path) -> None:
     assert train.name == f"folder:{root}" and train.source == str(root)
 
 
-def test_image_folder_grey_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_folder_grey_and_cache(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "grey"
     write_image_tree(root, {"test": {"a": 2, "b": 2}}, mode="L", size=(4, 4))
     first = load_dataset(f"folder:{root}", "test")
@@ -568,11 +582,12 @@ def test_image_folder_grey_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def boom(paths: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(folder, "decode_images", boom)
-    np.testing.assert_array_equal(load_dataset(f"folder:{root}", "test").images, first.images)
+    with monkeypatch.context() as patch:  # (undo() would also undo the autouse isolation)
+        patch.setattr(folder, "decode_images", boom)
+        np.testing.assert_array_equal(load_dataset(f"folder:{root}", "test").images, first.images)
     write_image_tree(root, {"test": {"c": 1}}, mode="L", size=(4, 4))  # content changed
-    monkeypatch.undo()
     assert len(load_dataset(f"folder:{root}", "test")) == 5
+    assert len(list((cache / "decoded").iterdir())) == 2  # in the test's cache, not ~/.cache
 
 
 @pytest.mark.parametrize(
@@ -631,7 +646,7 @@ def test_digits_always_available(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dataset_api() -> None:
     d = load_dataset("digits", "test")
     x = d.to_float()
-    assert x.dtype == np.float32 and x.shape == (297, 1, 8, 8) and 0 <= x.min() and x.max() == 1
+    assert x.dtype == np.float32 and x.shape == (297, 1, 8, 8) and x.min() >= 0 and x.max() == 1
     assert np.allclose(x, d.images / 16)
     flat = d.flat()
     assert flat.dtype == np.float64 and flat.shape == (297, 64)
@@ -667,7 +682,7 @@ def test_dataset_report(tmp_path: Path, no_digests: None) -> None:
     gz = tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:100])
     rows = dataset_report(tmp_path)
-    assert len(rows) == 10 and all(REPORT_KEYS <= set(r) for r in rows)
+    assert len(rows) == 10 and all(set(r) >= REPORT_KEYS for r in rows)
     by = {(r["name"], r["split"]): r for r in rows}
     assert by["mnist", "test"] == {
         "name": "mnist",
@@ -678,7 +693,7 @@ def test_dataset_report(tmp_path: Path, no_digests: None) -> None:
         "error": None,
     }
     assert by["mnist", "train"]["source"] is None and by["mnist", "train"]["count"] is None
-    assert by["digits", "test"]["count"] == 297 and by["digits", "test"]["verified"] is True
+    assert by["digits", "test"]["count"] == 297 and by["digits", "test"]["source"] == "scikit-learn"
     assert "truncated" in by["fashion-mnist", "test"]["error"]
     assert by["svhn", "train"]["source"] is None
     quick = {(r["name"], r["split"]): r for r in dataset_report(tmp_path, verify=False)}
@@ -706,8 +721,9 @@ def test_real_report_without_verifying(shared_data: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_cifar10_jpeg(shared_data: Path, real_cache: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_cifar10_jpeg(
+    shared_data: Path, real_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not (shared_data / "cifar10-jpeg" / "cifar10_jpg.tar.gz").is_file():
         pytest.skip("no CIFAR-10 JPEG copy")
     monkeypatch.setenv(CACHE_ENV, str(real_cache))

@@ -132,9 +132,15 @@ def mismatch_message(expected: Digest, actual: str, dataset: str, filename: str)
         for (other, name), digest in KNOWN_DIGESTS.items()
         if name == filename and other != dataset and digest.hexdigest == actual
     ]
-    hint = f" (it is the {others[0]} file of that name)" if others else ""
+    if others:
+        advice = (
+            f"this is {others[0]}'s file of that name, not {dataset}'s: keep each dataset in its "
+            f"own <dir>/{dataset}/ subdirectory"
+        )
+    else:
+        advice = "the file is truncated, corrupt or not the canonical one (delete it, or "
+        advice += "download it again)"
     return (
         f"{expected.algorithm} mismatch for {dataset}/{filename}: expected {expected.hexdigest}, "
-        f"got {actual}{hint}; the file is truncated, corrupt or not the canonical one "
-        "(delete it, or download it again)"
+        f"got {actual}; {advice}"
     )

@@ -29,7 +29,7 @@ from .archives import extract_tarball
 from .dataset import Dataset
 from .decoded_cache import load_decoded
 from .download import download
-from .errors import DatasetCorruptError
+from .errors import DatasetCorruptError, DatasetNotFoundError
 from .folder import load_folder
 from .sources import Found, first_existing
 
@@ -137,8 +137,9 @@ class CifarSource:
             if len(absent) < len(names):
                 return [f"{BATCHES_DIR}/{n}" for n in absent]
         listed = ", ".join(f"{BATCHES_DIR}/{n}" for n in names)
-        return [f"{listed} (or the tarball {TARBALL}, or the JPEG image-folder tarball "
-                f"{JPEG_TARBALL})"]
+        return [
+            f"{listed} (or the tarball {TARBALL}, or the JPEG image-folder tarball {JPEG_TARBALL})"
+        ]
 
     def load(self, found: Found, split: str) -> Dataset:
         if found.kind == "batches":
@@ -194,16 +195,21 @@ class CifarSource:
             )
         else:
             root = extract_tarball(tarball, locations.cache_dir() / "extracted" / key)
-            dataset = load_folder(
-                _descend(root, split),
-                split,
-                name=self.name,
-                source=str(tarball),
-                verified=verified,
-                cache=decoded,
-                key=key,
-                expected_classes=CIFAR10_CLASSES,
-            )
+            try:
+                dataset = load_folder(
+                    _descend(root, split),
+                    split,
+                    name=self.name,
+                    source=str(tarball),
+                    verified=verified,
+                    cache=decoded,
+                    key=key,
+                    expected_classes=CIFAR10_CLASSES,
+                )
+            except DatasetNotFoundError as exc:  # the archive lacks this split's directory
+                raise DatasetCorruptError(
+                    tarball, f"wrong layout: archive has no {split}/<class>/ tree"
+                ) from exc
         return dataset
 
     def count(self, found: Found, split: str) -> int | None:

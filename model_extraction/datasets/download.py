@@ -7,11 +7,13 @@ looks like the finished file (the temp file is ``.<name>.<random>.part`` and is 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import tempfile
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import DatasetCorruptError
 
@@ -57,9 +59,9 @@ def download(
             os.replace(tmp, dest)
             return dest
         except DatasetCorruptError as exc:
-            corrupt = DatasetCorruptError(url, exc.reason)
+            corrupt = DatasetCorruptError(dest, f"download from {url} refused: {exc.reason}")
             failures.append((url, exc.reason))
-        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, short reads
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, timeouts, ...
             failures.append((url, f"{type(exc).__name__}: {exc}"))
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -69,7 +71,7 @@ def download(
     raise DownloadError(dest, failures)
 
 
-def _fetch(url: str, out, *, label: str, progress: bool, timeout: float) -> None:
+def _fetch(url: str, out: BinaryIO, *, label: str, progress: bool, timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
@@ -86,7 +88,9 @@ def _fetch(url: str, out, *, label: str, progress: bool, timeout: float) -> None
 
 
 @contextlib.contextmanager
-def _progress_bar(label: str, total: int | None, enabled: bool):
+def _progress_bar(
+    label: str, total: int | None, enabled: bool
+) -> Iterator[Callable[[int], object]]:
     if not enabled:
         yield lambda n: None
         return
@@ -107,6 +111,6 @@ def _progress_bar(label: str, total: int | None, enabled: bool):
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"downloading {label}", total=total)
         yield lambda n: bar.advance(task, n)

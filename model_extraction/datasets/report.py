@@ -10,7 +10,6 @@ from rich.table import Table
 
 from .dataset import SPLITS
 from .digits import load_digits_split
-from .errors import DatasetCorruptError
 from .locations import search_roots
 from .registry import DATASET_NAMES, SOURCES, locate
 
@@ -55,7 +54,7 @@ def dataset_report(
                 continue
             try:
                 dataset = source.load(found, split)
-            except (DatasetCorruptError, OSError) as exc:
+            except (ValueError, OSError) as exc:  # DatasetCorruptError is a ValueError
                 row["error"] = str(exc)
                 continue
             row.update(count=len(dataset), verified=dataset.verified, source=dataset.source)
