@@ -30,7 +30,7 @@ def test_extracts_trained_digits_victim(trained_victim, digits):
     assert result.queries == oracle.queries  # every forward pass was counted
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(d=st.integers(20, 60), h=st.integers(2, 16), k=st.integers(2, 6), seed=st.integers(0, 999))
 def test_random_victims_property(d, h, k, seed):
     victim = ReLUNetwork.random(d, h, k, seed=seed)
