@@ -191,7 +191,6 @@ class _Run:
         self.seen_y: list[Array] = []
         self.jac_points: list[Array] = []
         self.jacs: list[Array] = []
-        self.k: int | None = None
 
     # ---------------------------------------------------------------- helpers
     def where(self) -> str:
@@ -226,7 +225,7 @@ class _Run:
     def execute(self) -> ExtractionResult:
         mark = self._enter("check")
         if self.cfg.check_oracle:
-            self.k = check_logit_oracle(self.oracle, self.d, self.centre, self.width, self.rng)
+            check_logit_oracle(self.oracle, self.d, self.centre, self.width, self.rng)
         self._leave(mark)
         if self.cfg.mode == "paper":
             self._paper_rows()

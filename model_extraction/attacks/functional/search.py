@@ -82,13 +82,10 @@ def _two_linearity(
     with np.errstate(divide="ignore", invalid="ignore"):
         t = a + np.einsum("nk,nk->n", rhs, dm) / denom
     yhat = y1 + m1 * (t - a)[:, None]
-    affine = np.empty(len(a), dtype=bool)
-    for i in range(len(a)):
-        tol = _tolerance(y1[i], y2[i], m1[i] * (b[i] - a[i]))
-        affine[i] = (
-            np.max(np.abs(y1[i] + m1[i] * (b[i] - a[i]) - y2[i])) <= tol
-            and np.max(np.abs(dm[i])) * (b[i] - a[i]) <= tol
-        )
+    span = (b - a)[:, None]
+    scale = np.maximum.reduce([np.abs(y1).max(1), np.abs(y2).max(1), np.abs(m1 * span).max(1)])
+    tol = 1e-9 * scale + 1e-300  # the same rule as _tolerance, for a batch
+    affine = (np.abs(y1 + m1 * span - y2).max(1) <= tol) & (np.abs(dm * span).max(1) <= tol)
     return t, yhat, affine
 
 
