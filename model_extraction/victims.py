@@ -1,19 +1,31 @@
-"""Victims for functionally-equivalent extraction: trained as the paper trains them, or random.
+"""Victims: the models an attacker queries through an oracle.
 
-§6.7: one-hidden-layer fully connected ReLU networks trained with Adam for 20 epochs at batch
-size 128 on MNIST (and CIFAR-10). Training runs in float32 with PyTorch; the trained weights are
-then served in float64 (the threat model of §6.1 is a float64 logit oracle).
+- :func:`train_victim`: §6.7's one-hidden-layer ReLU networks, trained with Adam for 20 epochs
+  at batch size 128 on MNIST (and CIFAR-10), in float32 with PyTorch, then served in float64
+  (the threat model of §6.1 is a float64 logit oracle).
+- :class:`TorchVictim` / :func:`train_image_victim`: image classifiers (a small CNN,
+  WideResNet-28-2) for learning-based extraction (§4) and the seed study (§5). A victim has
+  ``logits(x)`` on flattened float64 rows, so :class:`~model_extraction.oracle.ModelOracle`
+  serves it with any output policy.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from safetensors.torch import load_file, save_file
 
+from model_extraction.models import Classifier, build_model
 from model_extraction.network import ReLUNetwork
+from model_extraction.training import fit, predict, seeded
 
-__all__ = ["train_victim"]
+__all__ = ["TorchVictim", "train_image_victim", "train_victim"]
 
 
 def train_victim(
@@ -68,3 +80,100 @@ def train_victim(
         acc = float(np.mean(net.predict(np.asarray(x_test, dtype=np.float64)) == y_test))
         net.metadata["test_accuracy"] = acc
     return net
+
+
+class TorchVictim:
+    """A trained image classifier seen as a function of flattened float64 rows.
+
+    ``logits(x)`` takes ``(n, C·H·W)`` rows (what an oracle receives), reshapes them to
+    ``input_shape`` and returns ``(n, K)`` float64 logits. ``spec`` records how to rebuild the
+    architecture (:func:`~model_extraction.models.build_model`), so :meth:`save` and
+    :meth:`load` round-trip through safetensors with no pickle.
+    """
+
+    def __init__(self, model: Classifier, spec: dict[str, Any],
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.model = model.eval()
+        self.spec = dict(spec)
+        self.input_shape: tuple[int, int, int] = tuple(spec["input_shape"])  # type: ignore[assignment]
+        self.num_classes = int(spec["num_classes"])
+        self.input_dim = int(np.prod(self.input_shape))
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def images(self, x: NDArray[Any]) -> torch.Tensor:
+        """Rows ``(n, d)`` (or images) as a float32 ``(n, C, H, W)`` tensor."""
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(-1, *self.input_shape)
+
+    def logits(self, x: NDArray[Any]) -> NDArray[np.float64]:
+        """Float64 logits of a batch of flattened inputs."""
+        return predict(self.model, self.images(x)).double().numpy()
+
+    def predict(self, x: NDArray[Any]) -> NDArray[np.int64]:
+        """Predicted labels."""
+        return np.argmax(self.logits(x), axis=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights and the spec to a safetensors file."""
+        meta = {"spec": json.dumps(self.spec), "metadata": json.dumps(self.metadata)}
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TorchVictim:
+        """Read a victim written by :meth:`save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "spec" not in meta:
+            raise ValueError(f"{path} is not a TorchVictim file (no 'spec' in its metadata)")
+        spec = json.loads(meta["spec"])
+        model = build_model(spec["arch"], spec["input_shape"], spec["num_classes"],
+                            **spec.get("options", {}))
+        model.load_state_dict(load_file(str(path)))
+        return cls(model, spec, json.loads(meta.get("metadata", "{}")))
+
+
+def train_image_victim(
+    x_train: NDArray[Any],
+    y_train: NDArray[np.integer],
+    *,
+    arch: str = "cnn",
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    init_seed: int = 0,
+    order_seed: int = 0,
+    x_test: NDArray[Any] | None = None,
+    y_test: NDArray[np.integer] | None = None,
+    options: dict[str, int] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TorchVictim:
+    """Train an image classifier to serve as a victim.
+
+    ``x_train`` is ``(n, C, H, W)`` float in ``[0, 1]`` (or ``(n, d)`` with ``input_shape``).
+    ``init_seed`` fixes the initial weights and ``order_seed`` the batch order (§5).
+    The test accuracy, if test data is given, goes in the metadata.
+    """
+    x = np.asarray(x_train, dtype=np.float32)
+    shape = tuple(input_shape) if input_shape is not None else x.shape[1:]
+    if len(shape) != 3:
+        raise ValueError(f"images must be (n, C, H, W) or pass input_shape; got {x.shape}")
+    x = x.reshape(-1, *shape)
+    y = np.asarray(y_train, dtype=np.int64)
+    k = int(num_classes if num_classes is not None else y.max() + 1)
+    spec = {"arch": arch, "input_shape": list(shape), "num_classes": k,
+            "options": dict(options or {})}
+    with seeded(init_seed):
+        model = build_model(arch, shape, k, **spec["options"])
+    fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, order_seed=order_seed)  # type: ignore[arg-type]
+    meta = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+            "init_seed": init_seed, "order_seed": order_seed, **(metadata or {})}
+    victim = TorchVictim(model, spec, meta)
+    if x_test is not None and y_test is not None:
+        victim.metadata["test_accuracy"] = float(np.mean(victim.predict(x_test) == y_test))
+    return victim
