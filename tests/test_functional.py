@@ -152,3 +152,24 @@ def test_network_save_load_torch(tmp_path, random_victim):
     np.testing.assert_allclose(y, random_victim.logits(x), rtol=1e-12, atol=1e-12)
     again = ReLUNetwork.from_torch(module)
     assert np.array_equal(again.weight0, random_victim.weight0)
+
+
+@pytest.mark.parametrize(
+    ("d", "h", "k", "seed"),
+    [
+        # A probe crossed the unit's own hyperplane on both sides of the critical point: the
+        # Jacobian difference stayed rank one with a wrong row, and a sixth unit was returned.
+        (45, 5, 6, 12),
+        # K = 1: two critical points 7e-5 apart were merged by the line search into one
+        # rank-one "unit" that is a mix of both rows.
+        (47, 14, 1, 28),
+        (52, 13, 1, 50),
+    ],
+)
+def test_no_ghost_units(d, h, k, seed):
+    victim = ReLUNetwork.random(d, h, k, seed=seed)
+    result = extract_functional(ModelOracle(victim), seed=seed)
+    m = compare_networks(victim, result.network, n_uniform=2000)
+    assert result.network.hidden == h
+    assert m["fidelity_uniform"] == 1.0
+    assert m["worst_unit_bits"] >= 30

@@ -368,14 +368,33 @@ class _Run:
         # difference and is flagged by the fit; a probe that crosses the unit's *own* hyperplane
         # only shrinks one entry, so steps are also kept under half the distance to it.
         col_steps = np.repeat(steps[:, None], self.d, axis=1)
+        # With K = 1 every difference is rank one, so crossings are caught by measuring each
+        # column a second time with half the step: inside one linear region both agree.
+        unchecked = np.zeros(col_steps.shape, dtype=bool)
+        if values.shape[1] == 1:
+            for i in new:
+                unchecked[[region[i], region[i + 1]]] = True
         fits = {}
         for _round in range(6):
             redo: dict[tuple[int, int], float] = {}
+            if unchecked.any():
+                for (s_, j), step in self._half_step_mismatches(
+                    points, values, jacs, col_steps, unchecked
+                ).items():
+                    redo[(s_, j)] = step
             for i in new:
                 before, after = region[i], region[i + 1]
                 fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
                 fits[i] = fit
                 crossing = fit.suspicious_columns()
+                # The slope change the line search saw must be what the fitted unit predicts;
+                # if not, probes crossed the unit's own hyperplane (which scales entries of the
+                # row and keeps the difference rank one) or, with K = 1, any other hyperplane.
+                seen = kinks[i].slope_change
+                if np.linalg.norm(fit.out * float(fit.row @ line.direction) - seen) > (
+                    1e-4 * np.linalg.norm(seen)
+                ):
+                    crossing = np.arange(self.d)
                 for s_ in (before, after):
                     reach = abs(float(fit.row @ line.direction)) * abs(centres[s_] - kinks[i].t)
                     with np.errstate(divide="ignore"):
@@ -390,11 +409,14 @@ class _Run:
             col_steps[pairs[:, 0], pairs[:, 1]] = probe_steps
             cols = jacobian_columns(self.oracle, points, values, pairs, probe_steps)
             jacs[pairs[:, 0], :, pairs[:, 1]] = cols
+            if values.shape[1] == 1:
+                unchecked[pairs[:, 0], pairs[:, 1]] = True
         else:
             self.notes.append("some Jacobian columns stayed inconsistent after 6 re-measurements")
 
         self.jac_points.extend(points)
         self.jacs.extend(jacs)
+        found: list[tuple[Array, float, Array, Array, float]] = []
         for i in new:
             fit = fits[i]
             before, after = region[i], region[i + 1]
@@ -408,10 +430,65 @@ class _Run:
                 t = kinks[i].t
             point = line.at(np.array([t]))[0]
             bias = -float(fit.row @ point)
-            if fit.error_estimate > 1e-6:
+            seen = kinks[i].slope_change
+            mismatch = np.linalg.norm(fit.out * float(fit.row @ line.direction) - seen)
+            if fit.error_estimate > 1e-6 or mismatch > 1e-3 * np.linalg.norm(seen):
                 self.notes.append(f"a critical point at t={t:.6g} was not a single ReLU; skipped")
                 continue
-            self.units.add(fit.row, bias, fit.out, point, fit.error_estimate)
+            found.append((fit.row, bias, fit.out, point, fit.error_estimate))
+        for unit, real in zip(found, self._cross_check(found), strict=True):
+            if real:
+                self.units.add(*unit)
+            else:
+                self.notes.append(
+                    "a critical point did not behave as one ReLU along a second direction "
+                    "(two close critical points merged on the line); skipped"
+                )
+
+    def _cross_check(self, found: list[tuple[Array, float, Array, Array, float]]) -> list[bool]:
+        """Cross each candidate hyperplane in a fresh random direction: is the kink there?
+
+        A unit found at point ``p`` with unit row ``r`` and output vector ``g`` must make the
+        slope along any direction ``u`` jump by exactly ``g |r·u|`` at ``p``. Two close critical
+        points that the line search merged (possible when ``K = 1``, where every Jacobian
+        difference is rank one) are separated along another direction, so no jump is seen at
+        ``p``. Costs 3 queries per candidate.
+        """
+        if not found:
+            return []
+        n = len(found)
+        u = self.rng.standard_normal((n, self.d))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        delta = 1e-4 * self.width
+        p = np.array([f[3] for f in found])
+        x = np.concatenate([p - delta * u, p, p + delta * u])
+        y = np.asarray(self.oracle(x), dtype=np.float64)
+        self._remember(x, y)
+        left, mid, right = y[:n], y[n : 2 * n], y[2 * n :]
+        jump = (right - 2 * mid + left) / delta
+        expected = np.array([f[2] * abs(float(f[0] @ ui)) for f, ui in zip(found, u, strict=True)])
+        noise = 1e-12 * (np.abs(mid).max(axis=1) + 1.0) / delta
+        err = np.linalg.norm(jump - expected, axis=1)
+        return list(err <= 1e-3 * np.linalg.norm(expected, axis=1) + noise)
+
+    def _half_step_mismatches(
+        self, points: Array, values: Array, jacs: Array, col_steps: Array, unchecked: Array
+    ) -> dict[tuple[int, int], float]:
+        """Re-measure the unchecked columns at half their step; return those that disagree.
+
+        Marks them checked. A disagreement means the probe left the linear region: the column
+        is to be measured again with an eighth of its step.
+        """
+        pairs = np.argwhere(unchecked).astype(np.int64)
+        unchecked[:] = False
+        half = 0.5 * col_steps[pairs[:, 0], pairs[:, 1]]
+        again = jacobian_columns(self.oracle, points, values, pairs, half)[:, 0]
+        first = jacs[pairs[:, 0], 0, pairs[:, 1]]
+        scale = np.abs(values[pairs[:, 0], 0]) + 1.0
+        tol = 1e-9 * np.maximum(np.abs(first), np.abs(again)) + 1e-13 * scale / half
+        bad = np.abs(first - again) > tol
+        return {(int(p), int(j)): float(s) / 4.0
+                for (p, j), s in zip(pairs[bad], half[bad], strict=True)}
 
     def _jacobians(self, points: Array, steps: Array) -> tuple[Array, Array]:
         chunk = max(1, 16_384 // (self.d + 1))
