@@ -99,6 +99,11 @@ class FunctionalExtraction:
     step_fraction:
         Default mode: finite-difference step as a fraction of the distance to the neighbouring
         critical points on the line.
+    refine_bits:
+        Default mode: once every hyperplane is approximately known, measure again each unit
+        whose estimated precision is below this many bits, at the point of its hyperplane that
+        is furthest from all others and with the largest steps that stay in one linear region
+        (2(d + 1) queries per unit). ``0`` turns the refinement off.
     """
 
     mode: Literal["default", "paper"] = "default"
@@ -108,6 +113,7 @@ class FunctionalExtraction:
     max_lines: int = 64
     patience: int = 4
     step_fraction: float = 0.25
+    refine_bits: float = 40.0
     check_oracle: bool = True
 
     def __post_init__(self) -> None:
@@ -231,6 +237,10 @@ class _Run:
             self._paper_rows()
         else:
             self._default_rows()
+            if self.cfg.refine_bits > 0 and len(self.units) > 0:
+                mark = self._enter("refinement")
+                self._refine()
+                self._leave(mark)
         if not len(self.units):
             raise ExtractionError(
                 "no hidden unit was found: the victim looks affine along every line searched "
@@ -387,21 +397,26 @@ class _Run:
                 fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
                 fits[i] = fit
                 crossing = fit.suspicious_columns()
-                # The slope change the line search saw must be what the fitted unit predicts;
-                # if not, probes crossed the unit's own hyperplane (which scales entries of the
-                # row and keeps the difference rank one) or, with K = 1, any other hyperplane.
-                seen = kinks[i].slope_change
-                if np.linalg.norm(fit.out * float(fit.row @ line.direction) - seen) > (
-                    1e-4 * np.linalg.norm(seen)
-                ):
-                    crossing = np.arange(self.d)
+                unit_redo: dict[tuple[int, int], float] = {}
                 for s_ in (before, after):
                     reach = abs(float(fit.row @ line.direction)) * abs(centres[s_] - kinks[i].t)
                     with np.errstate(divide="ignore"):
                         safe = 0.5 * reach / np.abs(fit.row)
                     for j in np.union1d(crossing, np.flatnonzero(col_steps[s_] > safe)):
-                        new_step = min(col_steps[s_, j] / 8.0, 0.5 * safe[j])
-                        redo[(s_, int(j))] = min(redo.get((s_, int(j)), np.inf), new_step)
+                        unit_redo[(s_, int(j))] = min(col_steps[s_, j] / 8.0, 0.5 * safe[j])
+                # The slope change the line search saw must be what the fitted unit predicts. If
+                # not, and no column is suspect, probes crossed a hyperplane without breaking the
+                # rank-one structure (the unit's own hyperplane, which scales entries of the row,
+                # or any hyperplane when K = 1): re-measure both Jacobians with smaller steps.
+                seen = kinks[i].slope_change
+                if not unit_redo and np.linalg.norm(
+                    fit.out * float(fit.row @ line.direction) - seen
+                ) > 1e-4 * np.linalg.norm(seen):
+                    for s_ in (before, after):
+                        for j in range(self.d):
+                            unit_redo[(s_, j)] = col_steps[s_, j] / 8.0
+                for key, step in unit_redo.items():
+                    redo[key] = min(redo.get(key, np.inf), step)
             if not redo:
                 break
             pairs = np.array(list(redo.keys()), dtype=np.int64)
@@ -470,6 +485,80 @@ class _Run:
         noise = 1e-12 * (np.abs(mid).max(axis=1) + 1.0) / delta
         err = np.linalg.norm(jump - expected, axis=1)
         return list(err <= 1e-3 * np.linalg.norm(expected, axis=1) + noise)
+
+    def _refine(self) -> None:
+        """Re-measure weak units where all the other hyperplanes are far away (default mode).
+
+        With every hyperplane approximately known, the attack can choose, for unit ``i``, the
+        point ``p`` of its hyperplane with the largest clearance ``c`` to all the others, take
+        the two Jacobians at ``p ± (c/2) rᵢ`` and give each column the largest step (forward or
+        backward) that provably stays inside the linear region. The finite-difference error is
+        the oracle's rounding divided by the step, so larger steps give more bits.
+        """
+        errors = np.array(self.units.errors)
+        weak = np.flatnonzero(errors > 2.0 ** -self.cfg.refine_bits)
+        h = len(self.units)
+        chunk = max(1, int(2e7 // (2 * h * self.d)))  # bounds the (2n, h, d) step array
+        improved = 0
+        for start in range(0, len(weak), chunk):
+            improved += self._refine_units(weak[start : start + chunk])
+        if len(weak):
+            self.notes.append(f"refinement re-measured {len(weak)} units, {improved} more "
+                              "precisely")
+
+    def _refine_units(self, weak: NDArray[np.int64]) -> int:
+        """:meth:`_refine` for the units ``weak``; returns how many got more precise."""
+        units = self.units
+        rows, biases = np.array(units.rows), np.array(units.biases)
+        d, n = self.d, len(weak)
+        candidates = 64
+        xs = self.centre + self.rng.uniform(-0.5, 0.5, (n, candidates, d)) * self.width
+        r_w, b_w = rows[weak], biases[weak]
+        on = xs - (np.einsum("ncd,nd->nc", xs, r_w) + b_w[:, None])[..., None] * r_w[:, None, :]
+        on = np.concatenate([on, np.array(units.points)[weak][:, None, :]], axis=1)
+        y = np.einsum("ncd,hd->nch", on, rows) + biases  # (n, candidates + 1, h)
+        y[np.arange(n), :, weak] = np.inf
+        clearance = np.abs(y).min(axis=2)
+        best = np.argmax(clearance, axis=1)
+        p = on[np.arange(n), best]
+        c = clearance[np.arange(n), best]
+        shift = 0.5 * c[:, None] * r_w
+        points = np.concatenate([p + shift, p - shift])  # (2n, d): the y_i > 0 side, then < 0
+        # Largest safe step per column and direction: y_k(x + s e_j) = y_k(x) + s R[k, j].
+        yk = points @ rows.T + biases  # (2n, h)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hit = -yk[:, :, None] / rows[None, :, :]  # (2n, h, d): s at which unit k flips
+        forward = np.where(hit > 0, hit, np.inf).min(axis=1)
+        backward = np.where(hit < 0, -hit, np.inf).min(axis=1)
+        room = np.maximum(forward, backward)
+        cap = self.width * np.sqrt(d)
+        steps = 0.5 * np.minimum(room, cap) * np.where(forward >= backward, 1.0, -1.0)
+        values = np.asarray(self.oracle(points), dtype=np.float64)
+        self._remember(points, values)
+        cols = np.stack(np.meshgrid(np.arange(2 * n), np.arange(d), indexing="ij"), -1)
+        cols = cols.reshape(-1, 2)
+        slopes = jacobian_columns(self.oracle, points, values, cols, steps.reshape(-1))
+        jacs = slopes.reshape(2 * n, d, -1).transpose(0, 2, 1)
+        self.jac_points.extend(points)
+        self.jacs.extend(jacs)
+        improved = 0
+        for m, i in enumerate(weak.tolist()):
+            fit = fit_row(jacs[m] - jacs[n + m], orient=rows[i])
+            if fit.error_estimate >= units.errors[i]:
+                continue
+            if float(fit.row @ rows[i]) < 1 - 64 * max(units.errors[i], 1e-12):
+                self.notes.append("a refined row disagreed with its first estimate; kept the first")
+                continue
+            # The crossing on the segment between the two points, from both affine pieces.
+            ya, yb, u = values[n + m], values[m], shift[m] * 2
+            ma, mb = jacs[n + m] @ u, jacs[m] @ u
+            dm = ma - mb
+            t = float((yb - ya - mb) @ dm) / float(dm @ dm)
+            point = (p[m] - shift[m]) + np.clip(t, 0.0, 1.0) * u
+            units.rows[i], units.biases[i] = fit.row, -float(fit.row @ point)
+            units.outs[i], units.points[i], units.errors[i] = fit.out, point, fit.error_estimate
+            improved += 1
+        return improved
 
     def _half_step_mismatches(
         self, points: Array, values: Array, jacs: Array, col_steps: Array, unchecked: Array
