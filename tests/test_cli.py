@@ -25,3 +25,27 @@ def test_budget_error_exit_code():
     )
     assert res.exit_code == 2
     assert "budget" in res.output
+
+
+def test_datasets_json(tmp_path, monkeypatch):
+    """`datasets --json`: one object per dataset and split with the documented keys."""
+    from model_extraction.datasets import checksums, locations
+    from model_extraction.datasets.checksums import Digest
+    from tiny_dataset_files import write_mnist
+
+    monkeypatch.setenv("MODEL_EXTRACTION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MODEL_EXTRACTION_DATA", raising=False)
+    monkeypatch.setattr(locations, "SYSTEM_DATA_DIRS", ())
+    _, _, digests = write_mnist(tmp_path / "mnist", "test", n=7)
+    for name, hexdigest in digests.items():
+        monkeypatch.setitem(checksums.KNOWN_DIGESTS, ("mnist", name), Digest("sha256", hexdigest))
+    res = CliRunner().invoke(app, ["datasets", "--json", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = {(r["name"], r["split"]): r for r in json.loads(res.stdout)}
+    for row in rows.values():
+        assert {"name", "split", "count", "verified", "source"} <= set(row)
+    assert rows[("mnist", "test")]["count"] == 7
+    assert rows[("mnist", "test")]["verified"] is True
+    assert rows[("mnist", "train")]["verified"] is False
+    assert rows[("digits", "train")] == {**rows[("digits", "train")], "count": 1500,
+                                          "verified": True}

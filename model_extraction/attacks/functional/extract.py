@@ -608,6 +608,14 @@ class _Run:
                     self.oracle, point, self.width
                 )
                 self._remember(xs, ys)
+                if err > 1e-4:
+                    # The probes at ±c met another hyperplane: §6.4's sizes are then sums of two
+                    # units' second differences. The pair test exposes it; look elsewhere.
+                    self.notes.append(
+                        f"a critical point gave inconsistent second differences (relative "
+                        f"error {err:.1e}); skipped"
+                    )
+                    continue
                 self.units.add(row, -float(row @ point), out, point, err)
                 if len(self.units) >= h:
                     break
