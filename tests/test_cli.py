@@ -29,9 +29,10 @@ def test_budget_error_exit_code():
 
 def test_datasets_json(tmp_path, monkeypatch):
     """`datasets --json`: one object per dataset and split with the documented keys."""
+    from tiny_dataset_files import write_mnist
+
     from model_extraction.datasets import checksums, locations
     from model_extraction.datasets.checksums import Digest
-    from tiny_dataset_files import write_mnist
 
     monkeypatch.setenv("MODEL_EXTRACTION_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MODEL_EXTRACTION_DATA", raising=False)
