@@ -20,11 +20,15 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "BudgetExhaustedError",
     "CallableOracle",
+    "InsufficientPrecisionError",
+    "LogitDifferenceOracle",
     "ModelOracle",
     "Oracle",
     "OracleOutputError",
     "OutputKind",
+    "apply_output_policy",
     "as_oracle",
+    "keep_top_k",
 ]
 
 
@@ -68,6 +72,15 @@ class BudgetExhaustedError(RuntimeError):
 
 class OracleOutputError(ValueError):
     """The oracle returned something an attack cannot use (NaN, wrong shape, wrong type)."""
+
+
+class InsufficientPrecisionError(OracleOutputError):
+    """The outputs are too imprecise for the attack: rounded, quantised, float32 or noisy.
+
+    Functionally-equivalent extraction (§6.1) measures differences of outputs far below the
+    precision a rounding or noise defence leaves, so such an oracle is refused, not turned into
+    a silently wrong model.
+    """
 
 
 ModelFn = Callable[[NDArray[np.float64]], ArrayLike]
@@ -149,6 +162,42 @@ def _softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def apply_output_policy(
+    logits: ArrayLike, kind: OutputKind | str = OutputKind.LOGITS, k: int = 5
+) -> NDArray[Any]:
+    """What an API of output ``kind`` reveals of a batch of ``(n, K)`` logits (§3, Table 1).
+
+    ``logits``: the float64 logits themselves; ``probabilities``: their softmax;
+    ``top_k``: the softmax with all but the ``k`` largest entries of each row set to 0 (ties
+    broken by the lower class index); ``label``: the argmax as an ``(n, 1)`` int64 array.
+    The one place this project turns logits into what a victim's API returns: the in-process
+    :class:`ModelOracle` and the HTTP server (:mod:`model_extraction.serving`) both call it.
+    """
+    kind = OutputKind(kind)
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"logits must have shape (n, K); got {z.shape}")
+    if kind is OutputKind.LOGITS:
+        return z
+    if kind is OutputKind.LABEL:
+        return np.argmax(z, axis=1)[:, None].astype(np.int64)
+    if kind is OutputKind.UNKNOWN:
+        raise ValueError("choose an output kind: logits, probabilities, top_k or label")
+    probs = _softmax(z)
+    return keep_top_k(probs, k) if kind is OutputKind.TOP_K else probs
+
+
+def keep_top_k(probs: ArrayLike, k: int) -> NDArray[np.float64]:
+    """Set all but the ``k`` largest entries of each row to 0 (ties: lower index kept)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    out = np.array(probs, dtype=np.float64)
+    if k < out.shape[1]:
+        drop = np.argsort(-out, axis=1, kind="stable")[:, k:]
+        np.put_along_axis(out, drop, 0.0, axis=1)
+    return out
+
+
 class ModelOracle(Oracle):
     """An oracle over a model function that returns logits, with an output policy.
 
@@ -193,16 +242,7 @@ class ModelOracle(Oracle):
         logits = np.asarray(self._fn(x), dtype=np.float64)
         if logits.ndim != 2:
             return logits
-        kind = self.output_kind
-        if kind is OutputKind.LOGITS:
-            return logits
-        if kind is OutputKind.LABEL:
-            return np.argmax(logits, axis=1)[:, None].astype(np.int64)
-        probs = _softmax(logits)
-        if kind is OutputKind.TOP_K and self.k < probs.shape[1]:
-            drop = np.argsort(-probs, axis=1, kind="stable")[:, self.k :]
-            np.put_along_axis(probs, drop, 0.0, axis=1)
-        return probs
+        return apply_output_policy(logits, self.output_kind, self.k)
 
 
 class CallableOracle(Oracle):
@@ -229,12 +269,87 @@ class CallableOracle(Oracle):
         return self.fn(x)
 
 
+class LogitDifferenceOracle(Oracle):
+    """Logits up to a constant per input, from an oracle that returns exact probabilities.
+
+    ``log p_i - log p_r = z_i - z_r``: for a ReLU victim the differences of its logits to a
+    reference class ``r`` are piecewise linear in the input, so functionally-equivalent
+    extraction (§6, whose §6.1 threat model is raw logits) can run on an API that returns
+    float64 probabilities through this adapter. (``log p`` itself is *not* piecewise linear:
+    it subtracts a log-sum-exp that depends on the input.) The extracted network then computes
+    the victim's logits minus its logit ``r``: the same argmax and the same probabilities.
+
+    Every answer is checked: a probability of exactly 0 (a top-k or rounded output, or a gap
+    between logits beyond float64's range), or float32 probabilities, raise
+    :class:`InsufficientPrecisionError`; rows that are not probability vectors raise
+    :class:`OracleOutputError`. Queries are counted, and budgets enforced, by the wrapped oracle
+    as well as by this one.
+    """
+
+    def __init__(self, oracle: Oracle, *, reference: int = 0) -> None:
+        if not isinstance(oracle, Oracle):
+            raise TypeError(f"expected an Oracle returning probabilities, got {type(oracle)}")
+        kind = oracle.output_kind
+        if kind is OutputKind.TOP_K:
+            raise InsufficientPrecisionError(
+                "insufficient precision: a top-k oracle reports most probabilities as 0, and "
+                "log-probability differences need all of them. Use a learning-based attack."
+            )
+        if kind not in (OutputKind.PROBABILITIES, OutputKind.UNKNOWN):
+            raise ValueError(
+                f"LogitDifferenceOracle turns probabilities into logit differences; this oracle "
+                f"returns {kind.value}" + (" (use it directly)" if kind is OutputKind.LOGITS
+                                           else "")
+            )
+        if reference < 0:
+            raise ValueError(f"reference must be a class index, got {reference}")
+        super().__init__(input_dim=oracle.input_dim, output_kind=OutputKind.LOGITS)
+        self.oracle = oracle
+        self.reference = reference
+
+    def _evaluate(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        p = np.asarray(self.oracle(x))
+        if p.ndim != 2 or p.dtype.kind != "f" or p.shape[1] < 2:
+            raise OracleOutputError(
+                f"expected (n, K) float probabilities with K >= 2; got {p.dtype} of shape "
+                f"{p.shape} (labels cannot be turned into logits: use a learning-based attack)"
+            )
+        if p.dtype != np.float64:
+            raise InsufficientPrecisionError(
+                f"insufficient precision: the oracle returns {p.dtype} probabilities; logit "
+                "differences for functionally-equivalent extraction need float64 (§6.1)"
+            )
+        if self.reference >= p.shape[1]:
+            raise ValueError(f"reference class {self.reference} >= K = {p.shape[1]}")
+        zero = np.any(p == 0, axis=1)
+        if np.any(zero):
+            raise InsufficientPrecisionError(
+                f"insufficient precision: {int(zero.sum())} of {len(p)} answers contain a "
+                "probability of exactly 0 (a rounded or top-k output, or a clipped noisy one); "
+                "log-probability differences need every probability to full float64 precision. "
+                "Use a learning-based attack on such an API."
+            )
+        if np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-3):
+            raise OracleOutputError(
+                "the oracle's rows are not probability vectors (negative entries, or sums "
+                "other than 1); LogitDifferenceOracle needs the softmax of the logits"
+            )
+        r = self.reference
+        return np.log(p / p[:, r : r + 1])
+
+
 def as_oracle(obj: Any, *, input_dim: int | None = None, budget: int | None = None) -> Oracle:
     """Coerce ``obj`` to an :class:`Oracle`.
 
     An ``Oracle`` is returned as is; a network (anything with ``.logits``) becomes a logit
-    :class:`ModelOracle`; any other callable becomes a :class:`CallableOracle`.
+    :class:`ModelOracle`; any other callable becomes a :class:`CallableOracle`; an
+    ``http(s)://host:port/v2/models/NAME`` URL becomes a logit
+    :class:`~model_extraction.remote.RemoteOracle` (Open Inference Protocol).
     """
+    if isinstance(obj, str) and obj.startswith(("http://", "https://")):
+        from model_extraction.remote import RemoteOracle
+
+        return RemoteOracle(obj, input_dim=input_dim, budget=budget)
     if isinstance(obj, Oracle):
         if budget is not None and obj.budget is None:
             obj.budget = budget

@@ -2,7 +2,7 @@
 
 §6.1 assumes the adversary sees the raw logits as 64-bit floats, of a network that is piecewise
 linear (ReLU). Each violated assumption would otherwise turn into a silently wrong model, so each
-is refused here with a message saying what was seen and what to do. Costs about 40 queries.
+is refused here with a message saying what was seen and what to do. Costs about 50 queries.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from model_extraction.oracle import Oracle, OutputKind
+from model_extraction.oracle import InsufficientPrecisionError, Oracle, OutputKind
 
-__all__ = ["OracleMismatchError", "check_logit_oracle"]
+__all__ = ["OracleMismatchError", "OraclePrecisionError", "check_logit_oracle"]
 
 
 class OracleMismatchError(ValueError):
     """The oracle does not expose what functionally-equivalent extraction needs."""
+
+
+class OraclePrecisionError(OracleMismatchError, InsufficientPrecisionError):
+    """The oracle's outputs are rounded or noisy: too imprecise for §6 extraction."""
 
 
 def check_logit_oracle(
@@ -27,7 +31,10 @@ def check_logit_oracle(
     if kind not in (OutputKind.LOGITS, OutputKind.UNKNOWN):
         raise OracleMismatchError(
             f"this oracle returns {kind.value}; functionally-equivalent extraction needs raw "
-            "float64 logits (§6.1). Use a learning-based attack, or an API that returns logits."
+            "float64 logits (§6.1). Use a learning-based attack, or an API that returns logits"
+            + (" (or wrap exact float64 probabilities in LogitDifferenceOracle: their log "
+               "differences are the logits up to a constant per input)."
+               if kind is OutputKind.PROBABILITIES else ".")
         )
     x = centre + rng.uniform(-0.5, 0.5, (8, d)) * width
     raw = np.asarray(oracle(x))
@@ -54,8 +61,9 @@ def check_logit_oracle(
     if k > 1 and np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, rtol=0, atol=1e-9):
         raise OracleMismatchError(
             "the oracle returns probabilities (each row sums to 1); functionally-equivalent "
-            "extraction needs logits. If the probabilities are exact float64, pass "
-            "np.log(probabilities) differences instead (logits up to a constant per input)."
+            "extraction needs logits. If the probabilities are exact float64, wrap the oracle in "
+            "model_extraction.oracle.LogitDifferenceOracle (log-probability differences are the "
+            "logits up to a constant per input)."
         )
     # Rounded outputs: a tiny move must change them, and their low mantissa bits must be used.
     step = rng.standard_normal(d)
@@ -67,10 +75,24 @@ def check_logit_oracle(
     )
     varies = bool(np.any(y != y[0]))  # a victim that is constant here proves nothing
     if (varies and np.all(y2 == y)) or not low_bits_used:
-        raise OracleMismatchError(
-            "the oracle's outputs look rounded (a small move of the input leaves them unchanged, "
-            "or their low-order bits are all zero). Functionally-equivalent extraction needs "
-            "full-precision float64 logits; a rounding defence defeats it, by design."
+        raise OraclePrecisionError(
+            "insufficient precision: the oracle's outputs look rounded (a small move of the input "
+            "leaves them unchanged, or their low-order bits are all zero). Functionally-"
+            "equivalent extraction needs full-precision float64 logits; a rounding defence "
+            "defeats it, by design."
+        )
+    # Noise: two equal tiny steps must change a piecewise-linear output by equal amounts.
+    y3 = np.asarray(oracle(x + 2 * step), dtype=np.float64)
+    second = np.max(np.abs(y - 2 * y2 + y3), axis=1)
+    first = np.max(np.abs(y3 - y), axis=1)
+    roundoff = 64 * np.finfo(np.float64).eps * (1 + np.max(np.abs(y), axis=1))
+    noisy = int(np.sum(second > 1e-4 * first + roundoff))
+    if noisy >= 4:
+        raise OraclePrecisionError(
+            f"insufficient precision: the oracle's outputs are noisy or finely rounded ({noisy} "
+            "of 8 pairs of equal tiny steps changed them by unequal amounts, which a piecewise-"
+            "linear victim cannot do). A noise or rounding defence defeats functionally-"
+            "equivalent extraction; use a learning-based attack."
         )
     # Piecewise linearity: second differences along short segments vanish except at a kink.
     base = centre + rng.uniform(-0.25, 0.25, (8, d)) * width
@@ -85,6 +107,7 @@ def check_logit_oracle(
         raise OracleMismatchError(
             f"the victim is not piecewise linear: {curved} of 8 short segments are curved. "
             "Functionally-equivalent extraction applies to ReLU networks (§6.1); a tanh, sigmoid "
-            "or softmax output cannot be extracted this way."
+            "or softmax output cannot be extracted this way, nor can outputs that the API bends "
+            "with a smooth defence (such as reverse sigmoid)."
         )
     return k

@@ -1,0 +1,72 @@
+"""``model-extraction serve``: build a deployment from command-line options and run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_extraction.defenses import OutputPolicy
+from model_extraction.network import ReLUNetwork
+
+from .keys import ApiKey, load_keys, parse_key_option
+from .run import serve
+from .server import ServerConfig, create_app
+
+__all__ = ["launch"]
+
+
+def launch(
+    victim: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str = "victim",
+    output: str = "logits",
+    k: int = 5,
+    decimals: int | None = None,
+    noise_sigma: float = 0.0,
+    reverse_sigmoid_beta: float | None = None,
+    reverse_sigmoid_gamma: float = 0.5,
+    keys: list[str] | None = None,
+    keys_file: Path | None = None,
+    rate_limit: float | None = None,
+    burst: float | None = None,
+    max_batch: int = 4096,
+    max_request_bytes: int = 64 * 2**20,
+    input_range: tuple[float, float] | None = None,
+    log: Path | None = None,
+    seed: int = 0,
+    dry_run: bool = False,
+    log_level: str = "info",
+) -> str:
+    """Load ``victim``, build the app, and serve it (unless ``dry_run``); return a summary.
+
+    Raises ``ValueError`` with a message for inconsistent options.
+    """
+    network = ReLUNetwork.load(victim)
+    policy = OutputPolicy(kind=output, k=k, decimals=decimals, noise_sigma=noise_sigma,
+                          reverse_sigmoid_beta=reverse_sigmoid_beta,
+                          reverse_sigmoid_gamma=reverse_sigmoid_gamma)
+    api_keys: list[ApiKey] = [parse_key_option(text) for text in keys or []]
+    if keys_file is not None:
+        api_keys += load_keys(keys_file)
+    config = ServerConfig(
+        model_name=model_name, policy=policy, keys=tuple(api_keys), rate_limit=rate_limit,
+        burst=burst, max_batch=max_batch, max_request_bytes=max_request_bytes,
+        input_range=input_range, log_path=log, seed=seed,
+    )
+    app = create_app(network, config)
+    budgets = ", ".join(f"{key.name}: {'unlimited' if key.budget is None else f'{key.budget:,}'}"
+                        for key in api_keys) or "none (open server, no budget)"
+    summary = (
+        f"serving {victim} ({network.input_dim}-{network.hidden}-{network.num_outputs}) as "
+        f"{model_name!r} on http://{host}:{port}/v2/models/{model_name}\n"
+        f"outputs: {policy.describe()}\n"
+        f"API keys (rows of budget): {budgets}\n"
+        f"rate limit: {'none' if rate_limit is None else f'{rate_limit:g} requests/s per key'}; "
+        f"max batch {max_batch:,} rows; max request {max_request_bytes:,} bytes\n"
+        f"audit log: {log or 'none'}"
+    )
+    if not dry_run:
+        print(summary, flush=True)
+        serve(app, host=host, port=port, log_level=log_level)
+    return summary
