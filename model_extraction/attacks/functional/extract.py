@@ -104,6 +104,9 @@ class FunctionalExtraction:
         whose estimated precision is below this many bits, at the point of its hyperplane that
         is furthest from all others and with the largest steps that stay in one linear region
         (2(d + 1) queries per unit). ``0`` turns the refinement off.
+    refine_share:
+        Default mode: the refinement spends at most this fraction of the queries already spent,
+        on the least precise units first.
     """
 
     mode: Literal["default", "paper"] = "default"
@@ -114,6 +117,7 @@ class FunctionalExtraction:
     patience: int = 4
     step_fraction: float = 0.25
     refine_bits: float = 40.0
+    refine_share: float = 0.25
     check_oracle: bool = True
 
     def __post_init__(self) -> None:
@@ -126,6 +130,8 @@ class FunctionalExtraction:
             raise ValueError(f"input_bounds must be (low, high) with low < high, got {lo, hi}")
         if self.mode == "paper" and self.hidden is None:
             raise ValueError("paper mode needs hidden=h (it searches t in [-h², h²] as §6.3 does)")
+        if self.refine_bits < 0 or self.refine_share < 0:
+            raise ValueError("refine_bits and refine_share must be non-negative")
         if self.max_lines < 1 or self.patience < 1 or not 0 < self.step_fraction <= 1:
             raise ValueError("max_lines, patience >= 1 and 0 < step_fraction <= 1 are required")
 
@@ -497,6 +503,9 @@ class _Run:
         """
         errors = np.array(self.units.errors)
         weak = np.flatnonzero(errors > 2.0 ** -self.cfg.refine_bits)
+        # The weakest first, within a share of what finding the units cost.
+        affordable = int(self.cfg.refine_share * self.oracle.queries // (2 * (self.d + 1)))
+        weak = weak[np.argsort(-errors[weak], kind="stable")][:affordable]
         h = len(self.units)
         chunk = max(1, int(2e7 // (2 * h * self.d)))  # bounds the (2n, h, d) step array
         improved = 0
