@@ -17,6 +17,8 @@ from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import (
     BudgetExhaustedError,
     CallableOracle,
+    InsufficientPrecisionError,
+    LogitDifferenceOracle,
     ModelOracle,
     Oracle,
     OracleOutputError,
@@ -29,6 +31,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BudgetExhaustedError",
     "CallableOracle",
+    "InsufficientPrecisionError",
+    "LogitDifferenceOracle",
     "ExtractionError",
     "ExtractionResult",
     "FunctionalExtraction",

@@ -617,7 +617,7 @@ class _Run:
                     self.oracle, point, self.width
                 )
                 self._remember(xs, ys)
-                if err > 1e-4:
+                if err > 1e-8:
                     # The probes at ±c met another hyperplane: §6.4's sizes are then sums of two
                     # units' second differences. The pair test exposes it; look elsewhere.
                     self.notes.append(
