@@ -67,6 +67,7 @@ def fit(
     augment: Augment | None = None,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` on ``x`` with cross-entropy and return the mean loss of each epoch.
 
@@ -84,6 +85,10 @@ def fit(
         Applied to each batch, drawing its randomness from the same generator.
     on_epoch:
         Called as ``on_epoch(epoch, mean_loss)`` after each epoch.
+    on_step:
+        Called as ``on_step(step, loss)`` after each optimizer step (``step`` counts from 1
+        over the whole run); the model is put back in training mode after it returns, so it
+        may evaluate the model (checkpoints of §4's learning-based extraction).
     """
     xs = _as_tensor(x, torch.float32)
     t = targets if isinstance(targets, torch.Tensor) else torch.from_numpy(np.array(targets))
@@ -104,6 +109,7 @@ def fit(
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     gen = torch.Generator().manual_seed(order_seed)
     history = []
+    step = 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(xs), generator=gen)
@@ -118,6 +124,10 @@ def fit(
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            step += 1
+            if on_step is not None:
+                on_step(step, loss.item())
+                model.train()
         history.append(total / len(xs))
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
