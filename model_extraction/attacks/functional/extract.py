@@ -189,6 +189,7 @@ class _Run:
                  progress: ProgressFn | None) -> None:
         self.cfg, self.oracle, self.d = cfg, oracle, d
         self.rng = np.random.default_rng(cfg.seed)
+        self.keep_rng = np.random.default_rng([cfg.seed, 1])
         self.progress = progress
         self.phases: dict[str, PhaseCost] = {}
         self.phase = "start"
@@ -315,8 +316,17 @@ class _Run:
         )
 
     def _remember(self, x: Array, y: Array) -> None:
-        self.seen_x.append(np.asarray(x, dtype=np.float64))
-        self.seen_y.append(np.asarray(y, dtype=np.float64))
+        """Keep answered queries for the last layer (§6.6), at most 256 rows per batch.
+
+        The least squares needs a few thousand rows in all; keeping every probe of paper mode
+        (``8d`` rows of ``d`` floats per unit) would take gigabytes at ``h = 128``.
+        """
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if len(x) > 256:
+            keep = self.keep_rng.choice(len(x), 256, replace=False)
+            x, y = x[keep], y[keep]
+        self.seen_x.append(x)
+        self.seen_y.append(y)
 
     # ----------------------------------------------------------- default mode
     def _default_rows(self) -> None:
