@@ -346,10 +346,13 @@ class _Run:
                 idle += 1
                 length *= 2.0  # units not seen yet have their hyperplanes further out
                 continue
-            idle = 0
             mark = self._enter("weights")
-            self._recover_on_line(line, kinks, new, (-1.0, 1.0))
+            added = self._recover_on_line(line, kinks, new, (-1.0, 1.0))
             self._leave(mark)
+            # A line whose new critical points were all refused (crowded hyperplanes) adds
+            # nothing either: it counts towards the patience, or the search would run to
+            # max_lines on a victim whose units are all found.
+            idle = 0 if added else idle + 1
 
     def _unknown(self, kinks: list[Kink], line: Line) -> list[int]:
         """Indices of ``kinks`` that belong to no unit found so far (predicted, no query)."""
@@ -374,8 +377,11 @@ class _Run:
 
     def _recover_on_line(
         self, line: Line, kinks: list[Kink], new: list[int], t_range: tuple[float, float]
-    ) -> None:
-        """Rows of the new units on ``line`` from the Jacobians of the regions beside them."""
+    ) -> int:
+        """Rows of the new units on ``line`` from the Jacobians of the regions beside them.
+
+        Returns how many units were added.
+        """
         ts = np.array([k.t for k in kinks])
         speed = float(np.linalg.norm(line.direction))
         # Region s lies between kink s-1 and kink s (region 0 before the first kink).
@@ -467,14 +473,16 @@ class _Run:
                 self.notes.append(f"a critical point at t={t:.6g} was not a single ReLU; skipped")
                 continue
             found.append((fit.row, bias, fit.out, point, fit.error_estimate))
+        added = 0
         for unit, real in zip(found, self._cross_check(found), strict=True):
             if real:
-                self.units.add(*unit)
+                added += self.units.add(*unit)
             else:
                 self.notes.append(
                     "a critical point did not behave as one ReLU along a second direction "
                     "(two close critical points merged on the line); skipped"
                 )
+        return added
 
     def _cross_check(self, found: list[tuple[Array, float, Array, Array, float]]) -> list[bool]:
         """Cross each candidate hyperplane in a fresh random direction: is the kink there?
