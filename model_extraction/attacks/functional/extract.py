@@ -34,7 +34,7 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 from .checks import check_logit_oracle
 from .jacobian import jacobian_columns, jacobians
 from .result import ExtractionError, ExtractionResult, PhaseCost
-from .rows import fit_row
+from .rows import RowFit, fit_row
 from .search import Kink, Line, search_line, search_line_paper
 from .signs import fit_last_layer, signs_from_jacobians, signs_from_nullspace
 
@@ -42,6 +42,22 @@ Array = NDArray[np.float64]
 ProgressFn = Callable[[str, int, int, int | None], None]
 
 __all__ = ["FunctionalExtraction", "extract_functional"]
+
+
+def _meeting_point(ya: Array, ma: Array, yb: Array, mb: Array, ta: float, tb: float) -> float:
+    """Where the affine pieces ``ya + ma (t - ta)`` and ``yb + mb (t - tb)`` meet (least
+    squares over the outputs): the critical point between two measured regions."""
+    dm = ma - mb
+    return ta + float((yb - ya - mb * (tb - ta)) @ dm) / float(dm @ dm)
+
+
+def _slope_mismatch(fit: RowFit, line: Line, kink: Kink) -> float:
+    """Relative gap between the slope change the line search saw at ``kink`` and the one the
+    fitted unit predicts along ``line`` (``g · (r·v)``)."""
+    seen = kink.slope_change
+    gap = float(np.linalg.norm(fit.out * float(fit.row @ line.direction) - seen))
+    scale = float(np.linalg.norm(seen))
+    return gap / scale if scale > 0 else (np.inf if gap > 0 else 0.0)
 
 
 @dataclass
@@ -410,10 +426,7 @@ class _Run:
         for _round in range(6):
             redo: dict[tuple[int, int], float] = {}
             if unchecked.any():
-                for (s_, j), step in self._half_step_mismatches(
-                    points, values, jacs, col_steps, unchecked
-                ).items():
-                    redo[(s_, j)] = step
+                redo.update(self._half_step_mismatches(points, values, jacs, col_steps, unchecked))
             for i in new:
                 before, after = region[i], region[i + 1]
                 fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
@@ -430,13 +443,9 @@ class _Run:
                 # not, and no column is suspect, probes crossed a hyperplane without breaking the
                 # rank-one structure (the unit's own hyperplane, which scales entries of the row,
                 # or any hyperplane when K = 1): re-measure both Jacobians with smaller steps.
-                seen = kinks[i].slope_change
-                if not unit_redo and np.linalg.norm(
-                    fit.out * float(fit.row @ line.direction) - seen
-                ) > 1e-4 * np.linalg.norm(seen):
+                if not unit_redo and _slope_mismatch(fit, line, kinks[i]) > 1e-4:
                     for s_ in (before, after):
-                        for j in range(self.d):
-                            unit_redo[(s_, j)] = col_steps[s_, j] / 8.0
+                        unit_redo.update({(s_, j): col_steps[s_, j] / 8.0 for j in range(self.d)})
                 for key, step in unit_redo.items():
                     redo[key] = min(redo.get(key, np.inf), step)
             if not redo:
@@ -458,18 +467,13 @@ class _Run:
             fit = fits[i]
             before, after = region[i], region[i + 1]
             # Refine the crossing from the two regions' exact affine pieces along the line.
-            ya, yb = values[before], values[after]
-            ma, mb = jacs[before] @ line.direction, jacs[after] @ line.direction
-            ta, tb = centres[before], centres[after]
-            dm = ma - mb
-            t = ta + float((yb - ya - mb * (tb - ta)) @ dm) / float(dm @ dm)
+            t = _meeting_point(values[before], jacs[before] @ line.direction, values[after],
+                               jacs[after] @ line.direction, centres[before], centres[after])
             if not edges[i] < t < edges[i + 2]:
                 t = kinks[i].t
             point = line.at(np.array([t]))[0]
             bias = -float(fit.row @ point)
-            seen = kinks[i].slope_change
-            mismatch = np.linalg.norm(fit.out * float(fit.row @ line.direction) - seen)
-            if fit.error_estimate > 1e-6 or mismatch > 1e-3 * np.linalg.norm(seen):
+            if fit.error_estimate > 1e-6 or _slope_mismatch(fit, line, kinks[i]) > 1e-3:
                 self.notes.append(f"a critical point at t={t:.6g} was not a single ReLU; skipped")
                 continue
             found.append((fit.row, bias, fit.out, point, fit.error_estimate))
@@ -577,10 +581,8 @@ class _Run:
                 self.notes.append("a refined row disagreed with its first estimate; kept the first")
                 continue
             # The crossing on the segment between the two points, from both affine pieces.
-            ya, yb, u = values[n + m], values[m], shift[m] * 2
-            ma, mb = jacs[n + m] @ u, jacs[m] @ u
-            dm = ma - mb
-            t = float((yb - ya - mb) @ dm) / float(dm @ dm)
+            u = 2 * shift[m]
+            t = _meeting_point(values[n + m], jacs[n + m] @ u, values[m], jacs[m] @ u, 0.0, 1.0)
             point = (p[m] - shift[m]) + np.clip(t, 0.0, 1.0) * u
             units.rows[i], units.biases[i] = fit.row, -float(fit.row @ point)
             units.outs[i], units.points[i], units.errors[i] = fit.out, point, fit.error_estimate
