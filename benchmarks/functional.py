@@ -61,6 +61,24 @@ def run_one(victim: ReLUNetwork, test_x: np.ndarray, mode: str, seed: int) -> di
     }
 
 
+def trained_victim(args: argparse.Namespace, train, test, h: int, seed: int) -> ReLUNetwork:
+    """The victim ``d → h → K`` trained as the paper does (Adam, batch 128), cached in
+    ``--victim-dir`` when given."""
+    path = None
+    if args.victim_dir is not None:
+        path = args.victim_dir / f"{args.dataset}-h{h}-e{args.epochs}-seed{seed}.safetensors"
+        if path.exists():
+            return ReLUNetwork.load(path)
+    victim = train_victim(train.flat(np.float32), train.labels, h,
+                          num_classes=train.num_classes, epochs=args.epochs, seed=seed,
+                          x_test=test.flat(), y_test=test.labels,
+                          metadata={"dataset": args.dataset})
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        victim.save(path)
+    return victim
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| victim | mode | h | parameters | runs | queries (median) | log2 q | q/(d·h) | "
             "fidelity test | fidelity uniform | max \\|w err\\| | mean \\|w err\\| | mean bits | "
@@ -96,6 +114,8 @@ def main() -> None:
     p.add_argument("--random-victims", type=int, default=1, help="random victims per size")
     p.add_argument("--modes", nargs="+", default=["default"], choices=["default", "paper"])
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--victim-dir", type=Path, default=None,
+                   help="keep trained victims here (safetensors) and reuse them on later runs")
     p.add_argument("--json", type=Path, default=None, help="write rows here")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here")
     args = p.parse_args()
@@ -105,13 +125,11 @@ def main() -> None:
 
     train = load_dataset(args.dataset, "train", progress=False)
     test = load_dataset(args.dataset, "test", progress=False)
-    xtr, xte = train.flat(np.float32), test.flat()
+    xte = test.flat()
     rows: list[dict] = []
     for h in args.sizes:
         victims = [
-            train_victim(xtr, train.labels, h, num_classes=train.num_classes, epochs=args.epochs,
-                         seed=s, x_test=xte, y_test=test.labels, metadata={"dataset": args.dataset})
-            for s in range(args.victims)
+            trained_victim(args, train, test, h, s) for s in range(args.victims)
         ] + [ReLUNetwork.random(xte.shape[1], h, train.num_classes, seed=100 + s)
              for s in range(args.random_victims)]
         for v in victims:

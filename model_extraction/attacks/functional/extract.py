@@ -60,6 +60,38 @@ def _slope_mismatch(fit: RowFit, line: Line, kink: Kink) -> float:
     return gap / scale if scale > 0 else (np.inf if gap > 0 else 0.0)
 
 
+def _room_from(points: Array, rows: Array, biases: Array) -> tuple[Array, Array]:
+    """How far each coordinate of each point may move, forwards and backwards, before it
+    meets one of the hyperplanes ``rows · x + biases = 0``: ``(forward, backward)``, both
+    ``(m, d)``.
+
+    Along ``e_j`` hyperplane ``k`` is met at ``s = -y_k(x) / R[k, j]`` (``y_k`` is affine), so no
+    query is spent. Chunked so that the ``(m, h, d)`` intermediate stays small.
+    """
+    m, d = points.shape
+    forward, backward = np.full((m, d), np.inf), np.full((m, d), np.inf)
+    chunk = max(1, int(2e7 // max(1, len(rows) * d)))
+    for s in range(0, m, chunk):
+        yk = points[s : s + chunk] @ rows.T + biases
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hit = -yk[:, :, None] / rows[None, :, :]
+        forward[s : s + chunk] = np.where(hit > 0, hit, np.inf).min(axis=1)
+        backward[s : s + chunk] = np.where(hit < 0, -hit, np.inf).min(axis=1)
+    return forward, backward
+
+
+def _signed_steps(size: Array, forward: Array, backward: Array) -> Array:
+    """Steps of at most ``size`` and at most half the room ahead, forwards unless there is
+    more room behind than in front (then backwards, negative)."""
+    back = (0.5 * forward < size) & (backward > forward)
+    # A floor keeps a point that lies on a known hyperplane (no room either way) from a zero
+    # step; its probe then crosses, and the checks downstream see it.
+    size = np.maximum(size, 0.0)
+    ahead = np.maximum(np.minimum(size, 0.5 * forward), 1e-9 * size)
+    behind = np.maximum(np.minimum(size, 0.5 * backward), 1e-9 * size)
+    return np.where(back, -behind, ahead)
+
+
 @dataclass
 class _Units:
     """Units recovered so far (unit-norm rows ``r``, biases ``β``, output vectors ``g``)."""
@@ -292,8 +324,13 @@ class _Run:
             self._remember(points, values)
             signs = signs_from_nullspace(self.oracle, rows, points, values, 1e-3 * self.width)
         else:
+            # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
+            # (the votes are 0 or 1 up to rounding), so large victims use a random subset.
+            pick = np.arange(len(self.jacs))
+            if len(pick) > 512:
+                pick = np.sort(self.keep_rng.choice(len(pick), 512, replace=False))
             signs, confidence = signs_from_jacobians(
-                rows, biases, outs, np.array(self.jac_points), np.array(self.jacs)
+                rows, biases, outs, np.array(self.jac_points)[pick], np.array(self.jacs)[pick]
             )
             weak = int(np.sum(confidence < 0.5))
             if weak:
@@ -408,57 +445,92 @@ class _Run:
         half = np.array([0.5 * (edges[s + 1] - edges[s]) for s in needed]) * speed
         steps = np.minimum(self.cfg.step_fraction * half, 0.5 * self.width)
         points = line.at(centres)
-        values, jacs = self._jacobians(points, steps)
+        # Probes stay clear of the hyperplanes already known (no query is needed to know where
+        # they are), probing backwards where there is more room behind.
+        known_fwd, known_back = self._room(points)
+        col_steps = _signed_steps(steps[:, None], known_fwd, known_back)
+        values, jacs = self._jacobians(points, col_steps)
         region = {s: n for n, s in enumerate(needed)}
         self._remember(points, values)
-
-        # A probe that crosses another hyperplane breaks the rank-one structure of the
-        # difference and is flagged by the fit; a probe that crosses the unit's *own* hyperplane
-        # only shrinks one entry, so steps are also kept under half the distance to it.
-        col_steps = np.repeat(steps[:, None], self.d, axis=1)
         # With K = 1 every difference is rank one, so crossings are caught by measuring each
         # column a second time with half the step: inside one linear region both agree.
         unchecked = np.zeros(col_steps.shape, dtype=bool)
         if values.shape[1] == 1:
             for i in new:
                 unchecked[[region[i], region[i + 1]]] = True
-        fits = {}
+        flipped = np.zeros(col_steps.shape, dtype=bool)
+        remeasured: set[int] = set()
+        fits: dict[int, RowFit] = {}
         for _round in range(6):
-            redo: dict[tuple[int, int], float] = {}
+            bad = np.zeros(col_steps.shape, dtype=bool)
             if unchecked.any():
-                redo.update(self._half_step_mismatches(points, values, jacs, col_steps, unchecked))
+                bad |= self._half_step_mismatches(points, values, jacs, col_steps, unchecked)
             for i in new:
                 before, after = region[i], region[i + 1]
-                fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
-                fits[i] = fit
+                fits[i] = fit = fit_row(jacs[after] - jacs[before], orient=line.direction)
+                # A probe that crossed another hyperplane breaks the rank-one structure: the
+                # fit flags its column (on either side).
                 crossing = fit.suspicious_columns()
-                unit_redo: dict[tuple[int, int], float] = {}
-                for s_ in (before, after):
-                    reach = abs(float(fit.row @ line.direction)) * abs(centres[s_] - kinks[i].t)
-                    with np.errstate(divide="ignore"):
-                        safe = 0.5 * reach / np.abs(fit.row)
-                    for j in np.union1d(crossing, np.flatnonzero(col_steps[s_] > safe)):
-                        unit_redo[(s_, int(j))] = min(col_steps[s_, j] / 8.0, 0.5 * safe[j])
-                # The slope change the line search saw must be what the fitted unit predicts. If
-                # not, and no column is suspect, probes crossed a hyperplane without breaking the
-                # rank-one structure (the unit's own hyperplane, which scales entries of the row,
-                # or any hyperplane when K = 1): re-measure both Jacobians with smaller steps.
-                if not unit_redo and _slope_mismatch(fit, line, kinks[i]) > 1e-4:
-                    for s_ in (before, after):
-                        unit_redo.update({(s_, j): col_steps[s_, j] / 8.0 for j in range(self.d)})
-                for key, step in unit_redo.items():
-                    redo[key] = min(redo.get(key, np.inf), step)
-            if not redo:
+                bad[before, crossing] = bad[after, crossing] = True
+            # A probe that crossed the unit's *own* hyperplane keeps the difference rank one but
+            # clips its entry: it measured the column only up to the crossing, so that
+            # |D_j| |s| = |slope change| |t - t_i| exactly, where an uncrossed probe towards
+            # the hyperplane gives less. No fit is needed for this test.
+            for i in new:
+                seen = kinks[i].slope_change
+                diff = jacs[region[i + 1]] - jacs[region[i]]
+                size = np.linalg.norm(diff, axis=0)
+                sign = np.sign(seen @ diff)  # sign of the row's entries (r · v > 0)
+                for s_, side in ((region[i], 1.0), (region[i + 1], -1.0)):
+                    # Before the kink y_i < 0 and a probe goes towards 0 if s r_j > 0.
+                    towards = side * col_steps[s_] * sign > 0
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = size * np.abs(col_steps[s_]) / (
+                            np.linalg.norm(seen) * abs(centres[s_] - kinks[i].t))
+                    bad[s_] |= towards & (ratio > 0.999)
+            # Well-fitted hyperplanes of this line's new units (each through its critical point)
+            # show which probes crossed one of them.
+            good = [i for i in new if fits[i].error_estimate < 1e-8]
+            if good:
+                line_rows = np.array([fits[i].row for i in good])
+                line_b = -np.sum(line_rows * line.at(ts[good]), axis=1)
+                line_fwd, line_back = _room_from(points, line_rows, line_b)
+                fwd, back = np.minimum(known_fwd, line_fwd), np.minimum(known_back, line_back)
+            else:
+                fwd, back = known_fwd, known_back
+            room = np.where(col_steps > 0, fwd, back)
+            bad |= np.abs(col_steps) >= 0.99 * room
+            # The slope change the line search saw must be what the fitted unit predicts. If
+            # not, and nothing is suspect, probes crossed a hyperplane without breaking the
+            # rank-one structure (any hyperplane when K = 1): re-measure both Jacobians, once.
+            for i in new:
+                sides = [region[i], region[i + 1]]
+                if (not bad[sides].any() and i not in remeasured
+                        and _slope_mismatch(fits[i], line, kinks[i]) > 1e-4):
+                    remeasured.add(i)
+                    bad[sides] = True
+            if not bad.any():
                 break
-            pairs = np.array(list(redo.keys()), dtype=np.int64)
-            probe_steps = np.array(list(redo.values()))
-            col_steps[pairs[:, 0], pairs[:, 1]] = probe_steps
+            # First probe the other way with the same step (a crossed hyperplane lies ahead, and
+            # a large step keeps the precision); a column already turned, or with little room
+            # behind, shrinks by 8 instead.
+            size = np.abs(col_steps)
+            turned = np.minimum(size, 0.5 * np.where(col_steps > 0, back, fwd))
+            turn = bad & ~flipped & (turned >= size / 8.0)
+            col_steps = np.where(
+                turn, -np.sign(col_steps) * turned,
+                np.where(bad, _signed_steps(size / 8.0, fwd, back), col_steps))
+            flipped |= turn
+            pairs = np.argwhere(bad).astype(np.int64)
+            probe_steps = col_steps[pairs[:, 0], pairs[:, 1]]
             cols = jacobian_columns(self.oracle, points, values, pairs, probe_steps)
             jacs[pairs[:, 0], :, pairs[:, 1]] = cols
             if values.shape[1] == 1:
-                unchecked[pairs[:, 0], pairs[:, 1]] = True
+                unchecked |= bad
         else:
             self.notes.append("some Jacobian columns stayed inconsistent after 6 re-measurements")
+            fits = {i: fit_row(jacs[region[i + 1]] - jacs[region[i]], orient=line.direction)
+                    for i in new}
 
         self.jac_points.extend(points)
         self.jacs.extend(jacs)
@@ -555,12 +627,7 @@ class _Run:
         c = clearance[np.arange(n), best]
         shift = 0.5 * c[:, None] * r_w
         points = np.concatenate([p + shift, p - shift])  # (2n, d): the y_i > 0 side, then < 0
-        # Largest safe step per column and direction: y_k(x + s e_j) = y_k(x) + s R[k, j].
-        yk = points @ rows.T + biases  # (2n, h)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            hit = -yk[:, :, None] / rows[None, :, :]  # (2n, h, d): s at which unit k flips
-        forward = np.where(hit > 0, hit, np.inf).min(axis=1)
-        backward = np.where(hit < 0, -hit, np.inf).min(axis=1)
+        forward, backward = self._room(points)
         room = np.maximum(forward, backward)
         cap = self.width * np.sqrt(d)
         steps = 0.5 * np.minimum(room, cap) * np.where(forward >= backward, 1.0, -1.0)
@@ -589,13 +656,20 @@ class _Run:
             improved += 1
         return improved
 
+    def _room(self, points: Array) -> tuple[Array, Array]:
+        """:func:`_room_from` the hyperplanes of the units found so far."""
+        if not len(self.units):
+            inf = np.full(points.shape, np.inf)
+            return inf, inf.copy()
+        return _room_from(points, np.array(self.units.rows), np.array(self.units.biases))
+
     def _half_step_mismatches(
         self, points: Array, values: Array, jacs: Array, col_steps: Array, unchecked: Array
-    ) -> dict[tuple[int, int], float]:
-        """Re-measure the unchecked columns at half their step; return those that disagree.
+    ) -> NDArray[np.bool_]:
+        """Re-measure the unchecked columns at half their step; mark those that disagree.
 
         Marks them checked. A disagreement means the probe left the linear region: the column
-        is to be measured again with an eighth of its step.
+        is to be measured again. Returns a mask shaped like ``col_steps``.
         """
         pairs = np.argwhere(unchecked).astype(np.int64)
         unchecked[:] = False
@@ -603,10 +677,11 @@ class _Run:
         again = jacobian_columns(self.oracle, points, values, pairs, half)[:, 0]
         first = jacs[pairs[:, 0], 0, pairs[:, 1]]
         scale = np.abs(values[pairs[:, 0], 0]) + 1.0
-        tol = 1e-9 * np.maximum(np.abs(first), np.abs(again)) + 1e-13 * scale / half
-        bad = np.abs(first - again) > tol
-        return {(int(p), int(j)): float(s) / 4.0
-                for (p, j), s in zip(pairs[bad], half[bad], strict=True)}
+        tol = 1e-9 * np.maximum(np.abs(first), np.abs(again)) + 1e-13 * scale / np.abs(half)
+        bad = np.zeros(col_steps.shape, dtype=bool)
+        flag = np.abs(first - again) > tol
+        bad[pairs[flag, 0], pairs[flag, 1]] = True
+        return bad
 
     def _jacobians(self, points: Array, steps: Array) -> tuple[Array, Array]:
         chunk = max(1, 16_384 // (self.d + 1))

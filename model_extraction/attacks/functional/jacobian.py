@@ -43,12 +43,16 @@ def jacobian_columns(
 
 
 def jacobians(oracle: Oracle, points: Array, steps: Array) -> tuple[Array, Array]:
-    """Full Jacobians at each of ``points`` (``(m, d)``), with one step per point (``(m,)``).
+    """Full Jacobians at each of ``points`` (``(m, d)``).
 
-    Costs ``m (d + 1)`` queries. Returns ``(values (m, K), jacobians (m, K, d))``.
+    ``steps`` is one step per point (``(m,)``) or one per point and coordinate (``(m, d)``; a
+    negative step probes backwards). Costs ``m (d + 1)`` queries. Returns
+    ``(values (m, K), jacobians (m, K, d))``.
     """
     m, d = points.shape
+    steps = np.asarray(steps, dtype=np.float64)
+    steps = np.repeat(steps, d) if steps.ndim == 1 else steps.reshape(-1)
     values = _call(oracle, points)
     cols = np.stack(np.meshgrid(np.arange(m), np.arange(d), indexing="ij"), -1).reshape(-1, 2)
-    slopes = jacobian_columns(oracle, points, values, cols, np.repeat(steps, d))
+    slopes = jacobian_columns(oracle, points, values, cols, steps)
     return values, slopes.reshape(m, d, -1).transpose(0, 2, 1)
