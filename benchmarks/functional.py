@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from model_extraction.attacks.functional import extract_functional
 from model_extraction.datasets import load_dataset
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--random-victims", type=int, default=1, help="random victims per size")
     p.add_argument("--modes", nargs="+", default=["default"], choices=["default", "paper"])
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for training victims (1 is fastest on a shared CPU)")
     p.add_argument("--victim-dir", type=Path, default=None,
                    help="keep trained victims here (safetensors) and reuse them on later runs")
     p.add_argument("--json", type=Path, default=None, help="write rows here")
@@ -123,6 +126,7 @@ def main() -> None:
         args.dataset, args.sizes, args.victims, args.random_victims = "digits", [16, 32], 2, 1
         args.modes = ["default", "paper"]
 
+    torch.set_num_threads(args.threads)
     train = load_dataset(args.dataset, "train", progress=False)
     test = load_dataset(args.dataset, "test", progress=False)
     xte = test.flat()

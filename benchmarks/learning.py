@@ -11,10 +11,19 @@ Usage::
     MODEL_EXTRACTION_DATA=../shared/data python benchmarks/learning.py \\
         --datasets mnist fashion-mnist --json results/learning.json \\
         --markdown results/learning.md --plot results/learning.png
+    # several seeds: each cell becomes mean ± standard deviation
+    ... --datasets mnist fashion-mnist --tables 3 --seeds 0 1 2
+    # CIFAR-10 with the small CNN (options take DATASET=VALUE to set one dataset's)
+    ... --datasets cifar10 --arch cnn --width 16 --victim-epochs 6 --steps 1200
+    # choose a hyper-parameter on training images held out of the pool, not on the test set
+    ... --datasets fashion-mnist --tables 3 --methods mixmatch --budgets 250 \\
+        --validation 5000 --lambda-u 10
 
 For each dataset a victim is trained on the labelled training set (or loaded from
-``--victim-dir``); the attacker's pool is the same training images without labels, as in §4.2.
-Every row records its seed and wall time; the JSON also records the command and the scale.
+``--victim-dir``); the attacker's pool is the same training images without labels, as in §4.2
+(less the ``--validation`` images, if any). Every row records its seed and wall time; the JSON
+also records the command, the scale, the victims, and per cell the mean, standard deviation,
+min and max over the seeds (``aggregate``).
 """
 
 from __future__ import annotations
@@ -25,17 +34,21 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_extraction.attacks.learning import Augmentation, LearningExtraction, MixMatchConfig
 from model_extraction.attacks.learning.augment import FLIP_DATASETS
 from model_extraction.attacks.learning.command import arch_options
 from model_extraction.attacks.learning.experiment import evaluation_split, prepare_victim
+from model_extraction.attacks.learning.mixmatch import default_lambda_u
 from model_extraction.datasets import load_dataset
 from model_extraction.oracle import ModelOracle
+from model_extraction.training import resolve_device
 
 DEFAULTS = {"datasets": ["mnist", "fashion-mnist"], "budgets": [250, 1000, 4000],
             "table2_budget": 1000, "steps": 5000, "test_size": 2000}
@@ -60,12 +73,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=5, help="top-k: probabilities revealed (WSL-5)")
     p.add_argument("--tables", nargs="+", default=["3", "2"], choices=["2", "3"])
     p.add_argument("--steps", type=int, help="training steps of every run (default: 5000)")
-    p.add_argument("--lambda-u", type=float, default=75.0)
-    p.add_argument("--crop-padding", type=int, default=None,
+    p.add_argument("--lambda-u", nargs="+", default=None, metavar="[DATASET=]VALUE",
+                   help="MixMatch's unlabeled-loss weight (default: the dataset's, see "
+                        "model_extraction.attacks.learning.mixmatch.LAMBDA_U)")
+    p.add_argument("--crop-padding", nargs="+", default=None, metavar="[DATASET=]PIXELS",
                    help="random-crop padding in pixels (default: the dataset's, see "
                         "model_extraction.attacks.learning.augment.CROP_PADDING)")
-    p.add_argument("--arch", default="mlp", help="victim and substitute: mlp, cnn, wrn-28-2")
-    p.add_argument("--width", type=int, default=256, help="mlp hidden units / cnn channels")
+    p.add_argument("--arch", nargs="+", default=["mlp"], metavar="[DATASET=]ARCH",
+                   help="victim and substitute: mlp, cnn, wrn-28-2; DATASET=ARCH sets one "
+                        "dataset's (e.g. --arch mlp cifar10=cnn)")
+    p.add_argument("--width", nargs="+", default=["256"], metavar="[DATASET=]N",
+                   help="mlp hidden units / cnn channels (e.g. --width 256 cifar10=32)")
+    p.add_argument("--victim-epochs", nargs="+", default=None, metavar="[DATASET=]N",
+                   help="epochs of the victims trained here (default: at least 3000 steps)")
+    p.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="hold N random training images out of the attacker's pool and measure "
+                        "on them instead of the test set (to choose hyper-parameters)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--victim-seed", type=int, default=0)
     p.add_argument("--victim-dir", type=Path, default=None,
@@ -73,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int,
                    help="random test images for the checkpoints (default 2000; 0: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda")
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, auto")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
@@ -81,24 +104,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)
-    if args.width is not None and args.arch not in ("mlp", "cnn"):
-        args.width = None
     if args.test_size == 0:
         args.test_size = None
+    try:
+        args.device = resolve_device(args.device)
+        for key, cast in (("arch", str), ("width", int), ("lambda_u", float),
+                          ("crop_padding", int), ("victim_epochs", int)):
+            setattr(args, key, per_dataset(getattr(args, key), cast))
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
-def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace, *, method: str,
-            rotation: bool, output: str, queries: int, seed: int) -> dict[str, Any]:
+def per_dataset(values: list[str] | None, cast: Callable[[str], Any]) -> dict[str | None, Any]:
+    """``["256", "cifar10=32"]`` → ``{None: 256, "cifar10": 32}`` (``None``: every other
+    dataset); ``None`` → ``{}``."""
+    out: dict[str | None, Any] = {}
+    for value in values or []:
+        name, _, v = value.rpartition("=")
+        try:
+            out[name or None] = cast(v)
+        except ValueError:
+            raise ValueError(f"bad value {value!r}: expected [DATASET=]VALUE") from None
+    return out
+
+
+def setting(args: argparse.Namespace, key: str, dataset: str) -> Any:
+    """The value of a per-dataset option for ``dataset`` (``None``: the library's default)."""
+    table = getattr(args, key)
+    return table.get(dataset, table.get(None))
+
+
+def dataset_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Architecture, MixMatch weight, crop and victim epochs used for ``name``."""
+    arch = setting(args, "arch", name) or "mlp"
+    width = setting(args, "width", name) if arch in ("mlp", "cnn") else None
+    lambda_u = setting(args, "lambda_u", name)
+    return {"arch": arch, "width": width, "arch_options": arch_options(arch, width),
+            "lambda_u": lambda_u if lambda_u is not None else default_lambda_u(name),
+            "crop_padding": setting(args, "crop_padding", name),
+            "victim_epochs": setting(args, "victim_epochs", name)}
+
+
+def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace,
+            cfg: dict[str, Any], *, method: str, rotation: bool, output: str, queries: int,
+            seed: int) -> dict[str, Any]:
     """One extraction; a row of the results."""
     oracle = ModelOracle(victim, output=output, k=args.k, budget=queries)
     augment: Any = "auto"
-    if args.crop_padding is not None:
-        augment = Augmentation(args.crop_padding, flip=train.name in FLIP_DATASETS)
+    if cfg["crop_padding"] is not None:
+        augment = Augmentation(cfg["crop_padding"], flip=train.name in FLIP_DATASETS)
     attack = LearningExtraction(
-        method=method, rotation=rotation, arch=args.arch,  # type: ignore[arg-type]
-        arch_options=arch_options(args.arch, args.width), steps=args.steps,
-        mixmatch=MixMatchConfig(lambda_u=args.lambda_u), seed=seed, device=args.device,
+        method=method, rotation=rotation, arch=cfg["arch"],  # type: ignore[arg-type]
+        arch_options=cfg["arch_options"], steps=args.steps,
+        mixmatch=MixMatchConfig(lambda_u=cfg["lambda_u"]), seed=seed, device=args.device,
         augment=augment,
     )
     result = attack.run(oracle, train, queries=queries, test=test_set)
@@ -114,24 +173,43 @@ def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace, *,
         "steps": result.steps, "checkpoints": len(result.history),
         "median_of": min(result.median_of, len(result.history)), "seconds": result.seconds,
         "victim_accuracy": victim.metadata.get("test_accuracy"),
-        "test_images": len(test_set), "arch": args.arch, "augment": result.config["augment"],
-        "lambda_u": args.lambda_u if method == "mixmatch" else None,
-        "arch_options": arch_options(args.arch, args.width),
+        "evaluated_on": "validation" if args.validation else "test",
+        "test_images": len(test_set), "arch": cfg["arch"], "augment": result.config["augment"],
+        "lambda_u": cfg["lambda_u"] if method == "mixmatch" else None,
+        "arch_options": cfg["arch_options"],
     }
 
 
 def run_dataset(name: str, args: argparse.Namespace, log: Any) -> list[dict[str, Any]]:
+    cfg = dataset_config(args, name)
     train = load_dataset(name, "train", data_dir=args.data_dir)
     test = load_dataset(name, "test", data_dir=args.data_dir)
     started = time.perf_counter()
-    cache = (args.victim_dir / f"{name}-{args.arch}-{args.width}-seed{args.victim_seed}"
+    options = "-".join(f"{k}{v}" for k, v in cfg["arch_options"].items()) or "default"
+    cache = (args.victim_dir / f"{name}-{cfg['arch']}-{options}-seed{args.victim_seed}"
              ".safetensors") if args.victim_dir else None
-    victim = prepare_victim(train, test, arch=args.arch,
-                            options=arch_options(args.arch, args.width), seed=args.victim_seed,
-                            cache=cache)
-    log(f"{name}: victim {args.arch} test accuracy {100 * victim.metadata['test_accuracy']:.2f}%"
-        f" ({time.perf_counter() - started:.0f} s)")
-    test_set = evaluation_split(victim, test, args.test_size, seed=args.victim_seed)
+    victim = prepare_victim(train, test, arch=cfg["arch"], options=cfg["arch_options"],
+                            epochs=cfg["victim_epochs"], seed=args.victim_seed, cache=cache,
+                            device=args.device)
+    log(f"{name}: victim {cfg['arch']} {cfg['arch_options']} test accuracy "
+        f"{100 * victim.metadata['test_accuracy']:.2f}% after "
+        f"{victim.metadata['recipe']['epochs']} epochs ({time.perf_counter() - started:.0f} s)")
+    pool = train
+    if args.validation:
+        # Hyper-parameters are chosen on images held out of the attacker's pool (never on the
+        # test set): the pool loses them, and they are labelled by the evaluator, not queried.
+        held = np.random.default_rng(args.victim_seed).permutation(len(train))
+        pool, held_out = train.subset(np.sort(held[args.validation:])), train.subset(
+            np.sort(held[: args.validation]))
+        test_set = evaluation_split(victim, held_out)
+        log(f"  {args.validation} training images held out for validation; pool {len(pool)}")
+    else:
+        test_set = evaluation_split(victim, test, args.test_size, seed=args.victim_seed)
+    victim_info = {"dataset": name, "arch": cfg["arch"], "arch_options": cfg["arch_options"],
+                   "epochs": victim.metadata["recipe"]["epochs"],
+                   "test_accuracy": victim.metadata["test_accuracy"],
+                   "lambda_u": cfg["lambda_u"], "crop_padding": cfg["crop_padding"]}
+    args.victims.append(victim_info)
     rows: list[dict[str, Any]] = []
     done: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -140,7 +218,7 @@ def run_dataset(name: str, args: argparse.Namespace, log: Any) -> list[dict[str,
         if key in done:  # a run both tables need is made once
             done[key]["tables"].append(table)
             return
-        row = run_one(victim, train, test_set, args, **spec)
+        row = run_one(victim, pool, test_set, args, cfg, **spec)
         row["tables"] = [table]
         done[key] = row
         rows.append(row)
@@ -163,27 +241,62 @@ def run_dataset(name: str, args: argparse.Namespace, log: Any) -> list[dict[str,
     return rows
 
 
+SPEC_KEYS = ("dataset", "method", "rotation", "output", "queries")
+"""What identifies one cell of the tables; the seeds of a cell are aggregated."""
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per cell (:data:`SPEC_KEYS` and the tables it belongs to): for accuracy and
+    fidelity the mean, the sample standard deviation over seeds (0 with one seed), min, max
+    and the per-seed values."""
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault(tuple(r[k] for k in SPEC_KEYS), []).append(r)
+    out = []
+    for key, rs in cells.items():
+        entry: dict[str, Any] = dict(zip(SPEC_KEYS, key, strict=True))
+        entry["tables"] = sorted({t for r in rs for t in r["tables"]})
+        entry["seeds"] = [r["seed"] for r in rs]
+        for metric in ("accuracy", "fidelity"):
+            values = [r[metric] for r in rs]
+            entry[metric] = {"mean": statistics.fmean(values),
+                             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                             "min": min(values), "max": max(values), "values": values}
+        out.append(entry)
+    return out
+
+
 def _cell(rs: list[dict[str, Any]]) -> str:
+    """``accuracy / fidelity`` in %; over several seeds ``mean ± sample std`` of each."""
     if not rs:
         return "-"
-    acc = statistics.median(r["accuracy"] for r in rs)
-    fid = statistics.median(r["fidelity"] for r in rs)
-    return f"{100 * acc:.2f} / {100 * fid:.2f}"
+    parts = []
+    for metric in ("accuracy", "fidelity"):
+        values = [100 * r[metric] for r in rs]
+        text = f"{statistics.fmean(values):.2f}"
+        if len(values) > 1:
+            text += f" ± {statistics.stdev(values):.2f}"
+        parts.append(text)
+    return " / ".join(parts)
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """Both tables; each cell: accuracy / fidelity (%), median over seeds."""
+    """Both tables; each cell: accuracy / fidelity (%), one run per seed; over several seeds
+    the mean ± the sample standard deviation."""
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     victims = {r["dataset"]: r["victim_accuracy"] for r in rows}
     seeds = len(meta["seeds"])
+    where = ("validation split held out of the pool" if rows and rows[0]["evaluated_on"]
+             == "validation" else "test set")
     lines = []
     t3 = [r for r in rows if "3" in r["tables"]]
     if t3:
         budgets = sorted({r["queries"] for r in t3})
         methods = list(dict.fromkeys(r["method"] for r in t3))
-        lines += [f"Table 3 shape: accuracy / fidelity (%) on the test set, median of the last "
+        lines += [f"Table 3 shape: accuracy / fidelity (%) on the {where}, median of the last "
                   f"checkpoints, oracle output `{t3[0]['output']}`"
-                  + (f", median over {seeds} seeds" if seeds > 1 else "") + ".", "",
+                  + (f", mean ± standard deviation over {seeds} seeds" if seeds > 1 else "")
+                  + ".", "",
                   "| dataset | victim accuracy | method | "
                   + " | ".join(f"{q} queries" for q in budgets) + " |",
                   "|---|---|---|" + "---|" * len(budgets)]
@@ -203,7 +316,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             label = f"top-{t2[0]['k'] or meta['k']}" if o == "top_k" else o
             head += [label, f"{label} + Rot"]
         lines += [f"Table 2 shape: fully supervised, {t2[0]['queries']} queries, accuracy / "
-                  f"fidelity (%), top-1 (with 10 classes top-5 is near 100%).", "",
+                  f"fidelity (%) on the {where}, top-1 (with 10 classes top-5 is near 100%)"
+                  + (f", mean ± standard deviation over {seeds} seeds" if seeds > 1 else "")
+                  + ".", "",
                   "| dataset | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
         for name in names:
             cells = [_cell([r for r in t2 if r["dataset"] == name and r["output"] == o
@@ -217,7 +332,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy (solid) and fidelity (dashed) against queries, one panel per dataset."""
+    """Accuracy (solid) and fidelity (dashed) against queries, one panel per dataset; over
+    several seeds the mean, with the standard deviation as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,9 +351,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if not qs:
                 continue
             for key, style in (("accuracy", "-o"), ("fidelity", "--s")):
-                ys = [100 * statistics.median(r[key] for r in rs if r["queries"] == q)
-                      for q in qs]
-                ax.plot(qs, ys, style, color=color, label=f"{method} {key}")
+                per_q = [[100 * r[key] for r in rs if r["queries"] == q] for q in qs]
+                ys = [statistics.fmean(v) for v in per_q]
+                err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_q]
+                ax.errorbar(qs, ys, yerr=err, fmt=style, color=color, capsize=3,
+                            label=f"{method} {key}")
         victim = next(r["victim_accuracy"] for r in t3 if r["dataset"] == name)
         ax.axhline(100 * victim, color="gray", lw=0.8, ls=":", label="victim accuracy")
         budgets = sorted({r["queries"] for r in t3 if r["dataset"] == name})
@@ -264,21 +382,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
 
     rows: list[dict[str, Any]] = []
+    args.victims = []
     for name in args.datasets:
         rows += run_dataset(name, args, log)
     seconds = time.perf_counter() - started
-    scale = (f"{args.arch} {arch_options(args.arch, args.width)} victim and substitute, "
-             f"{args.steps} steps per run (batch 64; the paper: WRN-28-2, 2^20 steps), "
-             f"checkpoints every {max(1, args.steps // 50)} steps, MixMatch lambda_U "
-             f"{args.lambda_u}, crop padding "
-             f"{args.crop_padding if args.crop_padding is not None else 'per dataset'}, "
-             f"{args.test_size or 'all'} test images, seeds {args.seeds}")
+    setups = "; ".join(
+        f"{v['dataset']}: {v['arch']} {v['arch_options']} victim ({v['epochs']} epochs) and "
+        f"substitute, MixMatch lambda_U {v['lambda_u']}, crop padding "
+        f"{v['crop_padding'] if v['crop_padding'] is not None else 'the dataset default'}"
+        for v in args.victims)
+    evaluated = (f"{args.validation} training images held out of the pool (validation)"
+                 if args.validation else f"{args.test_size or 'all'} test images")
+    scale = (f"{setups}; {args.steps} steps per run (batch 64; the paper: WRN-28-2, 2^20 "
+             f"steps), checkpoints every {max(1, args.steps // 50)} steps, {evaluated}, "
+             f"seeds {args.seeds}")
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None
                                                        else sys.argv[1:])]),
         "scale": scale, "seeds": args.seeds, "table2_outputs": args.table2_outputs,
-        "victim_seed": args.victim_seed, "k": args.k,
-        "steps": args.steps, "threads": args.threads, "seconds": seconds,
+        "victim_seed": args.victim_seed, "k": args.k, "victims": args.victims,
+        "validation": args.validation, "steps": args.steps, "threads": args.threads,
+        "seconds": seconds,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
         + f", torch {torch.__version__}, {args.threads} thread(s), device {args.device}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - seconds)),
@@ -287,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"meta": meta, "aggregate": aggregate(rows),
+                                         "rows": rows}, indent=2))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)

@@ -376,13 +376,17 @@ def learn(
     method: Annotated[str, typer.Option(help="supervised or mixmatch.")] = "mixmatch",
     rotation: Annotated[bool, typer.Option(help="Add the rotation loss (supervised).")] = False,
     steps: Annotated[int, typer.Option(help="Training steps.")] = 1000,
-    lambda_u: Annotated[float, typer.Option(help="MixMatch's unlabeled-loss weight.")] = 75.0,
+    lambda_u: Annotated[float | None, typer.Option(
+        help="MixMatch's unlabeled-loss weight (default: the dataset's; 75 where unset).")]
+    = None,
     seed: Annotated[int, typer.Option(help="Seed of the victim, the queries and training.")]
     = 0,
     test_size: Annotated[int | None, typer.Option(help="Evaluate on N random test images.")]
     = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a "
                                                 "shared CPU).")] = None,
+    device: Annotated[str, typer.Option(help="Where the victim and the substitute train: cpu, "
+                                        "cuda (an error without a GPU) or auto.")] = "cpu",
     save_victim: Annotated[Path | None, typer.Option(help="Save the victim here.")] = None,
     save_substitute: Annotated[Path | None, typer.Option(help="Save the substitute here.")]
     = None,
@@ -404,8 +408,8 @@ def learn(
             dataset=dataset, data_dir=data_dir, arch=arch, width=width, victim_path=victim,
             victim_epochs=victim_epochs, output=output, k=k, budget=budget, method=method,
             rotation=rotation, steps=steps, lambda_u=lambda_u, seed=seed, test_size=test_size,
-            threads=threads, save_victim=save_victim, save_substitute=save_substitute,
-            progress=progress, console=console, out=out,
+            threads=threads, device=device, save_victim=save_victim,
+            save_substitute=save_substitute, progress=progress, console=console, out=out,
         )
     except (ValueError, BudgetExhaustedError) as err:
         console.print(f"[red]error:[/] {err}")

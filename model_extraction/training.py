@@ -19,10 +19,40 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from torch import nn
 
-__all__ = ["Augment", "deterministic", "fit", "predict", "seeded"]
+__all__ = ["DEVICES", "Augment", "deterministic", "fit", "predict", "resolve_device", "seeded"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """An augmentation: a batch and the generator to draw its randomness from → a batch."""
+
+
+DEVICES = ("cpu", "cuda", "auto")
+"""What a ``--device`` option takes (``cuda:N`` names one GPU)."""
+
+
+def resolve_device(name: str) -> str:
+    """The torch device to train on: ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), or ``"auto"``
+    (``"cuda"`` when a GPU is visible, else ``"cpu"``).
+
+    Raises ``ValueError`` with the reason for any other name, and for ``cuda`` when torch sees
+    no GPU (a CPU-only build, no driver) or no GPU of that index, before any work is done.
+    """
+    key = name.strip().lower()
+    if key == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if key == "cpu":
+        return "cpu"
+    if key == "cuda" or key.startswith("cuda:"):
+        index = key.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(f"bad device {name!r}: the GPU index must be a number (cuda:0)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but torch sees no CUDA GPU here "
+                             f"(torch {torch.__version__}, CUDA build: "
+                             f"{torch.version.cuda or 'none'}); use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+        return key
+    raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
 
 
 @contextlib.contextmanager

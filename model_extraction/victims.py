@@ -128,9 +128,15 @@ class TorchVictim:
         if "spec" not in meta:
             raise ValueError(f"{path} is not a TorchVictim file (no 'spec' in its metadata)")
         spec = json.loads(meta["spec"])
-        model = build_model(spec["arch"], spec["input_shape"], spec["num_classes"],
-                            **spec.get("options", {}))
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        options = dict(spec.get("options", {}))
+        if spec["arch"] == "cnn" and "batchnorm" not in options and not any(
+            name.endswith("running_mean") for name in state
+        ):  # saved before SmallCNN had batch norm (then the only kind)
+            options["batchnorm"] = 0
+            spec["options"] = options
+        model = build_model(spec["arch"], spec["input_shape"], spec["num_classes"], **options)
+        model.load_state_dict(state)
         return cls(model, spec, json.loads(meta.get("metadata", "{}")))
 
 
@@ -151,12 +157,14 @@ def train_image_victim(
     y_test: NDArray[np.integer] | None = None,
     options: dict[str, int] | None = None,
     metadata: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TorchVictim:
     """Train an image classifier to serve as a victim.
 
     ``x_train`` is ``(n, C, H, W)`` float in ``[0, 1]`` (or ``(n, d)`` with ``input_shape``).
-    ``init_seed`` fixes the initial weights and ``order_seed`` the batch order (§5).
-    The test accuracy, if test data is given, goes in the metadata.
+    ``init_seed`` fixes the initial weights (drawn on the CPU) and ``order_seed`` the batch
+    order (§5). It trains on ``device`` and is served from the CPU. The test accuracy, if test
+    data is given, goes in the metadata.
     """
     x = np.asarray(x_train, dtype=np.float32)
     shape = tuple(input_shape) if input_shape is not None else x.shape[1:]
@@ -170,7 +178,8 @@ def train_image_victim(
     with seeded(init_seed):
         model = build_model(arch, shape, k, **spec["options"])
     fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, order_seed=order_seed)  # type: ignore[arg-type]
+        optimizer=optimizer, order_seed=order_seed, device=device)  # type: ignore[arg-type]
+    model.cpu()
     meta = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
             "init_seed": init_seed, "order_seed": order_seed, **(metadata or {})}
     victim = TorchVictim(model, spec, meta)

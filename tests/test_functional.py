@@ -110,6 +110,25 @@ def test_refuses_tanh_victim(random_victim):
         extract_functional(tanh_net, input_dim=50)
 
 
+@pytest.mark.parametrize("mode", ["default", "paper"])
+@pytest.mark.parametrize("beta", [0.5, 1e-4])
+def test_refuses_reverse_sigmoid_defence(random_victim, beta, mode):
+    """A smooth output defence that the preflight's short segments do not expose: the line
+    search sees curved intervals only, and says so (it used to report 'no hidden unit', or a
+    model with half the units), within a few thousand queries."""
+    from model_extraction.defenses import OutputPolicy
+    from model_extraction.oracle import LogitDifferenceOracle
+
+    v = random_victim
+    policy = OutputPolicy(kind="probabilities", reverse_sigmoid_beta=beta)
+    probs = CallableOracle(lambda x: policy.apply(v.logits(x)), input_dim=v.input_dim,
+                           output_kind="probabilities")
+    oracle = LogitDifferenceOracle(probs)
+    with pytest.raises(OracleMismatchError, match="reverse sigmoid"):
+        extract_functional(oracle, mode=mode, hidden=v.hidden)
+    assert oracle.queries < 60_000
+
+
 def test_refuses_nan_outputs(random_victim):
     def broken(x):
         y = random_victim.logits(x)

@@ -4,6 +4,7 @@ minute on a shared 2-core CPU."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -31,16 +32,19 @@ from model_extraction.attacks.learning import (
     targets_from_outputs,
     topk_agreement,
 )
+from model_extraction.attacks.learning.evaluate import evaluate
 from model_extraction.attacks.learning.experiment import evaluation_split, prepare_victim
+from model_extraction.attacks.learning.mixmatch import update_ema
 from model_extraction.cli import app
 from model_extraction.datasets import load_dataset
+from model_extraction.models import build_model
 from model_extraction.oracle import (
     BudgetExhaustedError,
     CallableOracle,
     ModelOracle,
     OracleOutputError,
 )
-from model_extraction.training import predict
+from model_extraction.training import predict, resolve_device, seeded
 from model_extraction.victims import TorchVictim
 
 MLP = {"arch": "mlp", "arch_options": {"hidden": 64}}
@@ -336,6 +340,60 @@ def test_small_cnn_substitute_runs(victim, digits_split):
     assert result.predict(digits_split[1].to_float()[:5]).shape == (5,)
 
 
+def test_small_cnn_has_batch_norm_by_default_and_keeps_its_split():
+    with seeded(0):
+        bn = build_model("cnn", (1, 8, 8), 10, width=4)
+        plain = build_model("cnn", (1, 8, 8), 10, width=4, batchnorm=0)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    x = torch.rand(5, 1, 8, 8)
+    for model in (bn, plain):
+        model.eval()
+        assert model.features(x).shape == (5, model.feature_dim)
+        assert torch.equal(model.classifier(model.features(x)), model(x))
+
+
+def test_plain_cnn_saved_without_the_batchnorm_option_still_loads(tmp_path):
+    """Files written before SmallCNN had batch norm carry no ``batchnorm`` option."""
+    with seeded(0):
+        model = build_model("cnn", (1, 8, 8), 3, width=4, batchnorm=0)
+    spec = {"arch": "cnn", "input_shape": [1, 8, 8], "num_classes": 3, "options": {"width": 4}}
+    TorchVictim(model, spec).save(tmp_path / "old.safetensors")
+    loaded = TorchVictim.load(tmp_path / "old.safetensors")
+    x = np.random.default_rng(0).random((4, 64))
+    assert np.array_equal(loaded.logits(x), TorchVictim(model, spec).logits(x))
+
+
+def test_ema_averages_batch_norm_statistics_and_copies_the_counter():
+    with seeded(0):
+        model = build_model("cnn", (1, 8, 8), 3, width=4)
+    ema = copy.deepcopy(model)
+    model.train()
+    model(torch.rand(16, 1, 8, 8) + 3.0)  # moves the running statistics
+    bn_live = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn_ema = next(m for m in ema.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn_ema.running_mean.clone()
+    update_ema(ema, model, 0.75)
+    assert torch.allclose(bn_ema.running_mean, 0.75 * before + 0.25 * bn_live.running_mean)
+    assert int(bn_ema.num_batches_tracked) == int(bn_live.num_batches_tracked) == 1
+
+
+def test_mixmatch_with_batch_norm_evaluates_its_average_in_eval_mode(victim, digits_split,
+                                                                     test_set):
+    """The checkpoints evaluate the moving average in eval mode: evaluating the returned model
+    again (eval mode, running statistics) gives the last checkpoint exactly, and a batch of one
+    is classified as it is inside a larger batch."""
+    oracle = ModelOracle(victim, output="label", budget=64)
+    result = extract_learning(oracle, digits_split[0], method="mixmatch", steps=20,
+                              eval_every=10, test=test_set, arch="cnn",
+                              arch_options={"width": 4})
+    assert len(result.history) == 2
+    assert evaluate(result.substitute, test_set) == result.history[-1].metrics
+    x = test_set.images[:8]
+    alone = torch.cat([predict(result.substitute, x[i : i + 1]) for i in range(8)])
+    assert torch.allclose(alone, predict(result.substitute, x), atol=1e-5)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -354,8 +412,65 @@ def test_learn_command_writes_a_report(tmp_path):
     assert (tmp_path / "s.safetensors").exists()
 
 
+def test_learn_command_device_option(monkeypatch):
+    """``--device auto`` trains on the CPU when torch sees no GPU; ``--device cuda`` without a
+    GPU, or an unknown device, is a clear error before anything is trained."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["learn", "--method", "supervised", "--budget", "50", "--steps", "5",
+            "--victim-epochs", "2", "--no-progress"]
+    res = CliRunner().invoke(app, [*base, "--device", "auto"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, [*base, "--device", "cuda"])
+    assert res.exit_code == 2
+    assert "no CUDA GPU" in res.output and "--device cpu or auto" in res.output
+    res = CliRunner().invoke(app, [*base, "--device", "tpu"])
+    assert res.exit_code == 2 and "unknown device 'tpu'" in res.output
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        LearningExtraction(method="supervised", device="cuda", **MLP)
+    assert resolve_device("auto") == resolve_device("CPU") == "cpu"
+    assert LearningExtraction(device="auto", **MLP).device == "cpu"
+
+
 def test_learn_command_refuses_a_budget_larger_than_the_pool():
     res = CliRunner().invoke(app, ["learn", "--budget", "5000", "--victim-epochs", "2",
                                    "--no-progress"])
     assert res.exit_code == 2
     assert "larger than the pool" in res.output
+
+
+# --- the benchmark's bookkeeping (no training) --------------------------------------------------
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+    spec = importlib.util.spec_from_file_location("learning_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_per_dataset_options_and_seed_aggregation():
+    bench = _benchmark()
+    args = bench.parse_args(["--datasets", "mnist", "cifar10", "--arch", "mlp", "cifar10=cnn",
+                             "--width", "256", "cifar10=16", "--lambda-u", "fashion-mnist=25"])
+    mnist, cifar = bench.dataset_config(args, "mnist"), bench.dataset_config(args, "cifar10")
+    assert (mnist["arch"], mnist["arch_options"], mnist["lambda_u"]) == ("mlp", {"hidden": 256},
+                                                                         75.0)
+    assert (cifar["arch"], cifar["arch_options"]) == ("cnn", {"width": 16})
+    assert bench.dataset_config(args, "fashion-mnist")["lambda_u"] == 25.0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--width", "cifar10=wide"])
+    rows = [{"dataset": "mnist", "method": "mixmatch", "rotation": False, "output": "label",
+             "queries": 250, "seed": seed, "tables": ["3"], "accuracy": acc, "fidelity": acc,
+             "victim_accuracy": 0.98, "evaluated_on": "test"}
+            for seed, acc in ((0, 0.90), (1, 0.92), (2, 0.94))]
+    (cell,) = bench.aggregate(rows)
+    assert cell["seeds"] == [0, 1, 2] and cell["accuracy"]["mean"] == pytest.approx(0.92)
+    assert cell["accuracy"]["std"] == pytest.approx(0.02) and cell["fidelity"]["max"] == 0.94
+    table = bench.markdown(rows, {"seeds": [0, 1, 2], "table2_outputs": [], "k": 5,
+                                  "scale": "test", "seconds": 60, "machine": "here"})
+    assert "92.00 ± 2.00 / 92.00 ± 2.00" in table and "mean ± standard deviation" in table

@@ -31,11 +31,11 @@ from numpy.typing import NDArray
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
-from .checks import check_logit_oracle
+from .checks import OracleMismatchError, check_logit_oracle
 from .jacobian import jacobian_columns, jacobians
 from .result import ExtractionError, ExtractionResult, PhaseCost
 from .rows import RowFit, fit_row
-from .search import Kink, Line, search_line, search_line_paper
+from .search import Kink, Line, LineSearchStats, search_line, search_line_paper
 from .signs import fit_last_layer, signs_from_jacobians, signs_from_nullspace
 
 Array = NDArray[np.float64]
@@ -394,6 +394,7 @@ class _Run:
             mark = self._enter("critical points")
             kinks, stats = search_line(self.oracle, line, grid=max(64, 2 * len(self.units)))
             self._leave(mark)
+            self._refuse_curved(stats)
             new = self._unknown(kinks, line)
             if not new:
                 idle += 1
@@ -406,6 +407,19 @@ class _Run:
             # nothing either: it counts towards the patience, or the search would run to
             # max_lines on a victim whose units are all found.
             idle = 0 if added else idle + 1
+
+    def _refuse_curved(self, stats: LineSearchStats) -> None:
+        """Raise if the line search saw a smooth, not piecewise-linear, output."""
+        if stats.curved:
+            raise OracleMismatchError(
+                f"the victim is not piecewise linear: along line {self.lines} the search "
+                f"rejected {stats.rejected} intervals as curved for {stats.kinks} critical "
+                f"points ({stats.queries} queries), where a ReLU network needs a few "
+                "halvings per critical point. Functionally-equivalent extraction "
+                "applies to ReLU networks that return raw logits (§6.1); a smooth activation "
+                "(tanh, sigmoid), or a smooth output defence such as reverse sigmoid, defeats "
+                "it. Use a learning-based attack."
+            )
 
     def _unknown(self, kinks: list[Kink], line: Line) -> list[int]:
         """Indices of ``kinks`` that belong to no unit found so far (predicted, no query)."""
@@ -703,8 +717,9 @@ class _Run:
             line = Line(origin, v / np.linalg.norm(v) * self.width)
             self.lines += 1
             mark = self._enter("critical points")
-            kinks, _ = search_line_paper(self.oracle, line, (-float(h) ** 2, float(h) ** 2))
+            kinks, stats = search_line_paper(self.oracle, line, (-float(h) ** 2, float(h) ** 2))
             self._leave(mark)
+            self._refuse_curved(stats)
             mark = self._enter("weights")
             for kink in kinks:
                 point = line.at(np.array([kink.t]))[0]

@@ -59,6 +59,7 @@ class LineSearchStats:
     rejected: int = 0  # candidates Algorithm 1 rejected (interval split)
     unresolved: int = 0  # intervals still holding kinks when the depth bound was reached
     kinks: int = 0
+    curved: bool = False  # far more rejected intervals than critical points found
     notes: list[str] = field(default_factory=list)
 
 
@@ -87,6 +88,20 @@ def _two_linearity(
     tol = 1e-9 * scale + 1e-300  # the same rule as _tolerance, for a batch
     affine = (np.abs(y1 + m1 * span - y2).max(1) <= tol) & (np.abs(dm * span).max(1) <= tol)
     return t, yhat, affine
+
+
+def _looks_curved(stats: LineSearchStats, kinks: int) -> bool:
+    """Whether the rejected intervals say the output is smooth, not piecewise linear.
+
+    On a ReLU network an interval is rejected only while it holds two or more critical points,
+    so halving resolves each critical point within a few dozen rejections at most (the depth
+    needed to separate it from its nearest neighbour). On a smooth output (tanh, a reverse-
+    sigmoid defence) intervals stay curved however small they get, and the 2-linearity test
+    accepts a spurious "critical point" now and then. Thousands of rejections, 64 or more per
+    critical point found, mean the latter: the search stops there, before its query cap.
+    """
+    stats.curved = stats.rejected >= 1000 and stats.rejected > 64 * (kinks + 1)
+    return stats.curved
 
 
 class _Prober:
@@ -194,6 +209,8 @@ def search_line(
             split = ~ok
             stats.rejected += int(split.sum())
             depth += 1
+            if _looks_curved(stats, len(kinks)):
+                break
             if depth > max_depth:
                 stats.unresolved += int(split.sum())
                 break
@@ -255,6 +272,8 @@ def search_line_paper(
                     kinks.append(Kink(tc, m2 - m1))
                     continue
             stats.rejected += 1
+            if _looks_curved(stats, len(kinks)):
+                break
             if depth >= max_depth:
                 stats.unresolved += 1
                 continue

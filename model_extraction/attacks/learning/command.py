@@ -14,12 +14,13 @@ from rich.table import Table
 
 from model_extraction.datasets import load_dataset
 from model_extraction.oracle import ModelOracle
+from model_extraction.training import resolve_device
 from model_extraction.victims import TorchVictim
 
 from .evaluate import Checkpoint
 from .experiment import evaluation_split, prepare_victim
 from .extract import LearningExtraction
-from .mixmatch import MixMatchConfig
+from .mixmatch import MixMatchConfig, default_lambda_u
 
 __all__ = ["arch_options", "run_learn"]
 
@@ -49,10 +50,11 @@ def run_learn(
     method: str,
     rotation: bool,
     steps: int,
-    lambda_u: float,
+    lambda_u: float | None,
     seed: int,
     test_size: int | None,
     threads: int | None,
+    device: str = "cpu",
     save_victim: Path | None,
     save_substitute: Path | None,
     progress: bool,
@@ -60,14 +62,19 @@ def run_learn(
     out: Console,
 ) -> dict[str, Any]:
     """Train (or load) a victim, serve it through an oracle of the chosen output, extract it,
-    print a summary and return the report. Raises ``ValueError`` (and the oracle's errors) on
-    bad input."""
+    print a summary and return the report. ``device`` (``cpu``, ``cuda``, ``auto``; see
+    :func:`~model_extraction.training.resolve_device`) is where the victim and the substitute
+    train. Raises ``ValueError`` (and the oracle's errors) on bad input, a missing GPU
+    included, before anything is trained."""
+    device = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     options = arch_options(arch, width)
+    if lambda_u is None:
+        lambda_u = default_lambda_u(dataset)
     attack = LearningExtraction(
         method=method, rotation=rotation, arch=arch, arch_options=options,  # type: ignore[arg-type]
-        steps=steps, mixmatch=MixMatchConfig(lambda_u=lambda_u), seed=seed,
+        steps=steps, mixmatch=MixMatchConfig(lambda_u=lambda_u), seed=seed, device=device,
     )
     started = time.perf_counter()
     train = load_dataset(dataset, "train", data_dir=data_dir)
@@ -77,7 +84,7 @@ def run_learn(
     else:
         with console.status(f"training a {arch} victim on {dataset}"):
             victim = prepare_victim(train, test, arch=arch, options=options,
-                                    epochs=victim_epochs, seed=seed)
+                                    epochs=victim_epochs, seed=seed, device=device)
     if save_victim is not None:
         victim.save(save_victim)
     victim_seconds = time.perf_counter() - started
@@ -110,6 +117,7 @@ def run_learn(
                    "seconds_to_build": victim_seconds},
         "attack": summary,
         "test_images": len(test_set),
+        "device": device,
         "oracle_queries": oracle.queries,
         "history": [c.as_dict() for c in result.history],
     }

@@ -42,12 +42,17 @@ def prepare_victim(
     batch_size: int = 64,
     seed: int = 0,
     cache: str | Path | None = None,
+    device: str = "cpu",
 ) -> TorchVictim:
     """Train a victim on ``train`` (Adam, ``epochs`` default :func:`victim_epochs`), or load it
     from ``cache`` if that file exists and was trained the same way (then ``cache`` is
-    written after training). The test accuracy goes in the metadata."""
+    written after training). The test accuracy goes in the metadata. ``device`` is where it
+    trains (not part of the recipe); it is served from the CPU."""
     epochs = epochs if epochs is not None else victim_epochs(len(train), batch_size)
-    recipe: dict[str, Any] = {"dataset": train.name, "arch": arch, "options": options or {},
+    recipe_options = dict(options or {})
+    if arch == "cnn":  # a file cached before SmallCNN had batch norm must not pass for one
+        recipe_options.setdefault("batchnorm", 1)
+    recipe: dict[str, Any] = {"dataset": train.name, "arch": arch, "options": recipe_options,
                               "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     path = Path(cache) if cache is not None else None
     if path is not None and path.exists():
@@ -60,7 +65,7 @@ def prepare_victim(
         train.to_float(), train.labels, arch=arch, num_classes=train.num_classes, epochs=epochs,
         batch_size=batch_size, lr=lr, init_seed=seed, order_seed=seed, x_test=x_test,
         y_test=y_test, options=dict(options or {}),
-        metadata={"dataset": train.name, "recipe": recipe},
+        metadata={"dataset": train.name, "recipe": recipe}, device=device,
     )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike
 from model_extraction.datasets import Dataset
 from model_extraction.models import Classifier, build_model
 from model_extraction.oracle import Oracle, OutputKind
-from model_extraction.training import Augment, predict, seeded
+from model_extraction.training import Augment, predict, resolve_device, seeded
 
 from .augment import default_augmentation
 from .evaluate import Checkpoint, EvaluationSet, Metrics, median_of_last
@@ -150,7 +150,9 @@ class LearningExtraction:
     seed:
         Seeds the choice of queries, the initial weights and the batch order.
     device:
-        Where to train (``"cuda"`` on a GPU; batches are drawn and augmented on the CPU).
+        Where to train: ``"cpu"``, ``"cuda"`` or ``"auto"``
+        (:func:`~model_extraction.training.resolve_device`; batches are drawn and augmented on
+        the CPU). Asking for ``"cuda"`` without a GPU is a ``ValueError`` here.
     """
 
     method: Method = "mixmatch"
@@ -177,6 +179,7 @@ class LearningExtraction:
                              "MixMatch already learns from the unlabeled inputs")
         if self.steps < 1 or self.batch_size < 1 or self.median_of < 1:
             raise ValueError("steps, batch_size and median_of must be positive")
+        self.device = resolve_device(self.device)  # "auto"; a missing GPU fails here
         try:  # fail here, not after the queries are paid for
             with seeded(0):
                 build_model(self.arch, (1, 8, 8), 2, **self.arch_options)
