@@ -316,7 +316,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             label = f"top-{t2[0]['k'] or meta['k']}" if o == "top_k" else o
             head += [label, f"{label} + Rot"]
         lines += [f"Table 2 shape: fully supervised, {t2[0]['queries']} queries, accuracy / "
-                  f"fidelity (%) on the {where}, top-1 (with 10 classes top-5 is near 100%)"
+                  f"fidelity (%) on the {where}, top-1 (top-5 accuracy and fidelity are in the "
+                  "JSON rows: `top5_accuracy`, `top5_fidelity`)"
                   + (f", mean ± standard deviation over {seeds} seeds" if seeds > 1 else "")
                   + ".", "",
                   "| dataset | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]

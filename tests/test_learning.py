@@ -34,7 +34,12 @@ from model_extraction.attacks.learning import (
 )
 from model_extraction.attacks.learning.evaluate import evaluate
 from model_extraction.attacks.learning.experiment import evaluation_split, prepare_victim
-from model_extraction.attacks.learning.mixmatch import update_ema
+from model_extraction.attacks.learning.mixmatch import (
+    frozen_batchnorm_statistics,
+    train_mixmatch,
+    update_ema,
+)
+from model_extraction.attacks.learning.query import LabelledQueries
 from model_extraction.cli import app
 from model_extraction.datasets import load_dataset
 from model_extraction.models import build_model
@@ -43,6 +48,7 @@ from model_extraction.oracle import (
     CallableOracle,
     ModelOracle,
     OracleOutputError,
+    OutputKind,
 )
 from model_extraction.training import predict, resolve_device, seeded
 from model_extraction.victims import TorchVictim
@@ -376,6 +382,38 @@ def test_ema_averages_batch_norm_statistics_and_copies_the_counter():
     update_ema(ema, model, 0.75)
     assert torch.allclose(bn_ema.running_mean, 0.75 * before + 0.25 * bn_live.running_mean)
     assert int(bn_ema.num_batches_tracked) == int(bn_live.num_batches_tracked) == 1
+
+
+def test_frozen_batchnorm_statistics_normalise_with_the_batch_but_keep_running_stats():
+    with seeded(0):
+        model = build_model("cnn", (1, 8, 8), 3, width=4)
+    model.train()
+    x = torch.rand(16, 1, 8, 8) + 3.0
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad(), frozen_batchnorm_statistics(model):
+        inside = model(x)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    with torch.no_grad():
+        assert torch.allclose(inside, model(x))  # the same batch statistics normalised it
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 1  # outside, the pass updates them
+
+
+def test_mixmatch_guessing_pass_leaves_batch_norm_statistics_alone():
+    """Only the training forward pass updates the running statistics (MixMatch's reference
+    skips the guessing passes' updates): one step, one update, whatever ``K``."""
+    with seeded(0):
+        model = build_model("cnn", (1, 8, 8), 3, width=4)
+    pool = torch.rand(40, 1, 8, 8)
+    labels = np.arange(8) % 3
+    labelled = LabelledQueries(np.arange(8), np.eye(3, dtype=np.float32)[labels], labels,
+                               OutputKind.LABEL, 3)
+    trained = train_mixmatch(model, pool, labelled, torch.arange(8, 40), steps=1, batch_size=8,
+                             config=MixMatchConfig(augmentations=3))
+    for m in (model, trained.model):
+        bn = next(b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))
+        assert int(bn.num_batches_tracked) == 1
 
 
 def test_mixmatch_with_batch_norm_evaluates_its_average_in_eval_mode(victim, digits_split,
