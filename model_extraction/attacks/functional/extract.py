@@ -86,7 +86,6 @@ def _signed_steps(size: Array, forward: Array, backward: Array) -> Array:
     back = (0.5 * forward < size) & (backward > forward)
     # A floor keeps a point that lies on a known hyperplane (no room either way) from a zero
     # step; its probe then crosses, and the checks downstream see it.
-    size = np.maximum(size, 0.0)
     ahead = np.maximum(np.minimum(size, 0.5 * forward), 1e-9 * size)
     behind = np.maximum(np.minimum(size, 0.5 * backward), 1e-9 * size)
     return np.where(back, -behind, ahead)
@@ -326,11 +325,12 @@ class _Run:
         else:
             # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
             # (the votes are 0 or 1 up to rounding), so large victims use a random subset.
-            pick = np.arange(len(self.jacs))
+            pick = range(len(self.jacs))
             if len(pick) > 512:
                 pick = np.sort(self.keep_rng.choice(len(pick), 512, replace=False))
             signs, confidence = signs_from_jacobians(
-                rows, biases, outs, np.array(self.jac_points)[pick], np.array(self.jacs)[pick]
+                rows, biases, outs, np.array([self.jac_points[i] for i in pick]),
+                np.array([self.jacs[i] for i in pick]),
             )
             weak = int(np.sum(confidence < 0.5))
             if weak:
