@@ -1,0 +1,90 @@
+"""The two query-free steps of the default mode, checked against a victim's true Jacobians:
+regions derived across known critical points, and the joint polish of the layers."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_extraction import ReLUNetwork
+from model_extraction.attacks.functional.extract import FunctionalExtraction, _Run
+from model_extraction.attacks.functional.jacobian import jacobians
+from model_extraction.attacks.functional.polish import polish_layers
+from model_extraction.attacks.functional.search import Line, search_line
+from model_extraction.oracle import as_oracle
+
+
+def _true_units(net: ReLUNetwork) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit-norm rows, biases and output vectors g = J(y > 0) - J(y < 0) of ``net``."""
+    norm = np.linalg.norm(net.weight0, axis=1)
+    return net.weight0 / norm[:, None], net.bias0 / norm, net.weight1.T * norm[:, None]
+
+
+def _true_jacobian(net: ReLUNetwork, x: np.ndarray) -> np.ndarray:
+    active = (net.weight0 @ x + net.bias0 > 0).astype(np.float64)
+    return (net.weight1 * active) @ net.weight0
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.sampled_from([1, 3]))
+def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
+    """A region's Jacobian derived from a measured one plus ``± g r^T`` of the known units
+    between them is the region's true Jacobian."""
+    net = ReLUNetwork.random(12, 8, k, seed=seed)
+    oracle = as_oracle(net)
+    run = _Run(FunctionalExtraction(), oracle, 12, None)
+    rows, biases, outs = _true_units(net)
+    rng = np.random.default_rng(seed)
+    line = Line(rng.uniform(0.25, 0.75, 12), rng.standard_normal(12) * 3)
+    kinks, _ = search_line(oracle, line, grid=64)
+    if len(kinks) < 3:
+        return
+    # Every unit is known except those of two critical points, which play the new ones.
+    new = sorted(rng.choice(len(kinks), 2, replace=False).tolist())
+    pred = -(rows @ line.origin + biases) / (rows @ line.direction)
+    ts = np.array([kk.t for kk in kinks])
+    nearest = np.argmin(np.abs(pred[None, :] - ts[:, None]), axis=1)
+    for i in range(len(kinks)):
+        if i not in new:
+            j = int(nearest[i])
+            run.units.add(rows[j], float(biases[j]), outs[j], line.at(ts[i : i + 1])[0], 1e-15)
+    match = run._classify(kinks, line)
+    match[new] = -1
+    edges = np.concatenate([[-1.0], ts, [1.0]])
+    measured, plan = run._plan_regions(line, edges, new, match)
+    assert set(plan) == {s for i in new for s in (i, i + 1)}
+    assert set(measured) == {w for w, _ in plan.values()}
+    for s, (w, offset) in plan.items():
+        at_s = line.at(np.array([0.5 * (edges[s] + edges[s + 1])]))[0]
+        at_w = line.at(np.array([0.5 * (edges[w] + edges[w + 1])]))[0]
+        derived = _true_jacobian(net, at_w) + (offset if offset.size else 0.0)
+        np.testing.assert_allclose(derived, _true_jacobian(net, at_s), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_polish_recovers_layers_from_finite_differences(k: int) -> None:
+    """From rows and output vectors off by 1e-7, the joint fit of measured Jacobians gets back
+    to the finite-difference noise, also when some probes cross a hyperplane (left out)."""
+    d, h = 16, 6
+    net = ReLUNetwork.random(d, h, k, seed=3)
+    rows, biases, outs = _true_units(net)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 2, (10 * h, d))
+    shape = (len(points), d)
+    steps = np.where(rng.random(shape) < 0.05, 0.5, 1e-2) * rng.choice([-1, 1], shape)
+    _, jacs = jacobians(as_oracle(net), points, steps)
+    noisy_rows = rows + 1e-7 * rng.standard_normal(rows.shape)
+    noisy_rows /= np.linalg.norm(noisy_rows, axis=1, keepdims=True)
+    noisy_outs = outs * (1 + 1e-7 * rng.standard_normal(outs.shape))
+    got = polish_layers(points, jacs, steps, noisy_rows, biases, noisy_outs)
+    assert got.missing > 0  # some 0.5 steps cross hyperplanes
+    # A unit on one side of every point cannot be told from the constant: it is left alone.
+    free = np.isfinite(got.errors)
+    np.testing.assert_array_equal(got.rows[~free], noisy_rows[~free])
+    # Units seen from both sides at several points are recovered to the noise.
+    sides = (points @ rows.T + biases > 0).sum(axis=0)
+    free &= np.minimum(sides, len(points) - sides) >= 5
+    assert free.sum() >= h - 2
+    assert np.abs(got.rows[free] - rows[free]).max() < 1e-10
+    assert np.abs(got.outs[free] - outs[free]).max() < 1e-9 * np.abs(outs).max()
+    assert np.all(got.errors[free] < 1e-9)
