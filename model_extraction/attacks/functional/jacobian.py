@@ -14,7 +14,7 @@ from model_extraction.oracle import Oracle
 
 Array = NDArray[np.float64]
 
-__all__ = ["jacobians", "jacobian_columns"]
+__all__ = ["jacobian_columns", "jacobians", "room_from"]
 
 _MAX_ROWS = 16_384  # rows per oracle call
 
@@ -56,3 +56,23 @@ def jacobians(oracle: Oracle, points: Array, steps: Array) -> tuple[Array, Array
     cols = np.stack(np.meshgrid(np.arange(m), np.arange(d), indexing="ij"), -1).reshape(-1, 2)
     slopes = jacobian_columns(oracle, points, values, cols, steps)
     return values, slopes.reshape(m, d, -1).transpose(0, 2, 1)
+
+
+def room_from(points: Array, rows: Array, biases: Array) -> tuple[Array, Array]:
+    """How far each coordinate of each point may move, forwards and backwards, before it
+    meets one of the hyperplanes ``rows · x + biases = 0``: ``(forward, backward)``, both
+    ``(m, d)``.
+
+    Along ``e_j`` hyperplane ``k`` is met at ``s = -y_k(x) / R[k, j]`` (``y_k`` is affine), so no
+    query is spent. Chunked so that the ``(m, h, d)`` intermediate stays small.
+    """
+    m, d = points.shape
+    forward, backward = np.full((m, d), np.inf), np.full((m, d), np.inf)
+    chunk = max(1, int(2e7 // max(1, len(rows) * d)))
+    for s in range(0, m, chunk):
+        yk = points[s : s + chunk] @ rows.T + biases
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hit = -yk[:, :, None] / rows[None, :, :]
+        forward[s : s + chunk] = np.where(hit > 0, hit, np.inf).min(axis=1)
+        backward[s : s + chunk] = np.where(hit < 0, -hit, np.inf).min(axis=1)
+    return forward, backward

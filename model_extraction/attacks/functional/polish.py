@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .jacobian import room_from
+
 Array = NDArray[np.float64]
 
 __all__ = ["Polished", "polish_layers"]
@@ -42,19 +44,6 @@ class Polished:
     errors: Array  # (h,) estimated mean absolute error of the unit-norm rows' entries
     used: int  # observations (Jacobian, coordinate) used
     missing: int  # observations treated as missing
-
-
-def _crossed(points: Array, steps: Array, rows: Array, biases: Array) -> NDArray[np.bool_]:
-    """Whether the probe ``points[m] + steps[m, j] e_j`` lies on another side of some hyperplane
-    than ``points[m]`` (``(M, d)``), chunked to bound the ``(M, h, d)`` intermediate."""
-    m, d = points.shape
-    out = np.zeros((m, d), dtype=bool)
-    chunk = max(1, int(2e7 // max(1, len(rows) * d)))
-    for s in range(0, m, chunk):
-        y = points[s : s + chunk] @ rows.T + biases  # (c, h)
-        moved = y[:, :, None] + steps[s : s + chunk, None, :] * rows[None, :, :]
-        out[s : s + chunk] = (np.sign(moved) != np.sign(y)[:, :, None]).any(axis=1)
-    return out
 
 
 def polish_layers(
@@ -79,7 +68,9 @@ def polish_layers(
     m_count, k_out, d = jacs.shape
     size = np.abs(steps)
     typical = np.median(size, axis=1)
-    present = ~_crossed(points, steps, rows, biases) & (size >= keep * typical[:, None])
+    forward, backward = room_from(points, rows, biases)
+    crossed = size >= np.where(steps > 0, forward, backward)  # the probe met a hyperplane
+    present = ~crossed & (size >= keep * typical[:, None])
     w2 = typical**2  # one weight per Jacobian
     # A unit on the same side at every (weighted) point is indistinguishable from the constant
     # B: it keeps its estimate, with no error estimate.
@@ -123,13 +114,13 @@ def polish_layers(
             gram_r, np.ones((k_out, k_out)))
         z = inverse @ np.concatenate([r_b, r_r])  # (K + h, d)
         rhs = r_g - np.einsum("hkd,hd->hk", (c_hat.T @ z).reshape(h, k_out, d), rows)
-        # Scaling g_k up and r_k down changes nothing: pin Δg_k orthogonal to g_k.
+        # Scaling g_k up and r_k down changes nothing: pin Δg_k orthogonal to g_k, with a
+        # penalty on each unit's own K × K block.
         unit_g = outs / np.maximum(np.linalg.norm(outs, axis=1, keepdims=True), 1e-300)
-        pin = np.zeros((h * k_out, h * k_out))
-        for k in range(h):
-            pin[k * k_out : (k + 1) * k_out, k * k_out : (k + 1) * k_out] = np.outer(
-                unit_g[k], unit_g[k])
-        schur += pin * (np.trace(schur) / (h * k_out))
+        scale = np.trace(schur) / (h * k_out)
+        units = np.arange(h)
+        schur.reshape(h, k_out, h, k_out)[units, :, units, :] += scale * (
+            unit_g[:, :, None] * unit_g[:, None, :])
         dg = np.linalg.solve(schur, rhs.reshape(-1)).reshape(h, k_out)
         coupled = c_hat @ (dg[:, :, None] * rows[:, None, :]).reshape(h * k_out, d)
         step = inverse @ (np.concatenate([r_b, r_r]) - coupled)
