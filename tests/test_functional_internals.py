@@ -53,12 +53,79 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
     edges = np.concatenate([[-1.0], ts, [1.0]])
     measured, plan = run._plan_regions(line, edges, new, match)
     assert set(plan) == {s for i in new for s in (i, i + 1)}
-    assert set(measured) == {w for w, _ in plan.values()}
-    for s, (w, offset) in plan.items():
+    assert set(measured) == {w for w, _, _ in plan.values()}
+    for s, (w, offset, spread) in plan.items():
+        assert spread == 0.0 or (w != s and spread < 1e-13)  # errors of the units crossed
         at_s = line.at(np.array([0.5 * (edges[s] + edges[s + 1])]))[0]
         at_w = line.at(np.array([0.5 * (edges[w] + edges[w + 1])]))[0]
         derived = _true_jacobian(net, at_w) + (offset if offset.size else 0.0)
         np.testing.assert_allclose(derived, _true_jacobian(net, at_s), rtol=0, atol=1e-9)
+
+
+def _line_run(net: ReLUNetwork, line: Line, **options: float) -> tuple[_Run, list, int]:
+    """A fresh attack on ``net`` that knows no unit yet, with the critical points of ``line``."""
+    oracle = as_oracle(net)
+    run = _Run(FunctionalExtraction(**options), oracle, net.input_dim, None)
+    kinks, _ = search_line(oracle, line, grid=64)
+    return run, kinks, oracle.queries
+
+
+def _assert_units_match(run: _Run, net: ReLUNetwork, atol: float) -> None:
+    rows, _, _ = _true_units(net)
+    for row in run.units.rows:
+        assert np.abs(np.abs(rows @ row) - 1).min() < atol
+
+
+def test_merged_critical_point_is_skipped_without_costing_its_neighbours() -> None:
+    """Two hyperplanes through one point of the line give one critical point whose Jacobian
+    difference has rank two: it is skipped, and its neighbours' columns (which the clean fits
+    of the neighbouring critical points vouch for) are not sent to re-measurement."""
+    d, h = 24, 7
+    base = ReLUNetwork.random(d, h, 4, seed=5)
+    rng = np.random.default_rng(5)
+    line = Line(rng.uniform(0.25, 0.75, d), rng.standard_normal(d) * 2)
+    w0 = base.weight0.copy()
+    # Units 0 and 1 cross the line at t = 0.1, the others spread over [-0.77, 0.83] (off the
+    # search grid).
+    at = np.concatenate([[0.1, 0.1], np.linspace(-0.77, 0.83, h - 2)])
+    b0 = -np.einsum("hd,hd->h", w0, line.at(at))
+    net = ReLUNetwork(w0, b0, base.weight1, base.bias1)
+    # Steps small enough that no probe crosses a hyperplane: only the merged critical point's
+    # rank-two difference can make columns look suspect.
+    run, kinks, _ = _line_run(net, line, step_fraction=1e-3)
+    assert len(kinks) == h - 1
+    new = list(range(len(kinks)))
+    q0 = run.oracle.queries
+    added = run._recover_on_line(line, kinks, new, np.full(len(kinks), -1), (-1.0, 1.0))
+    assert added == h - 2
+    assert sum("not a single ReLU" in n for n in run.notes) == 1
+    _assert_units_match(run, net, 1e-12)
+    # One Jacobian per region, the values of nothing derived, 3 queries per cross-check, and
+    # no column measured again.
+    assert run.oracle.queries - q0 == (len(kinks) + 1) * (d + 1) + 3 * (h - 2)
+
+
+def test_clean_fit_outweighs_a_wrong_slope_from_the_line_search() -> None:
+    """With K > 1 a clean rank-one Jacobian difference is one ReLU's even when the slope
+    change the line search saw is off (a neighbouring critical point inside its probes): the
+    unit is kept after one re-measurement of both Jacobians and a strict cross-check. With
+    K = 1 the slope change is the only check there is, and the critical point is skipped."""
+    for k, kept in ((3, True), (1, False)):
+        d = 16
+        net = ReLUNetwork.random(d, 5, k, seed=11)
+        rng = np.random.default_rng(1)
+        line = Line(rng.uniform(0.25, 0.75, d), rng.standard_normal(d) * 2)
+        run, kinks, _ = _line_run(net, line, step_fraction=1e-3)
+        assert len(kinks) >= 2
+        wrong = [type(kk)(kk.t, kk.slope_change * 1.5) if i == 0 else kk
+                 for i, kk in enumerate(kinks)]
+        q0 = run.oracle.queries
+        new = list(range(len(kinks)))
+        added = run._recover_on_line(line, wrong, new, np.full(len(kinks), -1), (-1.0, 1.0))
+        assert added == len(kinks) - (not kept)
+        _assert_units_match(run, net, 1e-12)
+        if kept:  # after measuring both Jacobians again once (2d), no more
+            assert run.oracle.queries - q0 == (len(kinks) + 1) * (d + 1) + 2 * d + 3 * added
 
 
 @pytest.mark.parametrize("k", [1, 4])

@@ -9,8 +9,10 @@ layer — in two modes:
     (regions shared by neighbouring critical points are measured once, and a region separated
     from a measured one only by known units' critical points is derived from it without a
     query); steps sized from the gap to the neighbouring critical points, with probes that
-    crossed another hyperplane detected by the fit and measured again; units already known are
-    recognised on later lines without a query; the least precise units re-measured where their
+    crossed another hyperplane detected by the fit and measured again (unless clean fits of
+    the same regions vouch for them: two critical points merged into one are skipped without
+    re-measuring their neighbours); units already known are recognised on later lines without
+    a query; the least precise units re-measured where their
     hyperplane is furthest from all others; then all rows and output vectors fitted jointly to
     every Jacobian measured (no query); signs from the Jacobians already measured; last layer
     by least squares on answered queries. The number of hidden units is found, not given.
@@ -52,6 +54,8 @@ __all__ = ["FunctionalExtraction", "extract_functional"]
 # least as precisely as the median unit.
 _MAX_CROSSED = 8
 _TRUSTED_ERROR = 2.0**-36
+# A Jacobian difference this close to rank one (estimated row error) is one ReLU's.
+_CLEAN_FIT = 1e-9
 
 
 def _meeting_point(ya: Array, ma: Array, yb: Array, mb: Array, ta: float, tb: float) -> float:
@@ -450,7 +454,7 @@ class _Run:
 
     def _plan_regions(
         self, line: Line, edges: Array, new: list[int], match: NDArray[np.int64]
-    ) -> tuple[list[int], dict[int, tuple[int, Array]]]:
+    ) -> tuple[list[int], dict[int, tuple[int, Array, float]]]:
         """Which regions of the line to measure, and how each needed region follows from them.
 
         The new critical point ``i`` needs the Jacobians of regions ``i`` and ``i + 1`` (region
@@ -465,12 +469,13 @@ class _Run:
         width = np.diff(edges)
         rows = outs = np.zeros((0, self.d))
         trusted = np.zeros(0, dtype=bool)
+        errors = np.zeros(0)
         if len(self.units):
             rows, outs = np.array(self.units.rows), np.array(self.units.outs)
             errors = np.array(self.units.errors)
             trusted = errors <= min(_TRUSTED_ERROR, float(np.median(errors)))
         bounds = [-1, *new, len(edges) - 2]
-        plan: dict[int, tuple[int, Array]] = {}
+        plan: dict[int, tuple[int, Array, float]] = {}
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             # Regions a + 1 .. b lie between new critical points a and b (or the line's ends).
             sides = sorted({s for s in (a + 1, b) if (s == a + 1 and a >= 0) or
@@ -491,13 +496,15 @@ class _Run:
                           for s in sides}
             for s, w in choice.items():
                 lo, hi = min(s, w), max(s, w)
-                offset = np.zeros((0,))
+                offset, spread = np.zeros((0,)), 0.0
                 if hi > lo:
                     ks = match[lo:hi]
                     turn = np.sign(rows[ks] @ line.direction) * (1.0 if s > w else -1.0)
                     offset = np.einsum("k,kc,kd->cd", turn, outs[ks], rows[ks])
-                plan[s] = (w, offset)
-        measure = sorted({w for w, _ in plan.values()})
+                    # Each crossed unit adds its own error to the derived Jacobian's entries.
+                    spread = float(np.hypot.reduce(np.linalg.norm(outs[ks], axis=1) * errors[ks]))
+                plan[s] = (w, offset, spread)
+        measure = sorted({w for w, _, _ in plan.values()})
         return measure, plan
 
     def _recover_on_line(
@@ -527,10 +534,10 @@ class _Run:
         self._remember(points, values)
         # Each needed region s is measured region src[s], shifted by the known units between.
         index = {s: n for n, s in enumerate(measured)}
-        src = {s: index[w] for s, (w, _) in plan.items()}
+        src = {s: index[w] for s, (w, _, _) in plan.items()}
 
         def side(s: int) -> Array:
-            w, offset = plan[s]
+            w, offset, _ = plan[s]
             return jacs[index[w]] + offset if offset.size else jacs[index[w]]
 
         # With K = 1 every difference is rank one, so crossings are caught by measuring each
@@ -540,18 +547,37 @@ class _Run:
             unchecked[:] = True
         flipped = np.zeros(col_steps.shape, dtype=bool)
         remeasured: set[int] = set()
+        multi = values.shape[1] > 1
+
+        def clean(fit: RowFit) -> bool:
+            # With K > 1 a clean rank-one difference is one ReLU's. If the slope change the
+            # line search saw disagrees even after both Jacobians were measured again, the
+            # search's slope is the one that is off (a neighbouring critical point inside its
+            # probes); the strict cross-check below still tests the unit along a fresh direction.
+            return multi and fit.error_estimate < _CLEAN_FIT
+
         fits: dict[int, RowFit] = {}
         for _round in range(6):
             bad = np.zeros(col_steps.shape, dtype=bool)
             if unchecked.any():
                 bad |= self._half_step_mismatches(points, values, jacs, col_steps, unchecked)
+            # A probe that crossed another hyperplane breaks the rank-one structure: the fit
+            # flags its column, on either side. A column that a clean fit of the same region
+            # vouches for is not to blame: two critical points merged into one on the line
+            # (a rank-two difference) must not send their neighbours' columns to re-measurement.
+            suspects = {}
+            vouched = np.zeros(col_steps.shape, dtype=bool)
             for i in new:
-                before, after = src[i], src[i + 1]
-                fits[i] = fit = fit_row(side(i + 1) - side(i), orient=line.direction)
-                # A probe that crossed another hyperplane breaks the rank-one structure: the
-                # fit flags its column (on either side).
-                crossing = fit.suspicious_columns()
-                bad[before, crossing] = bad[after, crossing] = True
+                fits[i] = fit_row(side(i + 1) - side(i), orient=line.direction)
+                suspects[i] = fits[i].suspicious_columns()
+                if clean(fits[i]):
+                    for s_ in (src[i], src[i + 1]):
+                        vouched[s_] = True
+                        vouched[s_, suspects[i]] = False
+            for i in new:
+                for s_ in (src[i], src[i + 1]):
+                    cols = suspects[i]
+                    bad[s_, cols[~vouched[s_, cols]]] = True
             # A probe that crossed the unit's *own* hyperplane keeps the difference rank one but
             # clips its entry: it measured the column only up to the crossing, so that
             # |D_j| |s| = |slope change| |t - t_i| exactly, where an uncrossed probe towards
@@ -583,9 +609,12 @@ class _Run:
             # The slope change the line search saw must be what the fitted unit predicts. If
             # not, and nothing is suspect, probes crossed a hyperplane without breaking the
             # rank-one structure (any hyperplane when K = 1): re-measure both Jacobians, once.
+            # Not when the fit is not clean and clean fits of other critical points vouch for
+            # both Jacobians (a merged critical point: nothing to repair).
             for i in new:
                 sides = [src[i], src[i + 1]]
-                if (not bad[sides].any() and i not in remeasured
+                merged = not clean(fits[i]) and bool(vouched[sides].all())
+                if (not bad[sides].any() and i not in remeasured and not merged
                         and _slope_mismatch(fits[i], line, kinks[i]) > 1e-4):
                     remeasured.add(i)
                     bad[sides] = True
@@ -625,6 +654,7 @@ class _Run:
         self.jacs.extend(jacs)
         self.jac_steps.extend(col_steps)
         found: list[tuple[Array, float, Array, Array, float]] = []
+        strict: list[bool] = []
         for i in new:
             fit = fits[i]
             # Refine the crossing from the two regions' exact affine pieces along the line.
@@ -634,12 +664,21 @@ class _Run:
                 t = kinks[i].t
             point = line.at(np.array([t]))[0]
             bias = -float(fit.row @ point)
-            if fit.error_estimate > 1e-6 or _slope_mismatch(fit, line, kinks[i]) > 1e-3:
+            off = _slope_mismatch(fit, line, kinks[i]) > 1e-3
+            if fit.error_estimate > 1e-6 or (off and not clean(fit)):
                 self.notes.append(f"a critical point at t={t:.6g} was not a single ReLU; skipped")
                 continue
-            found.append((fit.row, bias, fit.out, point, fit.error_estimate))
+            # Kept on a clean fit alone, the unit must pass a strict cross-check: a probe that
+            # only just crossed the unit's own hyperplane leaves the fit clean but a few entries
+            # slightly clipped, which the slope change seen would have exposed.
+            strict.append(off)
+            # A derived side carries the errors of the units it was derived across.
+            error = float(np.hypot(fit.error_estimate, np.hypot(plan[i][2], plan[i + 1][2])
+                                   / max(float(np.linalg.norm(fit.out)), 1e-300)))
+            found.append((fit.row, bias, fit.out, point, error))
         added = 0
-        for unit, real in zip(found, self._cross_check(found), strict=True):
+        tolerance = np.where(strict, 1e-6, 1e-3)
+        for unit, real in zip(found, self._cross_check(found, tolerance), strict=True):
             if real:
                 added += self.units.add(*unit)
             else:
@@ -649,14 +688,17 @@ class _Run:
                 )
         return added
 
-    def _cross_check(self, found: list[tuple[Array, float, Array, Array, float]]) -> list[bool]:
+    def _cross_check(
+        self, found: list[tuple[Array, float, Array, Array, float]], tolerance: Array
+    ) -> list[bool]:
         """Cross each candidate hyperplane in a fresh random direction: is the kink there?
 
         A unit found at point ``p`` with unit row ``r`` and output vector ``g`` must make the
         slope along any direction ``u`` jump by exactly ``g |r·u|`` at ``p``. Two close critical
         points that the line search merged (possible when ``K = 1``, where every Jacobian
         difference is rank one) are separated along another direction, so no jump is seen at
-        ``p``. Costs 3 queries per candidate.
+        ``p``. ``tolerance`` is the relative error allowed per candidate. Costs 3 queries per
+        candidate.
         """
         if not found:
             return []
@@ -673,7 +715,7 @@ class _Run:
         expected = np.array([f[2] * abs(float(f[0] @ ui)) for f, ui in zip(found, u, strict=True)])
         noise = 1e-12 * (np.abs(mid).max(axis=1) + 1.0) / delta
         err = np.linalg.norm(jump - expected, axis=1)
-        return list(err <= 1e-3 * np.linalg.norm(expected, axis=1) + noise)
+        return list(err <= tolerance * np.linalg.norm(expected, axis=1) + noise)
 
     def _refine(self) -> None:
         """Re-measure weak units where all the other hyperplanes are far away (default mode).
