@@ -12,10 +12,10 @@ layer — in two modes:
     crossed another hyperplane detected by the fit and measured again (unless clean fits of
     the same regions vouch for them: two critical points merged into one are skipped without
     re-measuring their neighbours); units already known are recognised on later lines without
-    a query; the least precise units re-measured where their
-    hyperplane is furthest from all others; then all rows and output vectors fitted jointly to
-    every Jacobian measured (no query); signs from the Jacobians already measured; last layer
-    by least squares on answered queries. The number of hidden units is found, not given.
+    a query; the least precise units re-measured where their hyperplane is furthest from all
+    others; then all rows and output vectors fitted jointly to every Jacobian measured (no
+    query); signs from the Jacobians already measured; last layer by least squares on answered
+    queries. The number of hidden units is found, not given.
 ``"paper"``
     The reference: Algorithm 1 interval by interval over ``t ∈ [-h², h²]``, absolute values
     from second differences along each ``e_j`` (§6.4.1), entry signs from ``e_ref + e_j``
@@ -464,7 +464,8 @@ class _Run:
         every needed region of its stretch of the line, as long as it is at most
         ``_MAX_CROSSED`` known, precise units away: the widest such region is measured (the
         widest region allows the largest steps). Returns the regions to measure and, for each
-        needed region, ``(measured region, Jacobian offset)``.
+        needed region, ``(measured region, Jacobian offset, error of the offset)``; the error
+        combines those of the units crossed.
         """
         width = np.diff(edges)
         rows = outs = np.zeros((0, self.d))
@@ -542,12 +543,10 @@ class _Run:
 
         # With K = 1 every difference is rank one, so crossings are caught by measuring each
         # column a second time with half the step: inside one linear region both agree.
-        unchecked = np.zeros(col_steps.shape, dtype=bool)
-        if values.shape[1] == 1:
-            unchecked[:] = True
+        multi = values.shape[1] > 1
+        unchecked = np.full(col_steps.shape, not multi)
         flipped = np.zeros(col_steps.shape, dtype=bool)
         remeasured: set[int] = set()
-        multi = values.shape[1] > 1
 
         def clean(fit: RowFit) -> bool:
             # With K > 1 a clean rank-one difference is one ReLU's. If the slope change the
@@ -565,18 +564,19 @@ class _Run:
             # flags its column, on either side. A column that a clean fit of the same region
             # vouches for is not to blame: two critical points merged into one on the line
             # (a rank-two difference) must not send their neighbours' columns to re-measurement.
+            diffs = {i: side(i + 1) - side(i) for i in new}
             suspects = {}
             vouched = np.zeros(col_steps.shape, dtype=bool)
             for i in new:
-                fits[i] = fit_row(side(i + 1) - side(i), orient=line.direction)
+                fits[i] = fit_row(diffs[i], orient=line.direction)
                 suspects[i] = fits[i].suspicious_columns()
                 if clean(fits[i]):
                     for s_ in (src[i], src[i + 1]):
                         vouched[s_] = True
                         vouched[s_, suspects[i]] = False
             for i in new:
+                cols = suspects[i]
                 for s_ in (src[i], src[i + 1]):
-                    cols = suspects[i]
                     bad[s_, cols[~vouched[s_, cols]]] = True
             # A probe that crossed the unit's *own* hyperplane keeps the difference rank one but
             # clips its entry: it measured the column only up to the crossing, so that
@@ -584,9 +584,8 @@ class _Run:
             # the hyperplane gives less. No fit is needed for this test.
             for i in new:
                 seen = kinks[i].slope_change
-                diff = side(i + 1) - side(i)
-                size = np.linalg.norm(diff, axis=0)
-                sign = np.sign(seen @ diff)  # sign of the row's entries (r · v > 0)
+                size = np.linalg.norm(diffs[i], axis=0)
+                sign = np.sign(seen @ diffs[i])  # sign of the row's entries (r · v > 0)
                 for s_, direction in ((src[i], 1.0), (src[i + 1], -1.0)):
                     # Before the kink y_i < 0 and a probe goes towards 0 if s r_j > 0.
                     towards = direction * col_steps[s_] * sign > 0
@@ -634,7 +633,7 @@ class _Run:
             probe_steps = col_steps[pairs[:, 0], pairs[:, 1]]
             cols = jacobian_columns(self.oracle, points, values, pairs, probe_steps)
             jacs[pairs[:, 0], :, pairs[:, 1]] = cols
-            if values.shape[1] == 1:
+            if not multi:
                 unchecked |= bad
         else:
             self.notes.append("some Jacobian columns stayed inconsistent after 6 re-measurements")
