@@ -430,8 +430,8 @@ class _Run:
         The stretch ``t ∈ [-1, 1]`` is searched first. If it shows no new unit, the line is
         searched on out to ``|t| = _OUTER``: a unit whose hyperplane passes far from the box
         centre crosses a random line far out, if at all (about a third of what the centre of
-        the line cost, measured at h = 128–512). The 512-unit victim of seed 3 lost a unit 3.3 from the centre
-        without it (99.98% test fidelity).
+        the line cost, measured at h = 128–512). The 512-unit victim of seed 3 lost a unit 3.3
+        from the centre without it (99.98% test fidelity).
         """
         t_range = (-1.0, 1.0)
         kinks = self._search(line, t_range, _GRID)
