@@ -433,18 +433,20 @@ class _Run:
         the line cost, measured at h = 128–512). The 512-unit victim of seed 3 lost a unit 3.3
         from the centre without it (99.98% test fidelity).
         """
+        known = self._predicted_crossings(line)[0] if len(self.units) else None
         t_range = (-1.0, 1.0)
-        kinks = self._search(line, t_range, _GRID)
+        kinks = self._search(line, t_range, _GRID, known)
         match = self._classify(kinks, line)
         if not np.any(match < 0):
             t_range = (-_OUTER, _OUTER)
-            kinks = (self._search(line, (-_OUTER, -1.0), _OUTER_GRID) + kinks
-                     + self._search(line, (1.0, _OUTER), _OUTER_GRID))
+            kinks = (self._search(line, (-_OUTER, -1.0), _OUTER_GRID, known) + kinks
+                     + self._search(line, (1.0, _OUTER), _OUTER_GRID, known))
             match = self._classify(kinks, line)
         return kinks, match, t_range
 
-    def _search(self, line: Line, t_range: tuple[float, float], grid: int) -> list[Kink]:
-        known = self._predicted_crossings(line)[0] if len(self.units) else None
+    def _search(
+        self, line: Line, t_range: tuple[float, float], grid: int, known: Array | None
+    ) -> list[Kink]:
         kinks, stats = search_line(self.oracle, line, t_range, grid=grid, known=known)
         self._refuse_curved(stats)
         return kinks

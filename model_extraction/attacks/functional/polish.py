@@ -19,7 +19,7 @@ below allow one weight per Jacobian. Each squared residual is weighted by its Ja
 step, not its square: with the square, the hundreds of short-step Jacobians of the line search
 outvoted the few long-step ones a refined unit rests on, and the polish made 512-unit victims
 less precise (39.9 against 41.4 bits before it, on the victim of seed 1; 41.4 with this weight,
-and 42.6 with the unit-wise choice in ``extract.py``). A probe that crossed a
+both refitted from the same saved Jacobians). A probe that crossed a
 hyperplane (decidable now, without a query) and a probe much shorter than its Jacobian's typical
 step are treated as missing: their residual is set to what the model predicts, which makes the
 iteration converge linearly (as expectation–maximisation does), hence ten steps. With one

@@ -140,9 +140,7 @@ def _initial_grid(
     """
     ts = np.linspace(lo, hi, grid + 1)
     spacing = (hi - lo) / grid
-    if known is None:
-        return ts, np.full(len(ts), spacing * rel_eps)
-    k = np.sort(np.asarray(known, dtype=np.float64))
+    k = np.sort(np.asarray(known if known is not None else [], dtype=np.float64))
     k = k[(k > lo) & (k < hi)]
     if not len(k):
         return ts, np.full(len(ts), spacing * rel_eps)
