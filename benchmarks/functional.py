@@ -30,16 +30,30 @@ from model_extraction.oracle import ModelOracle
 from model_extraction.victims import train_victim
 
 
-def run_one(victim: ReLUNetwork, test_x: np.ndarray, mode: str, seed: int) -> dict:
+def run_one(victim: ReLUNetwork, test_x: np.ndarray, mode: str, seed: int,
+            domain: str = "box", reference: np.ndarray | None = None) -> dict:
+    """One extraction: ``domain`` ``"box"`` keeps every query in ``[0, 1]^d`` (with
+    ``reference`` training inputs as the attacker's unlabelled pool), ``"unbounded"`` is the
+    paper's setting (any float64 input)."""
     oracle = ModelOracle(victim)
     start = time.perf_counter()
+    options = {}
+    if mode == "default":
+        options = {"stay_in_bounds": domain == "box"}
+        if domain == "box" and reference is not None:
+            options["reference_inputs"] = reference
     result = extract_functional(
-        oracle, mode=mode, hidden=victim.hidden if mode == "paper" else None, seed=seed
+        oracle, mode=mode, hidden=victim.hidden if mode == "paper" else None, seed=seed,
+        **options,
     )
     seconds = time.perf_counter() - start
     metrics = compare_networks(victim, result.network, test_inputs=test_x, seed=seed)
     return {
         "mode": mode,
+        "domain": domain if mode == "default" else "unbounded",
+        "units_crossing_box": metrics["units_crossing_box"],
+        "affine_term": metrics["affine_term"],
+        "self_check_max_error": result.check.get("max_error"),
         "hidden": victim.hidden,
         "parameters": victim.num_parameters,
         "victim": victim.metadata.get("kind"),
@@ -81,17 +95,21 @@ def trained_victim(args: argparse.Namespace, train, test, h: int, seed: int) -> 
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| victim | mode | h | parameters | runs | queries (median) | log2 q | q/(d·h) | "
+    head = ("| victim | mode | domain | h | units crossing the box (min) | units found (min) | "
+            "parameters | runs | queries (median) | log2 q | q/(d·h) | "
             "fidelity test | fidelity uniform | max \\|w err\\| | mean \\|w err\\| | mean bits | "
-            "worst-unit bits | seconds (median) |\n|" + "---|" * 15)
+            "worst-unit bits | seconds (median) |\n|" + "---|" * 18)
     lines = [head]
-    keys = sorted({(r["victim"], r["mode"], r["hidden"]) for r in rows},
-                  key=lambda k: (k[0], k[1], k[2]))
-    for victim, mode, h in keys:
-        rs = [r for r in rows if (r["victim"], r["mode"], r["hidden"]) == (victim, mode, h)]
+    keys = sorted({(r["victim"], r["mode"], r.get("domain", "unbounded"), r["hidden"])
+                   for r in rows}, key=lambda k: (k[0], k[1], k[2], k[3]))
+    for victim, mode, domain, h in keys:
+        rs = [r for r in rows if (r["victim"], r["mode"], r.get("domain", "unbounded"),
+                                  r["hidden"]) == (victim, mode, domain, h)]
         fid_t = [r["fidelity_test"] for r in rs if r["fidelity_test"] is not None]
         lines.append(
-            f"| {victim} | {mode} | {h} | {rs[0]['parameters']:,} | {len(rs)} | "
+            f"| {victim} | {mode} | {domain} | {h} | "
+            f"{min(r.get('units_crossing_box', h) for r in rs)} | "
+            f"{min(r['hidden_extracted'] for r in rs)} | {rs[0]['parameters']:,} | {len(rs)} | "
             f"{statistics.median(r['queries'] for r in rs):,.0f} | "
             f"{statistics.median(r['log2_queries'] for r in rs):.2f} | "
             f"{statistics.median(r['queries_per_dh'] for r in rs):.2f} | "
@@ -114,6 +132,11 @@ def main() -> None:
     p.add_argument("--victims", type=int, default=5, help="trained victims per size")
     p.add_argument("--random-victims", type=int, default=1, help="random victims per size")
     p.add_argument("--modes", nargs="+", default=["default"], choices=["default", "paper"])
+    p.add_argument("--domains", nargs="+", default=["box"], choices=["box", "unbounded"],
+                   help="default mode: queries kept in [0, 1]^d (box) or anywhere (unbounded)")
+    p.add_argument("--reference", type=int, default=1000,
+                   help="box domain: training inputs given to the attacker as reference inputs "
+                        "(unlabelled; 0 for none)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for training victims (1 is fastest on a shared CPU)")
@@ -125,23 +148,31 @@ def main() -> None:
     if args.quick:
         args.dataset, args.sizes, args.victims, args.random_victims = "digits", [16, 32], 2, 1
         args.modes = ["default", "paper"]
+        args.domains = ["box", "unbounded"]
 
     torch.set_num_threads(args.threads)
     train = load_dataset(args.dataset, "train", progress=False)
     test = load_dataset(args.dataset, "test", progress=False)
     xte = test.flat()
+    reference = None
+    if args.reference:
+        pick = np.random.default_rng(1).choice(len(train.labels), args.reference, replace=False)
+        reference = train.flat()[pick]
     rows: list[dict] = []
     for h in args.sizes:
         victims = [
             trained_victim(args, train, test, h, s) for s in range(args.victims)
         ] + [ReLUNetwork.random(xte.shape[1], h, train.num_classes, seed=100 + s)
              for s in range(args.random_victims)]
+        runs = [(m, dom) for m in args.modes for dom in (args.domains if m == "default"
+                                                          else ["unbounded"])]
         for v in victims:
-            for mode in args.modes:
-                row = run_one(v, xte, mode, seed=0)
+            for mode, domain in runs:
+                row = run_one(v, xte, mode, seed=0, domain=domain, reference=reference)
                 row["dataset"] = args.dataset
                 rows.append(row)
-                print(json.dumps({k: row[k] for k in ("victim", "mode", "hidden", "queries",
+                print(json.dumps({k: row[k] for k in ("victim", "mode", "domain", "hidden",
+                                                     "hidden_extracted", "queries",
                                                      "fidelity_test", "fidelity_uniform",
                                                      "mean_bits", "worst_unit_bits", "seconds")}),
                       flush=True)

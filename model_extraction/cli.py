@@ -54,6 +54,11 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of the victim and of the attack.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs (the paper: 20).")] = 20,
     budget: Annotated[int | None, typer.Option(help="Query budget of the oracle.")] = None,
+    unbounded: Annotated[bool, typer.Option("--unbounded", help="Query anywhere in R^d (the "
+                                            "paper's setting) instead of only inside [0, 1]^d."
+                                            )] = False,
+    reference: Annotated[int, typer.Option(help="Unlabelled training inputs the attacker holds "
+                                           "(lines pass through them; 0 for none).")] = 500,
     data_dir: Annotated[Path | None, typer.Option(help="Directory holding the datasets "
                                                   "(else $MODEL_EXTRACTION_DATA, the cache).")]
     = None,
@@ -66,8 +71,10 @@ def extract(
 ) -> None:
     """Functionally-equivalent extraction (§6) of a one-hidden-layer ReLU victim, end to end.
 
-    Trains a victim (or loads or draws one), extracts it through its float64 logit oracle, and
-    reports fidelity, queries, weight precision and wall time, as Table 6 of the paper does.
+    Trains a victim (or loads or draws one), extracts it through its float64 logit oracle
+    without a query outside [0, 1]^d (unless --unbounded), with some unlabelled training inputs
+    as the attacker's reference, and reports fidelity, queries, weight precision and wall time,
+    as Table 6 of the paper does.
     """
     from model_extraction.attacks.functional import extract_functional
     from model_extraction.evaluation import compare_networks
@@ -115,10 +122,16 @@ def extract(
             bar.update(task, description=f"[bold]{phase}[/] · {queries:,} queries · "
                                          f"{units}{of} units")
 
+        pool = None
+        if reference and test_x is not None and mode is Mode.default and not unbounded:
+            train_x = train.flat()
+            pick = np.random.default_rng(seed).choice(len(train_x), min(reference, len(train_x)),
+                                                      replace=False)
+            pool = train_x[pick]
         try:
             result = extract_functional(
                 oracle, mode=mode.value, hidden=net.hidden if mode is Mode.paper else None,
-                seed=seed, progress=report,
+                seed=seed, progress=report, stay_in_bounds=not unbounded, reference_inputs=pool,
             )
         except BudgetExhaustedError as err:
             console.print(f"[red]error:[/] {err}")
@@ -152,7 +165,12 @@ def _print_report(r: dict[str, Any]) -> None:
               f"{v['parameters']:,} parameters"
               + (f", test accuracy {100 * acc:.2f}%" if acc is not None else ""))
     t.add_row("mode", a["mode"])
-    t.add_row("hidden units found", f"{e['hidden_extracted']} (victim: {e['hidden']})")
+    t.add_row("hidden units found", f"{e['hidden_extracted']} (victim: {e['hidden']}, "
+              f"{e['units_crossing_box']} of them change state on the box)"
+              + (", plus an affine term" if a["affine_term"] else ""))
+    c = a["self_check"]
+    t.add_row("self-check", f"relative error {c['max_error']:.1e} on {c['points']} fresh "
+              f"points and {c['answers']} answers held (must be ≤ {c['tolerance']:.0e})")
     t.add_row("queries", f"{a['queries']:,} (2^{a['log2_queries']:.2f}, "
               f"{a['queries'] / (v['input_dim'] * v['hidden']):.2f}·d·h)")
     if "fidelity_test" in e:

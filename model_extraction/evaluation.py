@@ -1,13 +1,16 @@
 """How well an extraction worked: fidelity, weight precision, logit error (§6.7, Table 6).
 
-* fidelity: agreement of the predicted labels of victim and extracted model, on a test set and
-  on uniform random inputs from the input box;
-* weights: extracted units are aligned to the victim's (a permutation, and a positive scale per
-  unit: rows are compared at unit norm, since a row is only defined up to a positive factor), then
-  the max and mean absolute error of the first layer and its bits of precision,
-  ``-log2(mean absolute error)``, overall and for the worst unit;
+* fidelity: agreement of the decisions of victim and extracted model (the argmax, or the sign of
+  the one logit of a binary classifier, ``K = 1``), on a test set and on uniform random inputs
+  from the input box, the domain the extraction promises;
+* weights: the victim's units whose hyperplane meets the box (the others are constant there, and
+  an extraction on the box sees them only through its affine term) are aligned to the extracted
+  ones (a permutation, and a positive scale per unit: rows are compared at unit norm, since a row
+  is only defined up to a positive factor), then the max and mean absolute error of the first
+  layer and its bits of precision, ``-log2(mean absolute error)``, overall and for the worst unit;
 * the largest logit error over the random inputs, as ``log2`` (the worst-case measure of the
-  cryptanalytic literature).
+  cryptanalytic literature); for models extracted from probabilities, whose logits are the
+  victim's up to a constant per input, after centring each row.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from model_extraction.network import ReLUNetwork
 
-__all__ = ["agreement", "align_units", "compare_networks"]
+__all__ = ["agreement", "align_units", "compare_networks", "units_crossing_box"]
 
 Array = NDArray[np.float64]
 
@@ -33,20 +36,41 @@ def agreement(a: NDArray[Any], b: NDArray[Any]) -> float:
     return float(np.mean(a == b)) if a.size else float("nan")
 
 
-def align_units(victim: ReLUNetwork, extracted: ReLUNetwork) -> tuple[NDArray[np.int64], Array]:
+def units_crossing_box(
+    network: ReLUNetwork, input_bounds: tuple[float, float] = (0.0, 1.0)
+) -> NDArray[np.bool_]:
+    """Which hidden units change state on the box ``[lo, hi]^d``: shape ``(h,)``.
+
+    A unit's pre-activation is affine, so its extremes over the box are at vertices:
+    ``Σ_j min(w_j lo, w_j hi) + b`` and the same with ``max``. A unit whose range does not
+    contain 0 is active everywhere on the box or nowhere, and no query inside it can tell it
+    from an affine term.
+    """
+    lo, hi = input_bounds
+    w, b = network.weight0, network.bias0
+    low = np.sum(np.minimum(w * lo, w * hi), axis=1) + b
+    high = np.sum(np.maximum(w * lo, w * hi), axis=1) + b
+    return (low < 0) & (high > 0)
+
+
+def align_units(
+    victim: ReLUNetwork, extracted: ReLUNetwork, units: NDArray[np.bool_] | None = None
+) -> tuple[NDArray[np.int64], Array]:
     """Match each victim unit to an extracted unit by the cosine of their rows.
 
-    Returns ``match`` (index of the extracted unit for each victim unit, ``-1`` if none) and the
-    cosine of each matched pair (negative means the extracted row has the wrong sign).
+    ``units`` (a mask over the victim's units) limits the matching to those units. Returns
+    ``match`` (index of the extracted unit for each victim unit, ``-1`` if none) and the cosine of
+    each matched pair (negative means the extracted row has the wrong sign).
     """
     a = victim.weight0 / np.linalg.norm(victim.weight0, axis=1, keepdims=True)
     b = extracted.weight0 / np.linalg.norm(extracted.weight0, axis=1, keepdims=True)
-    cos = a @ b.T
+    idx = np.arange(victim.hidden) if units is None else np.flatnonzero(units)
+    cos = a[idx] @ b.T
     rows, cols = linear_sum_assignment(-np.abs(cos))
     match = np.full(victim.hidden, -1, dtype=np.int64)
-    match[rows] = cols
+    match[idx[rows]] = cols
     cosine = np.full(victim.hidden, np.nan)
-    cosine[rows] = cos[rows, cols]
+    cosine[idx[rows]] = cos[rows, cols]
     return match, cosine
 
 
@@ -58,14 +82,26 @@ def compare_networks(
     input_bounds: tuple[float, float] = (0.0, 1.0),
     n_uniform: int = 10_000,
     seed: int = 0,
+    up_to_constant: bool = False,
 ) -> dict[str, Any]:
-    """All of the project's fidelity and precision measures, as a JSON-serialisable dict."""
+    """All of the project's fidelity and precision measures, as a JSON-serialisable dict.
+
+    ``victim`` and ``extracted`` are ``d → h → K`` networks (the extracted one may carry an
+    affine term); ``test_inputs`` an ``(n, d)`` array; fidelity is measured on ``n_uniform``
+    points drawn uniformly from the box ``input_bounds``. ``up_to_constant``: the extracted
+    logits are the victim's up to a constant per input (extraction from probabilities), so the
+    logit error is measured after centring each row. Fidelities are fractions in ``[0, 1]``,
+    errors absolute, bits ``-log2`` of the mean absolute error of unit-norm rows.
+    """
     rng = np.random.default_rng(seed)
     lo, hi = input_bounds
     uniform = rng.uniform(lo, hi, (n_uniform, victim.input_dim))
+    crossing = units_crossing_box(victim, input_bounds)
     out: dict[str, Any] = {
         "hidden": victim.hidden,
         "hidden_extracted": extracted.hidden,
+        "units_crossing_box": int(crossing.sum()),
+        "affine_term": extracted.skip is not None,
         "parameters": victim.num_parameters,
         "fidelity_uniform": agreement(victim.predict(uniform), extracted.predict(uniform)),
     }
@@ -73,11 +109,14 @@ def compare_networks(
         t = np.asarray(test_inputs, dtype=np.float64).reshape(len(test_inputs), -1)
         out["fidelity_test"] = agreement(victim.predict(t), extracted.predict(t))
         out["test_inputs"] = len(t)
-    logit_err = float(np.max(np.abs(victim.logits(uniform) - extracted.logits(uniform))))
+    gap = victim.logits(uniform) - extracted.logits(uniform)
+    if up_to_constant:
+        gap -= gap.mean(axis=1, keepdims=True)
+    logit_err = float(np.max(np.abs(gap)))
     out["max_logit_error"] = logit_err
     out["log2_max_logit_error"] = float(np.log2(logit_err)) if logit_err > 0 else float("-inf")
 
-    match, cosine = align_units(victim, extracted)
+    match, cosine = align_units(victim, extracted, crossing)
     ok = match >= 0
     a = victim.weight0 / np.linalg.norm(victim.weight0, axis=1, keepdims=True)
     b = extracted.weight0 / np.linalg.norm(extracted.weight0, axis=1, keepdims=True)

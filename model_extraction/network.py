@@ -6,6 +6,12 @@ This module stores the same parameters in PyTorch's (out, in) layout::
 
     weight0 = A(0)ᵀ  (h, d)      bias0 = B(0)  (h,)
     weight1 = A(1)ᵀ  (K, h)      bias1 = B(1)  (K,)
+    skip    = S      (K, d)      optional affine term: O(x) = A(1) ReLU(A(0) x + B(0)) + S x + B(1)
+
+The affine term is what an extraction on a bounded input domain needs: a unit active on the whole
+domain, a mirrored pair ``ReLU(z)``, ``ReLU(-z)`` (whose sum of slopes is linear) and a unit kept
+with the opposite orientation (``ReLU(-z) = ReLU(z) - z``) all change the function by an affine
+map only. On a box, :meth:`ReLUNetwork.without_skip` rewrites it exactly as plain ReLU units.
 
 Victims and extracted models are both :class:`ReLUNetwork` objects, evaluated in float64 with
 numpy, saved with safetensors (never pickle), and convertible to a ``torch.nn.Module``.
@@ -21,9 +27,46 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["ReLUNetwork"]
+__all__ = ["ReLUNetwork", "decisions"]
 
 Array = NDArray[np.float64]
+
+
+def decisions(logits: ArrayLike) -> NDArray[np.int64]:
+    """What a classifier decides from ``(n, K)`` logits: the argmax, or for ``K = 1`` (a binary
+    classifier that decides by sign) ``1`` where the logit is positive and ``0`` elsewhere."""
+    z = np.asarray(logits)
+    if z.ndim != 2:
+        raise ValueError(f"logits must have shape (n, K); got {z.shape}")
+    if z.shape[1] == 1:
+        return (z[:, 0] > 0).astype(np.int64)
+    return np.argmax(z, axis=1).astype(np.int64)
+
+
+def _with_skip(net: ReLUNetwork, dtype: Any) -> Any:
+    """``to_torch`` of a network with an affine term."""
+    import torch
+
+    class SkipReLUNetwork(torch.nn.Module):
+        """``Linear → ReLU → Linear`` plus a bias-free ``Linear`` skip from the input."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = torch.nn.Linear(net.input_dim, net.hidden)
+            self.out = torch.nn.Linear(net.hidden, net.num_outputs)
+            self.skip = torch.nn.Linear(net.input_dim, net.num_outputs, bias=False)
+
+        def forward(self, x: Any) -> Any:
+            return self.out(torch.relu(self.hidden(x))) + self.skip(x)
+
+    module = SkipReLUNetwork().to(dtype)
+    with torch.no_grad():
+        for layer, w, b in ((module.hidden, net.weight0, net.bias0),
+                            (module.out, net.weight1, net.bias1)):
+            layer.weight.copy_(torch.from_numpy(np.array(w)))
+            layer.bias.copy_(torch.from_numpy(np.array(b)))
+        module.skip.weight.copy_(torch.from_numpy(np.array(net.skip)))
+    return module
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +81,9 @@ class ReLUNetwork:
         Logit layer, shapes ``(K, h)`` and ``(K,)`` (the paper's ``A(1)ᵀ`` and ``B(1)``).
     metadata:
         Free-form JSON-serialisable description (dataset, seed, accuracy, ...), saved with it.
+    skip:
+        Optional affine term ``S``, shape ``(K, d)``, added to the logits as ``x Sᵀ``; ``None``
+        for the plain network of §6.1.
     """
 
     weight0: Array
@@ -45,10 +91,13 @@ class ReLUNetwork:
     weight1: Array
     bias1: Array
     metadata: dict[str, Any] = field(default_factory=dict)
+    skip: Array | None = None
 
     def __post_init__(self) -> None:
         arrays = {}
-        for name in ("weight0", "bias0", "weight1", "bias1"):
+        names = ("weight0", "bias0", "weight1", "bias1") + (("skip",) if self.skip is not None
+                                                             else ())
+        for name in names:
             value = np.array(getattr(self, name), dtype=np.float64, copy=True)
             value.setflags(write=False)
             arrays[name] = value
@@ -66,6 +115,9 @@ class ReLUNetwork:
                 f"inconsistent shapes: weight0 {w0.shape} needs bias0 ({h},) and weight1 (K, {h}); "
                 f"got bias0 {b0.shape}, weight1 {w1.shape}, bias1 {b1.shape}"
             )
+        if self.skip is not None and arrays["skip"].shape != (k, w0.shape[1]):
+            raise ValueError(f"skip must have shape (K, d) = {(k, w0.shape[1])}; got "
+                             f"{arrays['skip'].shape}")
         for name, value in arrays.items():
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{name} contains NaN or inf")
@@ -88,8 +140,9 @@ class ReLUNetwork:
 
     @property
     def num_parameters(self) -> int:
-        """Number of trainable parameters, ``h(d + 1) + K(h + 1)``."""
-        return self.hidden * (self.input_dim + 1) + self.num_outputs * (self.hidden + 1)
+        """Number of trainable parameters, ``h(d + 1) + K(h + 1)`` (``+ K d`` with ``skip``)."""
+        extra = 0 if self.skip is None else self.num_outputs * self.input_dim
+        return self.hidden * (self.input_dim + 1) + self.num_outputs * (self.hidden + 1) + extra
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: ArrayLike) -> Array:
@@ -110,21 +163,52 @@ class ReLUNetwork:
         return np.maximum(self.preactivations(x), 0.0)
 
     def logits(self, x: ArrayLike) -> Array:
-        """The logit function ``O_L(x)`` of §6.1, shape ``(n, K)``, in float64."""
-        return self.hidden_activations(x) @ self.weight1.T + self.bias1
+        """The logit function ``O_L(x)`` of §6.1 (plus ``x Sᵀ``), shape ``(n, K)``, float64."""
+        x = self._check_input(x)
+        out = np.maximum(x @ self.weight0.T + self.bias0, 0.0) @ self.weight1.T + self.bias1
+        return out if self.skip is None else out + x @ self.skip.T
 
     __call__ = logits
 
     def predict(self, x: ArrayLike) -> NDArray[np.int64]:
-        """Predicted labels (argmax of the logits), shape ``(n,)``."""
-        return np.argmax(self.logits(x), axis=1).astype(np.int64)
+        """Predicted labels, shape ``(n,)``: the argmax of the logits, or for one output
+        (``K = 1``, a binary classifier) ``1`` where the logit is positive, else ``0``."""
+        return decisions(self.logits(x))
+
+    def without_skip(self, input_bounds: tuple[float, float] = (0.0, 1.0)) -> ReLUNetwork:
+        """A plain ``d → h' → K`` ReLU network equal to this one on the box ``input_bounds``.
+
+        Each output's affine term ``S_k x`` becomes one ReLU unit ``ReLU(S_k x + c_k)`` with
+        ``c_k`` large enough that it is active on the whole box, and ``- c_k`` goes into the
+        output bias: exact on the box, not outside it. Outputs whose row of ``S`` is zero add no
+        unit. Returns ``self`` when there is no affine term.
+        """
+        if self.skip is None:
+            return self
+        lo, hi = input_bounds
+        rows = np.flatnonzero(np.any(self.skip != 0, axis=1))
+        s = self.skip[rows]
+        lowest = np.sum(np.minimum(s * lo, s * hi), axis=1)  # min of S_k x over the box
+        c = np.maximum(-lowest, 0.0) + 1.0
+        w1_extra = np.zeros((self.num_outputs, len(rows)))
+        w1_extra[rows, np.arange(len(rows))] = 1.0
+        b1 = self.bias1.copy()
+        b1[rows] -= c
+        return ReLUNetwork(
+            np.concatenate([self.weight0, s]), np.concatenate([self.bias0, c]),
+            np.concatenate([self.weight1, w1_extra], axis=1), b1,
+            {**self.metadata, "affine_units": len(rows), "exact_on": list(input_bounds)},
+        )
 
     # ----------------------------------------------------------------- torch
     def to_torch(self, dtype: Any = None) -> Any:
-        """A ``Sequential(Linear, ReLU, Linear)`` with these weights (float64 by default)."""
+        """A ``Sequential(Linear, ReLU, Linear)`` with these weights (float64 by default); with
+        an affine term, a module whose ``forward`` adds ``skip(x)`` (a bias-free ``Linear``)."""
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
+        if self.skip is not None:
+            return _with_skip(self, dtype)
         h, d, k = self.hidden, self.input_dim, self.num_outputs
         module = torch.nn.Sequential(
             torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, k)
@@ -138,9 +222,17 @@ class ReLUNetwork:
 
     @classmethod
     def from_torch(cls, module: Any, metadata: dict[str, Any] | None = None) -> ReLUNetwork:
-        """Build from a ``Sequential(Linear, ReLU, Linear)`` (or any module with that layout)."""
+        """Build from a ``Sequential(Linear, ReLU, Linear)`` (or any module with that layout),
+        or from the module :meth:`to_torch` makes for a network with an affine term."""
         import torch
 
+        def arr(t: Any) -> Array:
+            return t.detach().to("cpu", torch.float64).numpy()
+
+        skip = getattr(module, "skip", None)
+        if isinstance(skip, torch.nn.Linear) and skip.bias is None:
+            return cls(arr(module.hidden.weight), arr(module.hidden.bias), arr(module.out.weight),
+                       arr(module.out.bias), dict(metadata or {}), skip=arr(skip.weight))
         linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
         others = [
             m
@@ -153,10 +245,6 @@ class ReLUNetwork:
                 "from_torch expects Linear -> ReLU -> Linear (one hidden ReLU layer); got "
                 f"{module!r}"
             )
-
-        def arr(t: Any) -> Array:
-            return t.detach().to("cpu", torch.float64).numpy()
-
         return cls(
             arr(linears[0].weight),
             arr(linears[0].bias),
@@ -178,6 +266,8 @@ class ReLUNetwork:
             "weight1": np.ascontiguousarray(self.weight1),
             "bias1": np.ascontiguousarray(self.bias1),
         }
+        if self.skip is not None:
+            tensors["skip"] = np.ascontiguousarray(self.skip)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"model_extraction": json.dumps(self.metadata)})
         tmp.replace(path)
@@ -202,7 +292,8 @@ class ReLUNetwork:
             raise ValueError(f"{path} lacks tensors {sorted(missing)}; not saved by ReLUNetwork?")
         metadata = json.loads(meta.get("model_extraction", "{}"))
         return cls(
-            tensors["weight0"], tensors["bias0"], tensors["weight1"], tensors["bias1"], metadata
+            tensors["weight0"], tensors["bias0"], tensors["weight1"], tensors["bias1"], metadata,
+            skip=tensors.get("skip"),
         )
 
     # ------------------------------------------------------------- builders

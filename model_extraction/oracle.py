@@ -170,9 +170,13 @@ def apply_output_policy(
     ``logits``: the float64 logits themselves; ``probabilities``: their softmax;
     ``top_k``: the softmax with all but the ``k`` largest entries of each row set to 0 (ties
     broken by the lower class index); ``label``: the argmax as an ``(n, 1)`` int64 array.
+    One logit (``K = 1``) is a binary classifier that decides by sign: its label is ``z > 0``
+    and its probabilities are the softmax of ``(0, z)``, ``(1 - σ(z), σ(z))``.
     The one place this project turns logits into what a victim's API returns: the in-process
     :class:`ModelOracle` and the HTTP server (:mod:`model_extraction.serving`) both call it.
     """
+    from model_extraction.network import decisions
+
     kind = OutputKind(kind)
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
@@ -180,10 +184,10 @@ def apply_output_policy(
     if kind is OutputKind.LOGITS:
         return z
     if kind is OutputKind.LABEL:
-        return np.argmax(z, axis=1)[:, None].astype(np.int64)
+        return decisions(z)[:, None]
     if kind is OutputKind.UNKNOWN:
         raise ValueError("choose an output kind: logits, probabilities, top_k or label")
-    probs = _softmax(z)
+    probs = _softmax(np.concatenate([np.zeros_like(z), z], axis=1) if z.shape[1] == 1 else z)
     return keep_top_k(probs, k) if kind is OutputKind.TOP_K else probs
 
 
@@ -240,6 +244,8 @@ class ModelOracle(Oracle):
 
     def _evaluate(self, x: NDArray[np.float64]) -> NDArray[Any]:
         logits = np.asarray(self._fn(x), dtype=np.float64)
+        if logits.ndim == 1:  # one logit per input: a binary classifier
+            logits = logits[:, None]
         if logits.ndim != 2:
             return logits
         return apply_output_policy(logits, self.output_kind, self.k)
@@ -279,11 +285,15 @@ class LogitDifferenceOracle(Oracle):
     it subtracts a log-sum-exp that depends on the input.) The extracted network then computes
     the victim's logits minus its logit ``r``: the same argmax and the same probabilities.
 
-    Every answer is checked: a probability of exactly 0 (a top-k or rounded output, or a gap
-    between logits beyond float64's range), or float32 probabilities, raise
-    :class:`InsufficientPrecisionError`; rows that are not probability vectors raise
-    :class:`OracleOutputError`. Queries are counted, and budgets enforced, by the wrapped oracle
-    as well as by this one.
+    Each row's log-ratios are taken against its own largest class (``log p_i - log p_max``,
+    whose reference is never tiny), then re-expressed against ``r``; either way every class
+    needs a non-zero probability. A probability of exactly 0 is told apart: where the row's
+    other probabilities carry full float64 mantissas and sum to 1, the softmax underflowed (a
+    logit gap beyond about 745 at that input: keep the queries in the API's input domain);
+    otherwise the API rounds or truncates (top-k), and the oracle is refused as such. Float32
+    probabilities raise :class:`InsufficientPrecisionError`; rows that are not probability
+    vectors raise :class:`OracleOutputError`. Queries are counted, and budgets enforced, by the
+    wrapped oracle as well as by this one.
     """
 
     def __init__(self, oracle: Oracle, *, reference: int = 0) -> None:
@@ -321,21 +331,52 @@ class LogitDifferenceOracle(Oracle):
             )
         if self.reference >= p.shape[1]:
             raise ValueError(f"reference class {self.reference} >= K = {p.shape[1]}")
-        zero = np.any(p == 0, axis=1)
-        if np.any(zero):
-            raise InsufficientPrecisionError(
-                f"insufficient precision: {int(zero.sum())} of {len(p)} answers contain a "
-                "probability of exactly 0 (a rounded or top-k output, or a clipped noisy one); "
-                "log-probability differences need every probability to full float64 precision. "
-                "Use a learning-based attack on such an API."
-            )
+        if not np.any(p < 0) and _looks_rounded(p[p > 0]):
+            raise _zero_probability_error(p, np.ones(len(p), dtype=bool))
         if np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-3):
             raise OracleOutputError(
                 "the oracle's rows are not probability vectors (negative entries, or sums "
                 "other than 1); LogitDifferenceOracle needs the softmax of the logits"
             )
+        zero = np.any(p == 0, axis=1)
+        if np.any(zero):
+            raise _zero_probability_error(p, zero)
+        top = np.log(p.max(axis=1, keepdims=True))
+        ratios = np.log(p) - top  # log p_i - log p_max = z_i - z_max, each finite
         r = self.reference
-        return np.log(p / p[:, r : r + 1])
+        return ratios - ratios[:, r : r + 1]
+
+
+def _looks_rounded(values: NDArray[np.float64]) -> bool:
+    """Whether positive ``values`` are rounded: to a binary precision coarser than float64 (the
+    low 16 bits of every mantissa zero, as in float32) or to ``k ≤ 10`` decimals (every value
+    a multiple of ``10^-k``, none below it)."""
+    if not values.size:
+        return True
+    mantissa, _ = np.frexp(values)
+    if not np.any((mantissa * 2.0**53).astype(np.int64) % (1 << 16) != 0):
+        return True
+    return any(bool(np.all(values >= 0.5 * 10.0**-k)) and np.allclose(
+        values * 10.0**k, np.round(values * 10.0**k), rtol=0, atol=1e-6) for k in range(1, 11))
+
+
+def _zero_probability_error(p: NDArray[np.float64], zero: NDArray[np.bool_]) -> OracleOutputError:
+    """Why a row holds a probability of exactly 0: softmax underflow, or rounding/top-k."""
+    rows = p[zero]
+    exact_sums = np.allclose(rows.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    if not _looks_rounded(rows[rows > 0]) and exact_sums:
+        return InsufficientPrecisionError(
+            f"the softmax underflowed: {int(zero.sum())} of {len(p)} answers hold a probability "
+            "of exactly 0 although the others carry full float64 precision, so some logit gap "
+            "there exceeds about 745. Those inputs are too far out for logit differences from "
+            "probabilities: keep the queries inside the API's input domain (input_bounds)."
+        )
+    return InsufficientPrecisionError(
+        f"insufficient precision: {int(zero.sum())} of {len(p)} answers contain a probability of "
+        "exactly 0 and the others are rounded (a rounded or top-k output, or a clipped noisy "
+        "one); log-probability differences need every probability to full float64 precision. "
+        "Use a learning-based attack on such an API."
+    )
 
 
 def as_oracle(obj: Any, *, input_dim: int | None = None, budget: int | None = None) -> Oracle:

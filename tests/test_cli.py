@@ -14,7 +14,9 @@ def test_extract_command_on_embedded_digits(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["evaluation"]["fidelity_test"] == 1.0
-    assert report["evaluation"]["hidden_extracted"] == 16
+    assert report["evaluation"]["fidelity_uniform"] >= 0.999
+    assert report["attack"]["self_check"]["passed"]
+    assert report["evaluation"]["hidden_extracted"] <= report["evaluation"]["units_crossing_box"]
     assert report["attack"]["queries"] > 0
     assert (tmp_path / "x.safetensors").exists()
 

@@ -3,7 +3,7 @@ regions derived across known critical points, and the joint polish of the layers
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model_extraction import ReLUNetwork
@@ -27,21 +27,28 @@ def _true_jacobian(net: ReLUNetwork, x: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.sampled_from([1, 3]))
+@example(seed=796, k=1)
+@example(seed=1361, k=3)
 def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
     """A region's Jacobian derived from a measured one plus ``± g r^T`` of the known units
     between them is the region's true Jacobian."""
     net = ReLUNetwork.random(12, 8, k, seed=seed)
     oracle = as_oracle(net)
-    run = _Run(FunctionalExtraction(), oracle, 12, None)
+    run = _Run(FunctionalExtraction(stay_in_bounds=False), oracle, 12, None)
     rows, biases, outs = _true_units(net)
     rng = np.random.default_rng(seed)
     line = Line(rng.uniform(0.25, 0.75, 12), rng.standard_normal(12) * 3)
     kinks, _ = search_line(oracle, line, grid=64)
     pred = -(rows @ line.origin + biases) / (rows @ line.direction)
     # Two crossings closer than the search's verification step are found as one critical point
-    # (seed 1361: 9e-5 apart); the attack skips those (see the merged-point test below), and a
-    # derivation across one cannot be tested here.
-    if len(kinks) < 3 or len(kinks) < np.sum(np.abs(pred) < 1):
+    # (seed 1361: 9e-5 apart), and a crossing inside a grid point's slope probe can add a second
+    # critical point at that grid point (seed 796, K = 1: 2.6e-5 apart); the attack skips or
+    # refuses those (see the merged-point test below), and a derivation across one cannot be
+    # tested here. So the property is tested where the critical points are the crossings.
+    inside = np.sort(pred[np.abs(pred) < 1])
+    found = np.array([kk.t for kk in kinks])
+    if (len(kinks) < 3 or len(found) != len(inside)
+            or np.max(np.abs(found - inside)) > 1e-6):
         return
     # Every unit is known except those of two critical points, which play the new ones.
     new = sorted(rng.choice(len(kinks), 2, replace=False).tolist())
@@ -68,7 +75,7 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
 def _line_run(net: ReLUNetwork, line: Line, **options: float) -> tuple[_Run, list, int]:
     """A fresh attack on ``net`` that knows no unit yet, with the critical points of ``line``."""
     oracle = as_oracle(net)
-    run = _Run(FunctionalExtraction(**options), oracle, net.input_dim, None)
+    run = _Run(FunctionalExtraction(stay_in_bounds=False, **options), oracle, net.input_dim, None)
     kinks, _ = search_line(oracle, line, grid=64)
     return run, kinks, oracle.queries
 
@@ -171,7 +178,7 @@ def test_polish_keeps_a_unit_whose_error_it_does_not_improve() -> None:
     steps = 1e-2 * rng.choice([-1, 1], (len(points), d))
     oracle = as_oracle(net)
     _, jacs = jacobians(oracle, points, steps)
-    run = _Run(FunctionalExtraction(), oracle, d, None)
+    run = _Run(FunctionalExtraction(stay_in_bounds=False), oracle, d, None)
     run.jac_points, run.jacs, run.jac_steps = list(points), list(jacs), list(steps)
     noisy = rows + 1e-7 * rng.standard_normal(rows.shape)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
@@ -203,7 +210,7 @@ def test_outer_stretch_is_searched_only_when_the_centre_shows_nothing_new() -> N
     w0 = base.weight0
     net = ReLUNetwork(w0, -np.einsum("hd,hd->h", w0, line.at(at)), base.weight1, base.bias1)
     rows, biases, outs = _true_units(net)
-    run = _Run(FunctionalExtraction(), as_oracle(net), d, None)
+    run = _Run(FunctionalExtraction(stay_in_bounds=False), as_oracle(net), d, None)
     kinks, match, t_range = run._critical_points(line)
     assert t_range == (-1.0, 1.0)
     np.testing.assert_allclose([k.t for k in kinks], [-0.52, 0.31], atol=1e-9)

@@ -46,7 +46,7 @@ def reference(trained_victim):
         return trained_victim.logits(x)
 
     oracle = CallableOracle(logits, input_dim=trained_victim.input_dim, output_kind="logits")
-    result = extract_functional(oracle, seed=0)
+    result = extract_functional(oracle, seed=0, stay_in_bounds=False)
     rows = np.concatenate(asked)
     return result, len(rows), len(np.unique(rows, axis=0))
 
@@ -60,7 +60,7 @@ def test_functional_extraction_over_http_equals_in_process(trained_victim, refer
     ref, queries, _ = reference
     with ServerThread(create_app(trained_victim)) as server, \
             RemoteOracle(f"{server.url}/v2/models/victim") as oracle:
-        result = extract_functional(oracle, seed=0)
+        result = extract_functional(oracle, seed=0, stay_in_bounds=False)
     assert same_network(result.network, ref.network)
     assert result.queries == ref.queries
     assert oracle.queries == oracle.paid == queries
@@ -74,8 +74,8 @@ def test_functional_extraction_from_probabilities(trained_victim, digits):
             RemoteOracle(server.url, model="victim", output_kind="probabilities") as remote:
         assert remote.output_name == "probabilities"
         with pytest.raises(ValueError, match="LogitDifferenceOracle"):
-            extract_functional(remote, seed=0)
-        result = extract_functional(LogitDifferenceOracle(remote), seed=0)
+            extract_functional(remote, seed=0, stay_in_bounds=False)
+        result = extract_functional(LogitDifferenceOracle(remote), seed=0, stay_in_bounds=False)
     x = digits[0]
     z = trained_victim.logits(x)
     # The last layer recovered is the logit differences z_i - z_0: same argmax, same softmax.
@@ -97,7 +97,8 @@ def test_rounded_or_noisy_outputs_are_refused_as_insufficient_precision(trained_
         RemoteOracle(server.url, model="victim", output_kind=kind) as remote,
         pytest.raises(InsufficientPrecisionError, match="insufficient precision"),
     ):
-        extract_functional(remote if kind == "logits" else LogitDifferenceOracle(remote), seed=0)
+        oracle = remote if kind == "logits" else LogitDifferenceOracle(remote)
+        extract_functional(oracle, seed=0, stay_in_bounds=False)
 
 
 @pytest.mark.parametrize(("kind", "k"), [("probabilities", 5), ("top_k", 3), ("label", 5)])
@@ -161,7 +162,7 @@ def test_faults_same_result_and_same_paid_queries(trained_victim, reference):
     with ServerThread(faulty) as server, \
             RemoteOracle(server.url, model="victim", api_key="k", batch_size=256, concurrency=3,
                          timeout=0.3, backoff=0.01, backoff_max=0.1) as oracle:
-        result = extract_functional(oracle, seed=0)
+        result = extract_functional(oracle, seed=0, stay_in_bounds=False)
     assert set(faulty.seen) == set(Faults.KINDS)  # every kind of fault happened
     assert same_network(result.network, ref.network)
     assert oracle.paid == queries == app.state.serving.keyring.used("k")
@@ -174,7 +175,7 @@ from model_extraction.attacks.functional import extract_functional
 from model_extraction.remote import RemoteOracle
 oracle = RemoteOracle(sys.argv[1], model="victim", api_key="attacker", log=sys.argv[2],
                       batch_size=64, concurrency=2)
-extract_functional(oracle, seed=0)
+extract_functional(oracle, seed=0, stay_in_bounds=False)
 print("finished")
 """
 
@@ -214,7 +215,7 @@ def test_killed_attack_resumes_without_paying_twice_and_replays_offline(
         # Same batch size: requests lost in flight get the same ids, and the server's answers.
         with RemoteOracle(server.url, model="victim", api_key="attacker", log=log,
                           batch_size=64, concurrency=2) as oracle:
-            result = extract_functional(oracle, seed=0)
+            result = extract_functional(oracle, seed=0, stay_in_bounds=False)
         assert oracle.cached > 0
         assert keyring.used("attacker") == unique  # nothing paid twice, in flight or not
     # The resumed attack asked the server for the missing rows in other batches than the
@@ -232,7 +233,7 @@ def test_killed_attack_resumes_without_paying_twice_and_replays_offline(
 
     # Offline replay: the same attack from the log alone, the server gone, the same answers.
     replay = ReplayOracle(log)
-    again = extract_functional(replay, seed=0)
+    again = extract_functional(replay, seed=0, stay_in_bounds=False)
     assert same_network(again.network, result.network) and replay.queries == queries
     with pytest.raises(NotInLogError, match="not in"):
         replay(np.full((1, trained_victim.input_dim), 0.123))

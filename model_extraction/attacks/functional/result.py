@@ -30,7 +30,9 @@ class ExtractionResult:
 
     ``estimated_bits`` is the attack's own estimate of the precision of each recovered row
     (from the residual of the rank-one fits; no access to the victim's weights), so it can be
-    reported against a real API where the true weights are unknown.
+    reported against a real API where the true weights are unknown. ``check`` is what the
+    self-check measured before the model was returned (fresh in-domain ``points`` and held
+    ``answers`` compared, ``max_error`` relative to the answers' scale, its ``tolerance``).
     """
 
     network: ReLUNetwork
@@ -40,6 +42,7 @@ class ExtractionResult:
     lines: int
     estimated_bits: np.ndarray
     notes: list[str] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -60,5 +63,7 @@ class ExtractionResult:
                        for k, v in self.phases.items()},
             "estimated_bits_mean": float(np.mean(bits)) if bits.size else None,
             "estimated_bits_min": float(np.min(bits)) if bits.size else None,
+            "affine_term": self.network.skip is not None,
+            "self_check": dict(self.check),
             "notes": list(self.notes),
         }

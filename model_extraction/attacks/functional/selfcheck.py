@@ -1,0 +1,69 @@
+"""The self-check: the extracted model is compared with the oracle before it is returned.
+
+An attack must never hand back a model it cannot vouch for. The model is evaluated on fresh
+points of the input domain (queried now, and counted) and on every answer already held; the
+largest error, relative to the scale of the answers, must stay under the precision the attack
+claims. Whatever went wrong upstream (a missed unit, a wrong sign without an affine term to
+absorb it, a victim that is not a one-hidden-layer ReLU network on the domain) shows up here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.network import ReLUNetwork
+from model_extraction.oracle import Oracle
+
+Array = NDArray[np.float64]
+
+__all__ = ["SelfCheck", "self_check"]
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What the self-check measured.
+
+    ``points``: fresh in-domain queries; ``answers``: answers already held that were compared;
+    ``max_error``: the largest absolute error over both, divided by ``max(1, max |answer|)``;
+    ``tolerance``: the bound it had to meet.
+    """
+
+    points: int
+    answers: int
+    max_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_error <= self.tolerance)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _relative_errors(network: ReLUNetwork, x: Array, y: Array) -> Array:
+    if not len(x):
+        return np.zeros(0)
+    scale = max(float(np.max(np.abs(y))), 1.0)
+    return np.max(np.abs(network.logits(x) - y), axis=1) / scale
+
+
+def self_check(
+    oracle: Oracle, network: ReLUNetwork, fresh: Array, held_x: Array, held_y: Array,
+    tolerance: float,
+) -> tuple[SelfCheck, Array, Array]:
+    """Compare ``network`` with ``oracle`` on the ``(n, d)`` points ``fresh`` (``n`` queries)
+    and on the held answers ``held_x`` ``(m, d)`` → ``held_y`` ``(m, K)``.
+
+    Returns the :class:`SelfCheck`, the answers at ``fresh`` ``(n, K)``, and each point's
+    relative error, fresh points first ``(n + m,)``.
+    """
+    answers = np.asarray(oracle(fresh), dtype=np.float64) if len(fresh) else np.zeros((0, 0))
+    errors = np.concatenate([_relative_errors(network, fresh, answers),
+                             _relative_errors(network, held_x, held_y)])
+    worst = float(errors.max()) if errors.size else 0.0
+    return SelfCheck(len(fresh), len(held_x), worst, tolerance), answers, errors
