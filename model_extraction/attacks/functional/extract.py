@@ -378,6 +378,11 @@ class _Run:
                 "network on this input domain, or units were missed: raise max_lines, give "
                 "reference_inputs, or check input_bounds."
             )
+        if self.domain.bounded and self.reference is None:
+            self.notes.append("verified on uniform points of the box; units that change state "
+                              "only near natural data (far from the box's bulk) cannot be seen "
+                              "without reference_inputs (trained MNIST victims: 66-85% test "
+                              "fidelity without them, 100% with 1,000)")
         errors = np.maximum(np.array(self.units.errors), 2.0**-60)
         return ExtractionResult(
             network=network,
