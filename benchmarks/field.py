@@ -9,7 +9,8 @@ queries left the box.
 Usage::
 
     python benchmarks/field.py --json field.json                      # digits cases, ~1 minute
-    MODEL_EXTRACTION_DATA=../shared/data python benchmarks/field.py --mnist --victim-dir /tmp/me
+    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/field.py --mnist --reference 1000 \\
+        --victim-dir victims
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from model_extraction.attacks.functional import extract_functional
 from model_extraction.datasets import load_dataset
-from model_extraction.network import ReLUNetwork
+from model_extraction.network import ReLUNetwork, decisions
 from model_extraction.oracle import LogitDifferenceOracle, ModelOracle
 from model_extraction.victims import train_victim
 
@@ -42,12 +43,7 @@ class Recorder:
         return self.fn(x)
 
 
-def decisions(logits: np.ndarray) -> np.ndarray:
-    """What a classifier decides: the sign of a single logit, else the argmax."""
-    return (logits[:, 0] > 0).astype(int) if logits.shape[1] == 1 else logits.argmax(1)
-
-
-def run_case(name: str, victim: ReLUNetwork, output: str, test_x: np.ndarray | None,
+def run_case(name: str, victim, output: str, test_x: np.ndarray | None,
              reference: np.ndarray | None = None, seed: int = 0) -> dict:
     bounds = (0.0, 1.0)
     recorder = Recorder(victim.logits, bounds)
@@ -78,6 +74,29 @@ def run_case(name: str, victim: ReLUNetwork, output: str, test_x: np.ndarray | N
     row["seconds"] = time.perf_counter() - start
     row["queries_outside_box"] = recorder.outside
     return row
+
+
+class NotOneLayer:
+    """A victim that is not a one-hidden-layer ReLU network on ``[0, 1]^d``: a random
+    30-20-10-3 network (``kind="deep"``), or a 30-12-4 one behind an API that clips its inputs
+    to ``[0.25, 0.75]`` (``kind="clipped"``). The attack must refuse it."""
+
+    def __init__(self, kind: str, seed: int = 0) -> None:
+        self.kind, self.input_dim, self.hidden = kind, 30, None
+        rng = np.random.default_rng(seed)
+        self.layers = [(rng.standard_normal((20, 30)) * 0.4, rng.standard_normal(20) * 0.1),
+                       (rng.standard_normal((10, 20)) * 0.4, rng.standard_normal(10) * 0.1),
+                       (rng.standard_normal((3, 10)), np.zeros(3))]
+        self.net = ReLUNetwork.random(30, 12, 4, seed=seed + 1)
+        self.num_outputs = 3 if kind == "deep" else 4
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "clipped":
+            return self.net.logits(np.clip(x, 0.25, 0.75))
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w.T + b
+            x = np.maximum(x, 0.0) if i < len(self.layers) - 1 else x
+        return x
 
 
 def crelu_victim(seed: int = 0) -> ReLUNetwork:
@@ -128,6 +147,9 @@ def main() -> None:
     cases.append(("crelu 64-16-10", crelu_victim(), None, None, "logits"))
     cases.append(("random 10-30-1", ReLUNetwork.random(10, 30, 1, seed=0), None, None, "logits"))
     cases.append(("digits h=64 logits", *trained("digits", 64, 0, args.victim_dir), "logits"))
+    cases.append(("two hidden layers 30-20-10-3", NotOneLayer("deep"), None, None, "logits"))
+    cases.append(("inputs clipped to [0.25, 0.75]", NotOneLayer("clipped"), None, None,
+                  "logits"))
     if args.mnist:
         for h in (32, 128):
             cases.append((f"mnist h={h}", *trained("mnist", h, 0, args.victim_dir),

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from model_extraction.network import decisions
+
 __all__ = [
     "BudgetExhaustedError",
     "CallableOracle",
@@ -175,8 +177,6 @@ def apply_output_policy(
     The one place this project turns logits into what a victim's API returns: the in-process
     :class:`ModelOracle` and the HTTP server (:mod:`model_extraction.serving`) both call it.
     """
-    from model_extraction.network import decisions
-
     kind = OutputKind(kind)
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
@@ -332,7 +332,11 @@ class LogitDifferenceOracle(Oracle):
         if self.reference >= p.shape[1]:
             raise ValueError(f"reference class {self.reference} >= K = {p.shape[1]}")
         if not np.any(p < 0) and _looks_rounded(p[p > 0]):
-            raise _zero_probability_error(p, np.ones(len(p), dtype=bool))
+            raise InsufficientPrecisionError(
+                "insufficient precision: the probabilities are rounded (to a few decimals, or "
+                "to a binary precision coarser than float64); log-probability differences need "
+                "them to full float64 precision. Use a learning-based attack on such an API."
+            )
         if np.any(p < 0) or not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-3):
             raise OracleOutputError(
                 "the oracle's rows are not probability vectors (negative entries, or sums "

@@ -24,10 +24,6 @@ Array = NDArray[np.float64]
 __all__ = ["fit_output_layer"]
 
 
-def _median_offset(residuals: Array) -> Array:
-    return np.median(residuals, axis=0)
-
-
 def fit_output_layer(
     rows: Array, biases: Array, outs: Array, jac_points: Array, jacs: Array, x: Array, y: Array
 ) -> tuple[Array, Array, Array | None, float]:
@@ -50,13 +46,13 @@ def fit_output_layer(
     w1 = outs.T.copy()
     active = (jac_points @ rows.T + biases) > 0  # (m, h)
     explained = np.einsum("mh,hk,hd->mkd", active.astype(np.float64), outs, rows)
-    skip = _median_offset(jacs - explained)
+    skip = np.median(jacs - explained, axis=0)
     hidden = np.maximum(x @ rows.T + biases, 0.0) @ w1.T
     scale = max(float(np.max(np.abs(y))), 1.0)
-    plain_bias = _median_offset(y - hidden)
+    plain_bias = np.median(y - hidden, axis=0)
     plain_error = float(np.max(np.abs(hidden + plain_bias - y))) / scale
     with_skip = hidden + x @ skip.T
-    bias = _median_offset(y - with_skip)
+    bias = np.median(y - with_skip, axis=0)
     error = float(np.max(np.abs(with_skip + bias - y))) / scale
     if plain_error <= 2.0 * error + 1e-14:
         return w1, plain_bias, None, plain_error

@@ -30,7 +30,7 @@ def check_logit_oracle(
     """Check ``oracle`` and return ``K``, its number of outputs; raise if it is unusable.
 
     Queries lie in the box of side ``width`` about ``centre``, at least ``margin · width``
-    inside its faces. Costs 56 queries.
+    inside its faces. Costs 48 queries.
     """
     kind = oracle.output_kind
     if kind not in (OutputKind.LOGITS, OutputKind.UNKNOWN):

@@ -82,9 +82,8 @@ class Domain:
         the units whose state differs between the data and the bulk of the box, such as units
         active on almost all the data and nowhere else). Otherwise (and for ``kind`` 2), a
         diagonal through the centre, from a random vertex to the opposite one: the longest lines
-        the box holds, which reach the hyperplanes furthest from its centre that any data-free
-        line reaches (measured on trained MNIST victims against lines through random interior
-        points in Gaussian directions: 80 against 6 of 128 units in 64 lines).
+        the box holds. A line in a Gaussian direction leaves the box after a short stretch, and
+        crosses far fewer hyperplanes.
         """
         if reference is not None and len(reference) >= 2 and kind in (0, 1):
             i, j = rng.choice(len(reference), 2, replace=False)

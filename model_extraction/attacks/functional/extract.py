@@ -17,8 +17,10 @@ layer — in two modes:
     a query; the least precise units re-measured where their hyperplane is furthest from all
     others; then all rows and output vectors fitted jointly to every Jacobian measured (no
     query; a unit keeps its estimate unless the fit claims a smaller error); signs from the
-    Jacobians already measured; last layer by least squares on answered queries. The number of
-    hidden units is found, not given.
+    Jacobians already measured; output weights from the Jacobian jumps, and an affine term from
+    the Jacobians where one is needed (:mod:`.affine`); then the self-check (:mod:`.selfcheck`).
+    Queries stay inside ``input_bounds`` (:mod:`.domain`) unless ``stay_in_bounds=False``. The
+    number of hidden units is found, not given.
 ``"paper"``
     The reference: Algorithm 1 interval by interval over ``t ∈ [-h², h²]``, absolute values
     from second differences along each ``e_j`` (§6.4.1), entry signs from ``e_ref + e_j``
@@ -158,15 +160,16 @@ class FunctionalExtraction:
         Default mode: ``False`` restores the paper's setting (§6.1: any float64 input; lines run
         far outside the box, which then only sets the scale). Paper mode always queries so.
     reference_inputs:
-        Optional ``(n, d)`` natural inputs the attacker holds (unlabelled, inside the box):
-        half the lines then pass through two of them, so that the hyperplanes that matter where
-        the data lives are crossed (on MNIST most of them never meet a line through the centre
-        of the box), and the self-check also tests at them.
+        Optional ``(n, d)`` natural inputs the attacker holds (unlabelled, inside the box): two
+        lines in three then pass through them (see :meth:`.domain.Domain.random_line`), so that
+        the hyperplanes that matter where the data lives are crossed (on MNIST many never meet a
+        line through the centre of the box), and half the self-check's points are taken there.
     check_points:
         Fresh in-domain queries of the self-check (plus the answers already held).
     check_tolerance:
         Largest error the self-check accepts, relative to ``max(1, max |answer|)``; a model that
-        misses it is repaired (more lines) once, then refused with :class:`ExtractionError`.
+        misses it is repaired (lines through the points it failed on) up to ``_REPAIRS`` times,
+        then refused with :class:`ExtractionError`.
     seed:
         Seed of the random lines.
     max_lines:
@@ -248,7 +251,6 @@ class FunctionalExtraction:
             raise BudgetExhaustedError(
                 err.budget, err.used, err.requested, progress=run.where()
             ) from None
-
 
     def _reference(self, d: int) -> Array | None:
         """The reference inputs as a validated ``(n, d)`` float64 array inside the box."""
@@ -379,10 +381,9 @@ class _Run:
                 "reference_inputs, or check input_bounds."
             )
         if self.domain.bounded and self.reference is None:
-            self.notes.append("verified on uniform points of the box; units that change state "
-                              "only near natural data (far from the box's bulk) cannot be seen "
-                              "without reference_inputs (trained MNIST victims: 66-85% test "
-                              "fidelity without them, 100% with 1,000)")
+            self.notes.append("verified on uniform points of the box only: units that change "
+                              "state only near natural data (far from the box's bulk) cannot be "
+                              "seen without reference_inputs")
         errors = np.maximum(np.array(self.units.errors), 2.0**-60)
         return ExtractionResult(
             network=network,
@@ -426,7 +427,7 @@ class _Run:
                 "is constant on it (the model's affine term carries it): leave hidden unset."
             )
 
-    def _signs(self, rows: Array, biases: Array, outs: Array) -> Array:
+    def _signs(self, rows: Array, biases: Array, outs: Array, pick: NDArray[np.int64]) -> Array:
         """Global signs (§6.5): the null-space steps in paper mode; in default mode votes of the
         Jacobians already measured, where the rows are independent (elsewhere the affine term
         makes any orientation exact, and the rows keep the one they were found with)."""
@@ -446,8 +447,7 @@ class _Run:
                               "the model exact")
             return np.ones(len(rows))
         # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
-        # (the votes are 0 or 1 up to rounding), so large victims use a random subset.
-        pick = self._jacobian_subset()
+        # (the votes are 0 or 1 up to rounding), so large victims use a random subset (pick).
         signs, confidence = signs_from_jacobians(
             rows, biases, outs, np.array([self.jac_points[i] for i in pick]),
             np.array([self.jacs[i] for i in pick]),
@@ -458,6 +458,7 @@ class _Run:
         return signs
 
     def _jacobian_subset(self) -> NDArray[np.int64]:
+        """At most 512 of the Jacobians measured, at random: enough for signs and ``S``."""
         pick = np.arange(len(self.jacs))
         if len(pick) > 512:
             pick = np.sort(self.keep_rng.choice(len(pick), 512, replace=False))
@@ -472,8 +473,9 @@ class _Run:
         biases = np.array(self.units.biases)
         k = np.asarray(self.seen_y[0]).shape[1]
         outs = np.array(self.units.outs).reshape(len(rows), k)
+        pick = self._jacobian_subset()
         mark = self._enter("signs")
-        signs = self._signs(rows, biases, outs) if len(rows) else np.ones(0)
+        signs = self._signs(rows, biases, outs, pick) if len(rows) else np.ones(0)
         self._leave(mark)
 
         mark = self._enter("last layer")
@@ -486,7 +488,6 @@ class _Run:
         if self.cfg.mode == "paper":
             w1, b1, resid = fit_last_layer(w0, b0, x, y)
         else:
-            pick = self._jacobian_subset()
             w1, b1, skip, resid = fit_output_layer(
                 w0, b0, outs, np.array([self.jac_points[i] for i in pick]),
                 np.array([self.jacs[i] for i in pick]), x, y)
@@ -523,7 +524,8 @@ class _Run:
     def _self_check(self, network: ReLUNetwork) -> tuple[SelfCheck, list[Line]]:
         """:func:`~.selfcheck.self_check` on fresh points of the box (half of them reference
         inputs, when given) and on every answer held; with the lines from points it failed on
-        to points it passed (at most ``_REPAIR_LINES``), for a repair."""
+        to points it passed (to any fresh point if it passed none; at most
+        ``_REPAIR_LINES``), for a repair."""
         mark = self._enter("self-check")
         n = self.cfg.check_points
         fresh = self.domain.uniform(self.rng, n)
