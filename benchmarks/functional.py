@@ -2,7 +2,7 @@
 
 Usage::
 
-    MODEL_EXTRACTION_DATA=../shared/data python benchmarks/functional.py            # full table
+    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/functional.py            # full table
     python benchmarks/functional.py --quick --json results/functional-quick.json    # < 1 minute
 
 The full run trains five MNIST victims per hidden size (16 ... 512, Adam, 20 epochs, batch 128)

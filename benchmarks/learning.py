@@ -8,7 +8,7 @@ without the rotation loss, fully supervised, at one budget.
 Usage::
 
     python benchmarks/learning.py --quick --json out.json          # digits, under a minute
-    MODEL_EXTRACTION_DATA=../shared/data python benchmarks/learning.py \\
+    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/learning.py \\
         --datasets mnist fashion-mnist --json results/learning.json \\
         --markdown results/learning.md --plot results/learning.png
     # several seeds: each cell becomes mean ± standard deviation

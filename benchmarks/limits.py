@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/limits.py --data-dir ../shared/data \\
+    python benchmarks/limits.py --data-dir path/to/data \\
         --json results/limits-fashion-mnist.json --markdown results/limits-fashion-mnist.md
     python benchmarks/limits.py --quick --json results/limits-quick.json    # digits, < 1 minute
 
