@@ -42,7 +42,7 @@ def test_datasets_json(tmp_path, monkeypatch):
     _, _, digests = write_mnist(tmp_path / "mnist", "test", n=7)
     for name, hexdigest in digests.items():
         monkeypatch.setitem(checksums.KNOWN_DIGESTS, ("mnist", name), Digest("sha256", hexdigest))
-    res = CliRunner().invoke(app, ["datasets", "--json", "--data-dir", str(tmp_path)])
+    res = CliRunner().invoke(app, ["datasets", "--json", "-", "--data-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = {(r["name"], r["split"]): r for r in json.loads(res.stdout)}
     for row in rows.values():

@@ -58,6 +58,16 @@ _DEFAULT_OUTPUT = {
     OutputKind.TOP_K: ("probabilities", "probs", "top_k", "top_k_probabilities"),
     OutputKind.LABEL: ("label", "labels", "class", "classes", "predictions"),
 }
+_KNOWN_OUTPUTS = {"predict_proba": OutputKind.PROBABILITIES, "predict": OutputKind.LABEL}
+"""Output names of MLServer's scikit-learn runtime, recognised but never chosen by default."""
+
+
+def _check_output_type(name: str, kind: OutputKind, datatype: str) -> None:
+    if kind is OutputKind.LABEL and datatype not in _INT_TYPES:
+        raise ValueError(f"output {name!r} is {datatype}, not an integer label")
+    if kind is not OutputKind.LABEL and datatype not in _FLOAT_TYPES:
+        raise ValueError(f"output {name!r} is {datatype}; {kind.value} needs a "
+                         "floating-point output")
 
 
 class RemoteOracleError(RuntimeError):
@@ -215,7 +225,7 @@ class RemoteOracle(Oracle):
             self.log = log if isinstance(log, QueryLog) else QueryLog(log)
             self._scope = self.log.open_scope(
                 model=model, output=self.output_name, kind=kind, input_dim=d,
-                num_outputs=self.num_outputs, dtype=DATATYPES[self.output_datatype],
+                num_outputs=self.num_outputs, dtype=self._log_dtype(),
                 url=self.url,
             )
 
@@ -223,55 +233,96 @@ class RemoteOracle(Oracle):
     def _choose_tensors(
         self, meta: dict[str, Any], input_name: str | None, output_name: str | None,
         output_kind: OutputKind | str | None, input_dim: int | None,
-    ) -> tuple[str, str, str, OutputKind, int, int, str]:
-        inputs = {t["name"]: t for t in meta.get("inputs", [])}
-        outputs = {t["name"]: t for t in meta.get("outputs", [])}
-        if input_name is None:
-            if len(inputs) != 1:
-                raise ValueError(f"the model has inputs {list(inputs)}: choose one (input_name=)")
-            input_name = next(iter(inputs))
-        if input_name not in inputs:
-            raise ValueError(f"the model has no input {input_name!r}; it has {list(inputs)}")
-        tin = inputs[input_name]
-        if tin["datatype"] not in ("FP64", "FP32"):
-            raise ValueError(f"input {input_name!r} is {tin['datatype']}; this oracle sends "
-                             "floating-point rows (FP64, or FP32)")
-        shape = tin.get("shape", [])
-        d = int(shape[-1]) if shape and int(shape[-1]) > 0 else None
-        if input_dim is not None and d is not None and input_dim != d:
-            raise ValueError(f"input_dim={input_dim} but the server's input is [-1, {d}]")
-        d = input_dim if input_dim is not None else d
-        if d is None:
-            raise ValueError("the server does not give the input width: pass input_dim=")
+    ) -> tuple[str, str, str, OutputKind, int, int, str | None]:
+        """Input and output tensors: the user's choices, else the metadata, else defaults.
 
+        The protocol lets a server publish empty ``inputs``/``outputs`` lists (MLServer's
+        scikit-learn runtime does): names and widths the user gives are then taken as they are,
+        and the output's datatype is checked on the first answer instead."""
+        inputs = {t["name"]: t for t in meta.get("inputs") or []}
+        outputs = {t["name"]: t for t in meta.get("outputs") or []}
+        self.sources: dict[str, str] = {}
+        """Where each choice came from: ``given``, ``metadata`` or ``default``."""
+        input_name, in_type, d = self._choose_input(inputs, input_name, input_dim)
         kind = None if output_kind is None else OutputKind(output_kind)
         if output_name is None:
             wanted = _DEFAULT_OUTPUT.get(kind or OutputKind.LOGITS, ())
             names = [n for n in wanted if n in outputs]
-            if names:
-                output_name = names[0]
-            elif len(outputs) == 1:
-                output_name = next(iter(outputs))
+            if names or len(outputs) == 1:
+                output_name = names[0] if names else next(iter(outputs))
+                self.sources["output"] = "metadata"
+            elif not outputs:
+                output_name = wanted[0]
+                self.sources["output"] = "default"
             else:
                 raise ValueError(f"choose an output (output_name=): the model has "
                                  f"{list(outputs)}")
-        if output_name not in outputs:
+        else:
+            self.sources["output"] = "given"
+        if outputs and output_name not in outputs:
             raise ValueError(f"the model has no output {output_name!r}; it has {list(outputs)}")
         if kind is None:
             kind = next((k for k, names in _DEFAULT_OUTPUT.items() if output_name in names),
-                        OutputKind.UNKNOWN)
+                        _KNOWN_OUTPUTS.get(output_name, OutputKind.UNKNOWN))
             if kind is OutputKind.TOP_K:
                 kind = OutputKind.PROBABILITIES
-        tout = outputs[output_name]
-        datatype = tout["datatype"]
-        if kind is OutputKind.LABEL and datatype not in _INT_TYPES:
-            raise ValueError(f"output {output_name!r} is {datatype}, not an integer label")
-        if kind is not OutputKind.LABEL and datatype not in _FLOAT_TYPES:
-            raise ValueError(f"output {output_name!r} is {datatype}; {kind.value} needs a "
-                             "floating-point output")
-        out_shape = tout.get("shape", [])
-        k = int(out_shape[-1]) if out_shape and int(out_shape[-1]) > 0 else 0
-        return input_name, tin["datatype"], output_name, kind, d, k, datatype
+        tout = outputs.get(output_name)
+        datatype = None if tout is None else tout["datatype"]
+        if datatype is not None:
+            _check_output_type(output_name, kind, datatype)
+        out_shape = [] if tout is None else tout.get("shape", [])
+        k = int(out_shape[-1]) if len(out_shape) > 1 and int(out_shape[-1]) > 0 else 0
+        return input_name, in_type, output_name, kind, d, k, datatype
+
+    def _choose_input(self, inputs: dict[str, Any], input_name: str | None,
+                      input_dim: int | None) -> tuple[str, str, int]:
+        self.sources["input"] = "given" if input_name is not None else "metadata"
+        if input_name is None:
+            if len(inputs) > 1:
+                raise ValueError(f"the model has inputs {list(inputs)}: choose one (input_name=)")
+            if not inputs:
+                self.sources["input"] = "default"
+            input_name = next(iter(inputs), "input")
+        if inputs and input_name not in inputs:
+            raise ValueError(f"the model has no input {input_name!r}; it has {list(inputs)}")
+        tin = inputs.get(input_name, {"datatype": "FP64", "shape": []})
+        if tin["datatype"] not in ("FP64", "FP32"):
+            raise ValueError(f"input {input_name!r} is {tin['datatype']}; this oracle sends "
+                             "floating-point rows (FP64, or FP32)")
+        shape = tin.get("shape") or []
+        d = int(shape[-1]) if shape and int(shape[-1]) > 0 else None
+        if input_dim is not None and d is not None and input_dim != d:
+            raise ValueError(f"the inputs have width {input_dim} (input_dim=, --input-dim, or "
+                             f"the dataset) but the server's input is [-1, {d}]")
+        self.sources["input_dim"] = "given" if input_dim is not None else "metadata"
+        d = input_dim if input_dim is not None else d
+        if d is None:
+            raise ValueError("the server does not publish the input width: give input_dim= "
+                             "(--input-dim)")
+        return input_name, tin["datatype"], d
+
+    def _log_dtype(self) -> np.dtype[Any]:
+        if self.output_datatype is not None:
+            return DATATYPES[self.output_datatype]
+        return np.dtype(np.int64 if self.output_kind is OutputKind.LABEL else np.float64)
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """What this oracle will send and read, and where each choice came from (nothing is
+        sent to learn it beyond the free metadata request): for a dry run or a log."""
+        return {
+            "url": f"{self.url}/v2/models/{self.model}",
+            "input": {"name": self.input_name, "datatype": self.input_datatype,
+                      "shape": [-1, self.input_dim], "from": self.sources["input"],
+                      "width_from": self.sources["input_dim"]},
+            "output": {"name": self.output_name, "kind": self.output_kind.value,
+                       "datatype": self.output_datatype or "checked on the first answer",
+                       "classes": self.num_outputs or "read from the first answer",
+                       "from": self.sources["output"]},
+            "batch_size": self.batch_size, "concurrency": self.concurrency,
+            "budget": self.budget,
+            "query_log": None if self.log is None else str(self.log.path),
+        }
 
     # ---------------------------------------------------------------- HTTP
     def _retrying(self) -> Retrying:
@@ -323,7 +374,8 @@ class RemoteOracle(Oracle):
                                        int(body["requested"]),
                                        progress="(The server's budget for this API key.)")
         if resp.status_code in (401, 403):
-            raise RemoteRefusedError(resp.status_code, f"{message} (check api_key=)")
+            raise RemoteRefusedError(resp.status_code, f"{message} (check the API key: "
+                                     "api_key=, --api-key or $MODEL_EXTRACTION_API_KEY)")
         raise RemoteRefusedError(resp.status_code, message)
 
     def _infer(self, x: NDArray[np.float64]) -> tuple[NDArray[Any], int]:
@@ -359,6 +411,14 @@ class RemoteOracle(Oracle):
                                     f"{self.output_name!r} that was asked for")
         t = tensors[self.output_name]
         datatype = t.get("datatype")
+        if self.output_datatype is None and datatype in DATATYPES:
+            # No metadata: the first answer fixes the datatype; every later one must match.
+            try:
+                _check_output_type(self.output_name, self.output_kind, datatype)
+            except ValueError as err:
+                raise OracleOutputError(f"{err} (the server publishes no metadata; choose "
+                                        "another output or output kind)") from None
+            self.output_datatype = datatype
         if datatype != self.output_datatype:
             raise OracleOutputError(
                 f"output {self.output_name!r} came back as {datatype}; the model's metadata "
@@ -367,6 +427,8 @@ class RemoteOracle(Oracle):
             )
         shape = [int(s) for s in t.get("shape", [])]
         y = np.asarray(t.get("data"), dtype=DATATYPES[datatype])
+        if self._scope is not None and y.dtype != self._scope.dtype:
+            y = y.astype(self._scope.dtype)  # unknown metadata: logged as 64-bit, exactly
         if len(shape) == 1:
             shape = [shape[0], 1]
         if len(shape) != 2 or shape[0] != n or y.size != shape[0] * shape[1]:

@@ -35,6 +35,7 @@ def launch(
     input_range: tuple[float, float] | None = None,
     log: Path | None = None,
     seed: int = 0,
+    publish_tensors: bool = True,
     dry_run: bool = False,
     log_level: str = "info",
 ) -> str:
@@ -52,7 +53,7 @@ def launch(
     config = ServerConfig(
         model_name=model_name, policy=policy, keys=tuple(api_keys), rate_limit=rate_limit,
         burst=burst, max_batch=max_batch, max_request_bytes=max_request_bytes,
-        input_range=input_range, log_path=log, seed=seed,
+        input_range=input_range, log_path=log, seed=seed, publish_tensors=publish_tensors,
     )
     app = create_app(network, config)
     budgets = ", ".join(f"{key.name}: {'unlimited' if key.budget is None else f'{key.budget:,}'}"
@@ -65,6 +66,8 @@ def launch(
         f"rate limit: {'none' if rate_limit is None else f'{rate_limit:g} requests/s per key'}; "
         f"max batch {max_batch:,} rows; max request {max_request_bytes:,} bytes\n"
         f"audit log: {log or 'none'}"
+        + ("" if publish_tensors else "\nmetadata: no tensors published (clients must name "
+                                      "them and give the input width)")
     )
     if not dry_run:
         print(summary, flush=True)

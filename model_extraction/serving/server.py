@@ -110,6 +110,10 @@ class ServerConfig:
         How many answered requests are kept for idempotent retries.
     input_name:
         Name of the input tensor.
+    publish_tensors:
+        Whether ``GET /v2/models/{name}`` lists the input and output tensors. The protocol
+        allows empty lists, and some runtimes (MLServer's scikit-learn one) publish nothing;
+        ``False`` serves like them, so clients must be told names and widths.
     """
 
     model_name: str = "victim"
@@ -126,6 +130,7 @@ class ServerConfig:
     seed: int | None = 0
     replay_cache: int = 128
     input_name: str = "input"
+    publish_tensors: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys))
@@ -179,12 +184,12 @@ class ServingState:
             else TensorMetadata(name=name, datatype="FP64", shape=[-1, self.num_outputs])
             for name in self.output_names
         ]
-        return ModelMetadata(
-            name=cfg.model_name, versions=[cfg.model_version], platform="numpy_relu_fp64",
-            inputs=[TensorMetadata(name=cfg.input_name, datatype="FP64",
-                                   shape=[-1, self.model.input_dim])],
-            outputs=outputs,
-        )
+        inputs = [TensorMetadata(name=cfg.input_name, datatype="FP64",
+                                 shape=[-1, self.model.input_dim])]
+        if not cfg.publish_tensors:
+            inputs, outputs = [], []
+        return ModelMetadata(name=cfg.model_name, versions=[cfg.model_version],
+                             platform="numpy_relu_fp64", inputs=inputs, outputs=outputs)
 
     def log(self, **record: Any) -> None:
         if self.audit is not None:
