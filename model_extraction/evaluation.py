@@ -56,7 +56,8 @@ def units_crossing_box(
 def align_units(
     victim: ReLUNetwork, extracted: ReLUNetwork, units: NDArray[np.bool_] | None = None
 ) -> tuple[NDArray[np.int64], Array]:
-    """Match each victim unit to an extracted unit by the cosine of their rows.
+    """Match each first-layer unit of the victim to one of the extracted model's first layer by
+    the cosine of their rows.
 
     ``units`` (a mask over the victim's units) limits the matching to those units. Returns
     ``match`` (index of the extracted unit for each victim unit, ``-1`` if none) and the cosine of
@@ -64,14 +65,19 @@ def align_units(
     """
     a = victim.weight0 / np.linalg.norm(victim.weight0, axis=1, keepdims=True)
     b = extracted.weight0 / np.linalg.norm(extracted.weight0, axis=1, keepdims=True)
-    idx = np.arange(victim.hidden) if units is None else np.flatnonzero(units)
+    h = len(victim.bias0)
+    idx = np.arange(h) if units is None else np.flatnonzero(units)
     cos = a[idx] @ b.T
     rows, cols = linear_sum_assignment(-np.abs(cos))
-    match = np.full(victim.hidden, -1, dtype=np.int64)
+    match = np.full(h, -1, dtype=np.int64)
     match[idx[rows]] = cols
-    cosine = np.full(victim.hidden, np.nan)
+    cosine = np.full(h, np.nan)
     cosine[idx[rows]] = cos[rows, cols]
     return match, cosine
+
+
+def _json_width(net: ReLUNetwork) -> int | list[int]:
+    return net.hidden if net.depth == 1 else list(net.widths)
 
 
 def compare_networks(
@@ -86,20 +92,21 @@ def compare_networks(
 ) -> dict[str, Any]:
     """All of the project's fidelity and precision measures, as a JSON-serialisable dict.
 
-    ``victim`` and ``extracted`` are ``d → h → K`` networks (the extracted one may carry an
-    affine term); ``test_inputs`` an ``(n, d)`` array; fidelity is measured on ``n_uniform``
-    points drawn uniformly from the box ``input_bounds``. ``up_to_constant``: the extracted
-    logits are the victim's up to a constant per input (extraction from probabilities), so the
-    logit error is measured after centring each row. Fidelities are fractions in ``[0, 1]``,
-    errors absolute, bits ``-log2`` of the mean absolute error of unit-norm rows.
+    ``victim`` and ``extracted`` are ReLU networks (the extracted one may carry an affine term;
+    the unit alignment and the weight errors are those of the first hidden layer);
+    ``test_inputs`` an ``(n, d)`` array; fidelity is measured on ``n_uniform`` points drawn
+    uniformly from the box ``input_bounds``. ``up_to_constant``: the extracted logits are the
+    victim's up to a constant per input (extraction from probabilities), so the logit error is
+    measured after centring each row. Fidelities are fractions in ``[0, 1]``, errors absolute,
+    bits ``-log2`` of the mean absolute error of unit-norm rows.
     """
     rng = np.random.default_rng(seed)
     lo, hi = input_bounds
     uniform = rng.uniform(lo, hi, (n_uniform, victim.input_dim))
     crossing = units_crossing_box(victim, input_bounds)
     out: dict[str, Any] = {
-        "hidden": victim.hidden,
-        "hidden_extracted": extracted.hidden,
+        "hidden": _json_width(victim),
+        "hidden_extracted": _json_width(extracted),
         "units_crossing_box": int(crossing.sum()),
         "affine_term": extracted.skip is not None,
         "parameters": victim.num_parameters,

@@ -1,4 +1,4 @@
-"""The model family of functionally-equivalent extraction: one-hidden-layer ReLU networks.
+"""The model family of functionally-equivalent extraction: fully connected ReLU networks.
 
 Jagielski et al. (2020), §6.1 and Table 5, write the victim as
 ``O_L(x) = A(1) ReLU(A(0) x + B(0)) + B(1)`` with ``A(0) ∈ R^{d×h}`` and ``A(1) ∈ R^{h×K}``.
@@ -7,6 +7,10 @@ This module stores the same parameters in PyTorch's (out, in) layout::
     weight0 = A(0)ᵀ  (h, d)      bias0 = B(0)  (h,)
     weight1 = A(1)ᵀ  (K, h)      bias1 = B(1)  (K,)
     skip    = S      (K, d)      optional affine term: O(x) = A(1) ReLU(A(0) x + B(0)) + S x + B(1)
+
+A deeper network (Carlini, Jagielski and Mironov, CRYPTO 2020) has ``hidden_layers`` between the
+first layer and the logit layer: ``(W_i, b_i)`` of shapes ``(h_{i+1}, h_i)`` and ``(h_{i+1},)``,
+each followed by a ReLU; ``weight1``/``bias1`` are then the logit layer ``(K, h_L)``.
 
 The affine term is what an extraction on a bounded input domain needs: a unit active on the whole
 domain, a mirrored pair ``ReLU(z)``, ``ReLU(-z)`` (whose sum of slopes is linear) and a unit kept
@@ -20,6 +24,7 @@ numpy, saved with safetensors (never pickle), and convertible to a ``torch.nn.Mo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +74,19 @@ def _with_skip(net: ReLUNetwork, dtype: Any) -> Any:
     return module
 
 
+def _frozen(value: ArrayLike, name: str) -> Array:
+    """A read-only float64 copy; ``ValueError`` on NaN or inf."""
+    out = np.array(value, dtype=np.float64, copy=True)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} contains NaN or inf")
+    out.setflags(write=False)
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class ReLUNetwork:
-    """A fully connected ``d → h → K`` network with one ReLU hidden layer, in float64.
+    """A fully connected ``d → h → K`` ReLU network in float64 (``d → h_1 → … → h_L → K`` with
+    ``hidden_layers``).
 
     Parameters
     ----------
@@ -83,7 +98,13 @@ class ReLUNetwork:
         Free-form JSON-serialisable description (dataset, seed, accuracy, ...), saved with it.
     skip:
         Optional affine term ``S``, shape ``(K, d)``, added to the logits as ``x Sᵀ``; ``None``
-        for the plain network of §6.1.
+        for the plain network of §6.1 (one hidden layer only).
+    hidden_layers:
+        For a deeper network, the ``(weight, bias)`` pairs between the first hidden layer and
+        the logit layer, each ``(h_{i+1}, h_i)`` and ``(h_{i+1},)`` and followed by a ReLU;
+        ``weight1`` is then ``(K, h_L)``. Empty (the default): one hidden layer.
+
+    Raises ``ValueError`` for inconsistent shapes, NaN or inf.
     """
 
     weight0: Array
@@ -92,35 +113,36 @@ class ReLUNetwork:
     bias1: Array
     metadata: dict[str, Any] = field(default_factory=dict)
     skip: Array | None = None
+    hidden_layers: tuple[tuple[Array, Array], ...] = ()
 
     def __post_init__(self) -> None:
-        arrays = {}
         names = ("weight0", "bias0", "weight1", "bias1") + (("skip",) if self.skip is not None
                                                              else ())
-        for name in names:
-            value = np.array(getattr(self, name), dtype=np.float64, copy=True)
-            value.setflags(write=False)
-            arrays[name] = value
-            object.__setattr__(self, name, value)
-        w0, b0, w1, b1 = arrays["weight0"], arrays["bias0"], arrays["weight1"], arrays["bias1"]
-        if w0.ndim != 2 or w1.ndim != 2 or b0.ndim != 1 or b1.ndim != 1:
-            raise ValueError(
-                "ReLUNetwork expects weight0 (h, d), bias0 (h,), weight1 (K, h), bias1 (K,); got "
-                f"shapes {w0.shape}, {b0.shape}, {w1.shape}, {b1.shape}"
-            )
-        h, _ = w0.shape
-        k = w1.shape[0]
-        if b0.shape != (h,) or w1.shape != (k, h) or b1.shape != (k,):
-            raise ValueError(
-                f"inconsistent shapes: weight0 {w0.shape} needs bias0 ({h},) and weight1 (K, {h}); "
-                f"got bias0 {b0.shape}, weight1 {w1.shape}, bias1 {b1.shape}"
-            )
-        if self.skip is not None and arrays["skip"].shape != (k, w0.shape[1]):
-            raise ValueError(f"skip must have shape (K, d) = {(k, w0.shape[1])}; got "
-                             f"{arrays['skip'].shape}")
+        arrays = {name: _frozen(getattr(self, name), name) for name in names}
         for name, value in arrays.items():
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"{name} contains NaN or inf")
+            object.__setattr__(self, name, value)
+        inner = tuple((_frozen(w, f"hidden_layers[{i}] weight"),
+                       _frozen(b, f"hidden_layers[{i}] bias"))
+                      for i, (w, b) in enumerate(self.hidden_layers))
+        object.__setattr__(self, "hidden_layers", inner)
+        layers = [(arrays["weight0"], arrays["bias0"]), *inner,
+                  (arrays["weight1"], arrays["bias1"])]
+        width = arrays["weight0"].shape[1] if arrays["weight0"].ndim == 2 else None
+        for i, (w, b) in enumerate(layers):
+            if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[0] or w.shape[1] != width:
+                raise ValueError(
+                    f"inconsistent shapes at layer {i}: weight {w.shape} and bias {b.shape} "
+                    f"after a layer of width {width} (ReLUNetwork expects weight0 (h, d), bias0 "
+                    "(h,), ..., weight1 (K, h_L), bias1 (K,))"
+                )
+            width = w.shape[0]
+        if self.skip is not None:
+            if inner:
+                raise ValueError("an affine term (skip) is defined for one hidden layer only")
+            k, d = arrays["weight1"].shape[0], arrays["weight0"].shape[1]
+            if arrays["skip"].shape != (k, d):
+                raise ValueError(f"skip must have shape (K, d) = {(k, d)}; got "
+                                 f"{arrays['skip'].shape}")
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -129,9 +151,20 @@ class ReLUNetwork:
         return int(self.weight0.shape[1])
 
     @property
-    def hidden(self) -> int:
-        """``h``, the number of hidden ReLU units."""
-        return int(self.weight0.shape[0])
+    def widths(self) -> tuple[int, ...]:
+        """``(h_1, ..., h_L)``, the width of each hidden layer."""
+        return (int(self.weight0.shape[0]), *(int(w.shape[0]) for w, _ in self.hidden_layers))
+
+    @property
+    def depth(self) -> int:
+        """``L``, the number of hidden ReLU layers."""
+        return 1 + len(self.hidden_layers)
+
+    @property
+    def hidden(self) -> Any:
+        """``h``, the number of hidden units of a one-hidden-layer network; the widths
+        ``(h_1, ..., h_L)`` of a deeper one."""
+        return self.widths[0] if self.depth == 1 else self.widths
 
     @property
     def num_outputs(self) -> int:
@@ -139,10 +172,16 @@ class ReLUNetwork:
         return int(self.weight1.shape[0])
 
     @property
+    def layers(self) -> tuple[tuple[Array, Array], ...]:
+        """Every affine layer ``(weight, bias)``, the first hidden layer to the logit layer."""
+        return ((self.weight0, self.bias0), *self.hidden_layers, (self.weight1, self.bias1))
+
+    @property
     def num_parameters(self) -> int:
-        """Number of trainable parameters, ``h(d + 1) + K(h + 1)`` (``+ K d`` with ``skip``)."""
+        """Number of trainable parameters: ``h(d + 1) + K(h + 1)`` for one hidden layer, every
+        layer's weights and biases in general (``+ K d`` with ``skip``)."""
         extra = 0 if self.skip is None else self.num_outputs * self.input_dim
-        return self.hidden * (self.input_dim + 1) + self.num_outputs * (self.hidden + 1) + extra
+        return sum(w.size + b.size for w, b in self.layers) + extra
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: ArrayLike) -> Array:
@@ -155,17 +194,28 @@ class ReLUNetwork:
         return x
 
     def preactivations(self, x: ArrayLike) -> Array:
-        """Hidden pre-activations ``x A(0) + B(0)``, shape ``(n, h)``."""
+        """First-layer pre-activations ``x A(0) + B(0)``, shape ``(n, h_1)``."""
         return self._check_input(x) @ self.weight0.T + self.bias0
 
     def hidden_activations(self, x: ArrayLike) -> Array:
-        """``ReLU(x A(0) + B(0))``, shape ``(n, h)``."""
+        """``ReLU(x A(0) + B(0))``, the first hidden layer, shape ``(n, h_1)``."""
         return np.maximum(self.preactivations(x), 0.0)
+
+    def layer_preactivations(self, x: ArrayLike) -> list[Array]:
+        """Pre-activations of every hidden layer, shapes ``(n, h_1), ..., (n, h_L)``."""
+        a, out = self._check_input(x), []
+        for w, b in self.layers[:-1]:
+            out.append(a @ w.T + b)
+            a = np.maximum(out[-1], 0.0)
+        return out
 
     def logits(self, x: ArrayLike) -> Array:
         """The logit function ``O_L(x)`` of §6.1 (plus ``x Sᵀ``), shape ``(n, K)``, float64."""
         x = self._check_input(x)
-        out = np.maximum(x @ self.weight0.T + self.bias0, 0.0) @ self.weight1.T + self.bias1
+        a = x
+        for w, b in self.layers[:-1]:
+            a = np.maximum(a @ w.T + b, 0.0)
+        out = a @ self.weight1.T + self.bias1
         return out if self.skip is None else out + x @ self.skip.T
 
     __call__ = logits
@@ -202,28 +252,28 @@ class ReLUNetwork:
 
     # ----------------------------------------------------------------- torch
     def to_torch(self, dtype: Any = None) -> Any:
-        """A ``Sequential(Linear, ReLU, Linear)`` with these weights (float64 by default); with
-        an affine term, a module whose ``forward`` adds ``skip(x)`` (a bias-free ``Linear``)."""
+        """A ``Sequential(Linear, ReLU, ..., Linear)`` with these weights (float64 by default);
+        with an affine term, a module whose ``forward`` adds ``skip(x)`` (a bias-free
+        ``Linear``)."""
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
         if self.skip is not None:
             return _with_skip(self, dtype)
-        h, d, k = self.hidden, self.input_dim, self.num_outputs
-        module = torch.nn.Sequential(
-            torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, k)
-        ).to(dtype)
-        with torch.no_grad():
-            module[0].weight.copy_(torch.from_numpy(np.array(self.weight0)))
-            module[0].bias.copy_(torch.from_numpy(np.array(self.bias0)))
-            module[2].weight.copy_(torch.from_numpy(np.array(self.weight1)))
-            module[2].bias.copy_(torch.from_numpy(np.array(self.bias1)))
-        return module
+        modules: list[Any] = []
+        for w, b in self.layers:
+            linear = torch.nn.Linear(w.shape[1], w.shape[0]).to(dtype)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.array(w)))
+                linear.bias.copy_(torch.from_numpy(np.array(b)))
+            modules += [linear, torch.nn.ReLU()]
+        return torch.nn.Sequential(*modules[:-1])
 
     @classmethod
     def from_torch(cls, module: Any, metadata: dict[str, Any] | None = None) -> ReLUNetwork:
-        """Build from a ``Sequential(Linear, ReLU, Linear)`` (or any module with that layout),
-        or from the module :meth:`to_torch` makes for a network with an affine term."""
+        """Build from a ``Sequential(Linear, ReLU, ..., Linear)`` (or any module whose leaves are
+        Linear and ReLU layers in that order), or from the module :meth:`to_torch` makes for a
+        network with an affine term."""
         import torch
 
         def arr(t: Any) -> Array:
@@ -240,18 +290,13 @@ class ReLUNetwork:
             if len(list(m.children())) == 0 and not isinstance(m, torch.nn.Linear | torch.nn.ReLU)
             and not isinstance(m, torch.nn.Flatten)
         ]
-        if len(linears) != 2 or others:
+        if len(linears) < 2 or others:
             raise ValueError(
-                "from_torch expects Linear -> ReLU -> Linear (one hidden ReLU layer); got "
+                "from_torch expects Linear -> ReLU -> ... -> Linear (ReLU hidden layers); got "
                 f"{module!r}"
             )
-        return cls(
-            arr(linears[0].weight),
-            arr(linears[0].bias),
-            arr(linears[1].weight),
-            arr(linears[1].bias),
-            dict(metadata or {}),
-        )
+        first, *inner, last = ((arr(m.weight), arr(m.bias)) for m in linears)
+        return cls(*first, *last, dict(metadata or {}), hidden_layers=tuple(inner))
 
     # ------------------------------------------------------------------- I/O
     def save(self, path: str | Path) -> Path:
@@ -268,6 +313,9 @@ class ReLUNetwork:
         }
         if self.skip is not None:
             tensors["skip"] = np.ascontiguousarray(self.skip)
+        for i, (w, b) in enumerate(self.hidden_layers):
+            tensors[f"hidden_layers.{i}.weight"] = np.ascontiguousarray(w)
+            tensors[f"hidden_layers.{i}.bias"] = np.ascontiguousarray(b)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"model_extraction": json.dumps(self.metadata)})
         tmp.replace(path)
@@ -291,9 +339,13 @@ class ReLUNetwork:
         if missing:
             raise ValueError(f"{path} lacks tensors {sorted(missing)}; not saved by ReLUNetwork?")
         metadata = json.loads(meta.get("model_extraction", "{}"))
+        inner = []
+        while f"hidden_layers.{len(inner)}.weight" in tensors:
+            i = len(inner)
+            inner.append((tensors[f"hidden_layers.{i}.weight"], tensors[f"hidden_layers.{i}.bias"]))
         return cls(
             tensors["weight0"], tensors["bias0"], tensors["weight1"], tensors["bias1"], metadata,
-            skip=tensors.get("skip"),
+            skip=tensors.get("skip"), hidden_layers=tuple(inner),
         )
 
     # ------------------------------------------------------------- builders
@@ -301,19 +353,25 @@ class ReLUNetwork:
     def random(
         cls,
         input_dim: int,
-        hidden: int,
+        hidden: int | Sequence[int],
         num_outputs: int = 10,
         *,
         seed: int = 0,
         metadata: dict[str, Any] | None = None,
     ) -> ReLUNetwork:
-        """A random-weight victim (Gaussian weights with He scaling), for scale tests."""
-        if min(input_dim, hidden, num_outputs) < 1:
-            raise ValueError("input_dim, hidden and num_outputs must be positive")
+        """A random-weight victim (Gaussian weights with He scaling, biases N(0, 0.1²)), for
+        scale tests. ``hidden`` is the width of the one hidden layer, or the widths
+        ``(h_1, ..., h_L)`` of a deeper network."""
+        widths = (hidden,) if isinstance(hidden, int | np.integer) else tuple(hidden)
+        if not widths or min(input_dim, num_outputs, *widths) < 1:
+            raise ValueError("input_dim, every hidden width and num_outputs must be positive")
         rng = np.random.default_rng(seed)
-        w0 = rng.standard_normal((hidden, input_dim)) * np.sqrt(2.0 / input_dim)
-        b0 = rng.standard_normal(hidden) * 0.1
-        w1 = rng.standard_normal((num_outputs, hidden)) * np.sqrt(2.0 / hidden)
+        sizes = (input_dim, *(int(h) for h in widths))
+        layers = []
+        for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+            w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+            layers.append((w, rng.standard_normal(fan_out) * 0.1))
+        w1 = rng.standard_normal((num_outputs, sizes[-1])) * np.sqrt(2.0 / sizes[-1])
         b1 = rng.standard_normal(num_outputs) * 0.1
         meta = {"kind": "random", "seed": seed, **(metadata or {})}
-        return cls(w0, b0, w1, b1, meta)
+        return cls(*layers[0], w1, b1, meta, hidden_layers=tuple(layers[1:]))

@@ -43,7 +43,7 @@ def victim_epochs(n: int, batch_size: int = 128) -> int:
 def train_victim(
     x_train: NDArray[np.floating],
     y_train: NDArray[np.integer],
-    hidden: int,
+    hidden: int | Sequence[int],
     *,
     num_classes: int | None = None,
     epochs: int = 20,
@@ -54,7 +54,8 @@ def train_victim(
     y_test: NDArray[np.integer] | None = None,
     metadata: dict[str, object] | None = None,
 ) -> ReLUNetwork:
-    """Train a ``d → hidden → K`` ReLU network with Adam (the paper's recipe, §6.7).
+    """Train a ``d → hidden → K`` ReLU network with Adam (the paper's recipe, §6.7); ``hidden``
+    is one width, or the widths ``(h_1, ..., h_L)`` of a deeper network.
 
     ``x_train`` is ``(n, d)`` (flattened, scaled as the victim will be queried), ``y_train``
     ``(n,)`` integer labels. The test accuracy, if test data is given, goes in the metadata.
@@ -65,14 +66,17 @@ def train_victim(
         raise ValueError(
             f"expected x of shape (n, d) and y of shape (n,); got {x.shape}, {y.shape}"
         )
-    if hidden < 1 or epochs < 1 or batch_size < 1:
-        raise ValueError("hidden, epochs and batch_size must be positive")
+    widths = (hidden,) if isinstance(hidden, int | np.integer) else tuple(hidden)
+    if not widths or min(widths) < 1 or epochs < 1 or batch_size < 1:
+        raise ValueError("every hidden width, epochs and batch_size must be positive")
     k = int(num_classes if num_classes is not None else y.max() + 1)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, k)
-    )
+    sizes = (x.shape[1], *widths, k)
+    layers: list[torch.nn.Module] = []
+    for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
     for _ in range(epochs):
@@ -84,8 +88,8 @@ def train_victim(
             loss.backward()
             opt.step()
     meta: dict[str, object] = {
-        "kind": "trained", "hidden": hidden, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "seed": seed, **(metadata or {}),
+        "kind": "trained", "hidden": hidden if len(widths) == 1 else list(widths),
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, **(metadata or {}),
     }
     net = ReLUNetwork.from_torch(model, meta)
     if x_test is not None and y_test is not None:
