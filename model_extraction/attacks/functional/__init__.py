@@ -1,6 +1,9 @@
-"""Functionally-equivalent extraction of one-hidden-layer ReLU networks (paper §6)."""
+"""Functionally-equivalent extraction of ReLU networks: one hidden layer (paper §6,
+:func:`extract_functional`) and two hidden layers (after Carlini et al., CRYPTO 2020,
+:func:`extract_deep`)."""
 
 from .checks import OracleMismatchError, check_logit_oracle
+from .deep import extract_deep
 from .extract import FunctionalExtraction, extract_functional
 from .result import ExtractionError, ExtractionResult, PhaseCost
 
@@ -11,5 +14,6 @@ __all__ = [
     "OracleMismatchError",
     "PhaseCost",
     "check_logit_oracle",
+    "extract_deep",
     "extract_functional",
 ]

@@ -22,7 +22,8 @@ from model_extraction.oracle import Oracle
 
 Array = NDArray[np.float64]
 
-__all__ = ["fit_last_layer", "signs_from_jacobians", "signs_from_nullspace"]
+__all__ = ["fit_last_layer", "signs_from_jacobians", "signs_from_next_layer",
+           "signs_from_nullspace"]
 
 
 def signs_from_jacobians(
@@ -83,3 +84,30 @@ def fit_last_layer(
     sol = sol / scale[:, None]
     resid = float(np.max(np.abs(design @ sol - y)) / max(float(np.max(np.abs(y))), 1e-300))
     return sol[:-1].T.copy(), sol[-1].copy(), resid
+
+
+def signs_from_next_layer(rows: Array, offsets: Array, points: Array,
+                          normals: Array) -> tuple[Array, NDArray[np.bool_]]:
+    """Orientations of a contractive layer (``h ≤ d``) from the next layer's critical points
+    (the preimage argument of Carlini et al., CRYPTO 2020, §4.4, with unit rows).
+
+    At a critical point of a next-layer neuron the normal is ``g = Σ_{i active} v_i σ_i r_i``:
+    expressed in the basis of the ``rows`` ``(h, d)`` (unique when they are independent), its
+    coefficient on row ``i`` is non-zero exactly where unit ``i`` is active. Which side of
+    hyperplane ``i`` the point lies on then says the sign; every point votes. ``points`` and
+    ``normals`` are ``(m, d)``. Returns the signs ``(h,)`` and which points were consistent with
+    the layer (normal inside the rows' span; the others belong to no next-layer neuron).
+
+    Raises ``ValueError`` for an expansive layer (``h > d``): the coefficients are then not
+    unique, and another method (neuron wiggle, Canales-Martínez et al., EUROCRYPT 2024) is needed.
+    """
+    h, d = rows.shape
+    if h > d:
+        raise ValueError(f"sign recovery by preimages needs a contractive layer (h <= d); this "
+                         f"one has {h} units on {d} inputs")
+    coef, *_ = np.linalg.lstsq(rows.T, normals.T, rcond=None)  # (h, m)
+    inside = np.linalg.norm(rows.T @ coef - normals.T, axis=0) <= 1e-6
+    side = np.sign(points @ rows.T + offsets).T  # (h, m)
+    active = np.abs(coef) > 1e-6 * np.abs(coef).max(axis=0, keepdims=True)
+    votes = np.sum(np.where(active, side, -side)[:, inside], axis=1)
+    return np.where(votes >= 0, 1.0, -1.0), inside

@@ -1,0 +1,176 @@
+"""Functionally-equivalent extraction of a two-hidden-layer ReLU network, black box end to end
+(after Carlini, Jagielski and Mironov, CRYPTO 2020), in the paper's setting (any float64 input).
+
+The phases, one module each:
+
+1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`);
+2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`);
+3. its signs, from the second layer's critical points (:func:`.signs.signs_from_next_layer`:
+   needs a contractive first layer, ``h1 ≤ d``);
+4. the second layer's signatures in the first layer's basis, joined across regions and refitted
+   through their critical points (:mod:`.signatures`); more lines until every row is known;
+5. the second layer's signs and the logit layer, by least squares (:mod:`.lastlayer`);
+6. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or
+   :class:`~.result.ExtractionError` is raised.
+
+Every query goes through the oracle and is counted; nothing reads the victim's weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.network import ReLUNetwork
+from model_extraction.oracle import Oracle, as_oracle
+
+from .critical import CriticalPoints, find_critical_points, random_line
+from .lastlayer import orient_and_fit
+from .layers import Hyperplanes, first_layer
+from .result import ExtractionError, ExtractionResult, PhaseCost
+from .selfcheck import self_check
+from .signatures import Signatures, next_layer
+from .signs import signs_from_next_layer
+
+Array = NDArray[np.float64]
+
+__all__ = ["extract_deep"]
+
+_FIRST_LINES = 24
+_MORE_LINES = 16
+
+
+class _Phases:
+    """Queries and seconds per phase, and the progress callback."""
+
+    def __init__(self, oracle: Oracle, progress: Callable[..., None] | None) -> None:
+        self.oracle, self.progress, self.costs = oracle, progress, {}
+        self._mark: tuple[str, int, float] | None = None
+
+    def enter(self, name: str, units: int = 0) -> None:
+        self.leave()
+        self._mark = (name, self.oracle.queries, time.perf_counter())
+        if self.progress is not None:
+            self.progress(name, self.oracle.queries, units, None)
+
+    def leave(self) -> None:
+        if self._mark is not None:
+            name, q, t = self._mark
+            cost = self.costs.setdefault(name, PhaseCost())
+            cost.queries += self.oracle.queries - q
+            cost.seconds += time.perf_counter() - t
+            self._mark = None
+
+
+def _on_planes(found: CriticalPoints, planes: Hyperplanes, scale: float) -> NDArray[np.bool_]:
+    """Which critical points lie on one of the first layer's hyperplanes."""
+    if not len(planes.rows):
+        return np.zeros(len(found), dtype=bool)
+    dist = np.abs(found.points @ planes.rows.T + planes.offsets)
+    same = np.abs(np.abs(found.normals @ planes.rows.T) - 1) < 1e-5
+    return np.any((dist < 1e-7 * scale) & same, axis=1)
+
+
+def _second_layer(found: CriticalPoints, rows: Array, offsets: Array,
+                  rest: NDArray[np.int64]) -> Signatures:
+    below = np.maximum(found.points[rest] @ rows.T + offsets, 0.0)
+    coef, *_ = np.linalg.lstsq(rows.T, found.normals[rest].T, rcond=None)
+    return next_layer(below, coef.T, rest)
+
+
+def _bits(residuals: Array) -> float:
+    r = residuals[np.isfinite(residuals)]
+    return float(-np.log2(max(float(r.max()), 2.0**-60))) if r.size else float("nan")
+
+
+def extract_deep(
+    oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, int] | None = None,
+    scale: float = 1.0, seed: int = 0, max_lines: int = 256, check_points: int = 256,
+    check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
+) -> ExtractionResult:
+    """Extract a ``d → h1 → h2 → K`` ReLU network from its float64 logits.
+
+    ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
+    ``(n, d) → (n, K)``; ``hidden``: the widths, if known (only a check: the attack finds them);
+    ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
+    ``scale / 2``, searched over ``t ∈ [-4, 3.3]·scale``); ``max_lines``: a hard bound.
+
+    Raises :class:`~.result.ExtractionError` when the self-check fails or the widths found differ
+    from ``hidden``, ``ValueError`` for an expansive first layer (``h1 > d``: sign recovery by
+    neuron wiggle is not implemented), and the oracle's errors (budget, precision).
+    """
+    oracle = as_oracle(oracle, input_dim=input_dim)
+    d = input_dim if input_dim is not None else oracle.input_dim
+    if d is None:
+        raise ValueError("input_dim is required: the oracle does not say its number of inputs")
+    rng = np.random.default_rng(seed)
+    phases = _Phases(oracle, progress)
+    phases.enter("critical points")
+    lines = [random_line(rng, d, scale) for _ in range(_FIRST_LINES)]
+    found = find_critical_points(oracle, lines, t_range=(-4 * scale, 3.3 * scale))
+    phases.enter("first layer")
+    planes = first_layer(oracle, found, rng, scale=scale)
+    if not len(planes.rows):
+        raise ExtractionError(f"no first-layer hyperplane found in {len(lines)} lines "
+                              f"({oracle.queries} queries): is the victim a ReLU network?")
+    second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, max_lines)
+    if not len(second.rows):
+        raise ExtractionError(
+            f"no second hidden layer seen in {len(lines)} lines ({oracle.queries} queries): a "
+            "one-hidden-layer network is extracted by extract_functional")
+    rows, offsets = planes.rows * signs[:, None], planes.offsets * signs
+    phases.enter("last layer")
+    x_fit = rng.standard_normal((4 * (len(rows) + len(second.rows) + 1), d)) * scale
+    y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
+    v, b, a, a0, _ = orient_and_fit(np.maximum(x_fit @ rows.T + offsets, 0.0), second.rows,
+                                    second.biases, y_fit)
+    network = ReLUNetwork(rows, offsets, a, a0, {"extracted_by": "functional/deep"},
+                          hidden_layers=((v, b),))
+    phases.enter("self-check", len(rows) + len(v))
+    fresh = rng.standard_normal((check_points, d)) * scale
+    check, _, _ = self_check(oracle, network, fresh, x_fit, y_fit, check_tolerance)
+    phases.leave()
+    result = ExtractionResult(
+        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
+        lines=len(lines), estimated_bits=np.array([_bits(np.array([np.nan])),
+                                                   _bits(second.residuals)]),
+        notes=[], check=check.as_dict())
+    if not check.passed:
+        raise ExtractionError(
+            f"the extracted {d}-{len(rows)}-{len(v)}-{a.shape[0]} network misses the oracle by "
+            f"a relative {check.max_error:.1e} (tolerance {check_tolerance:.0e}) after "
+            f"{oracle.queries} queries: not returned. More lines (max_lines=) may help.")
+    if hidden is not None and tuple(hidden) != network.widths:
+        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
+    return result
+
+
+def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
+          rng: np.random.Generator, phases: _Phases, scale: float,
+          max_lines: int) -> tuple[Signatures, Array]:
+    """Signs of the first layer and the second layer's signatures, with more lines until every
+    second-layer row is known on every first-layer unit and a batch of lines found no new
+    neuron (or ``max_lines``)."""
+    d = found.points.shape[1]
+    before = -1
+    while True:
+        phases.enter("signatures", len(planes.rows))
+        rest = np.flatnonzero(~_on_planes(found, planes, scale))
+        signs, inside = signs_from_next_layer(planes.rows, planes.offsets,
+                                              found.points[rest], found.normals[rest])
+        second = _second_layer(found, planes.rows * signs[:, None], planes.offsets * signs,
+                               rest[inside])
+        complete = len(second.rows) == before and second.known.all()
+        if complete or len(lines) >= max_lines:
+            break
+        before = len(second.rows)
+        phases.enter("critical points", len(planes.rows))
+        more = [random_line(rng, d, scale) for _ in range(_MORE_LINES)]
+        found = found.join(find_critical_points(oracle, more, first_line=len(lines),
+                                                t_range=(-4 * scale, 3.3 * scale)))
+        lines += more
+    return second, signs

@@ -1,0 +1,57 @@
+"""The last hidden layer's orientations and the logit layer of a deep network, by least squares
+on answers the attack holds or buys (no 2^h search).
+
+With the last hidden layer's rows known up to sign, the logits are affine in its activations
+only when every orientation is right: a neuron kept the wrong way round computes
+``ReLU(-z) = ReLU(z) - z``, off by ``z``, which is affine in the layer *below*. So the logits are
+fitted on ``[ReLU(z), a_below, 1]`` (exact for any orientations); the coefficients on
+``a_below`` are ``-Σ_{ν flipped} A_ν v_ν``, a linear system for which neurons are flipped. The
+flipped ones are turned, and the logit layer fitted again on ``[ReLU(z), 1]`` alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+__all__ = ["orient_and_fit"]
+
+
+def _fit(features: Array, y: Array) -> tuple[Array, float]:
+    coef, *_ = np.linalg.lstsq(features, y, rcond=None)
+    residual = float(np.max(np.abs(features @ coef - y)) / max(1.0, np.max(np.abs(y))))
+    return coef, residual
+
+
+def orient_and_fit(below: Array, rows: Array, biases: Array,
+                   y: Array) -> tuple[Array, Array, Array, Array, float]:
+    """Orient the last hidden layer and fit the logit layer.
+
+    ``below`` ``(n, h_below)``: activations of the layer below at ``n`` inputs; ``rows``
+    ``(h, h_below)``, ``biases`` ``(h,)``: the last hidden layer, orientation arbitrary; ``y``
+    ``(n, K)``: the logits there. Returns the oriented rows and biases, the logit weights
+    ``(K, h)`` and biases ``(K,)``, and the largest residual relative to ``max(1, max |y|)``.
+    Neurons whose orientation the system leaves undecided (a coefficient far from 0 and 1) are
+    tried both ways, one at a time, keeping the better fit.
+    """
+    n, h = len(below), len(rows)
+    z = below @ rows.T + biases
+    coef, _ = _fit(np.hstack([np.maximum(z, 0), below, np.ones((n, 1))]), y)
+    a, b = coef[:h].T, coef[h : h + below.shape[1]].T  # (K, h), (K, h_below)
+    system = np.stack([-(a[:, v, None] * rows[v][None, :]).ravel() for v in range(h)], axis=1)
+    flipped, *_ = np.linalg.lstsq(system, b.ravel(), rcond=None)
+    signs = np.where(flipped > 0.5, -1.0, 1.0)
+
+    def fit(s: Array) -> tuple[Array, float]:
+        return _fit(np.hstack([np.maximum(z * s, 0), np.ones((n, 1))]), y)
+
+    coef, residual = fit(signs)
+    for v in np.flatnonzero(np.minimum(np.abs(flipped), np.abs(flipped - 1)) > 0.1):
+        trial = signs.copy()
+        trial[v] = -trial[v]
+        other, res = fit(trial)
+        if res < residual:
+            signs, coef, residual = trial, other, res
+    return rows * signs[:, None], biases * signs, coef[:h].T, coef[h], residual

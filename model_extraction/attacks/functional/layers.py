@@ -1,0 +1,98 @@
+"""Which layer a critical point belongs to: the first layer's hyperplanes are flat everywhere,
+a deeper neuron's bend where earlier neurons change state (Carlini et al., CRYPTO 2020, §4.3).
+
+Critical points with the same normal that lie on one hyperplane, found on several lines, are
+candidates for a first-layer neuron; a candidate is kept only if the hyperplane is flat far from
+where it was found: short lines across it at random points of it meet a critical point exactly on
+it (a bent hyperplane, a deeper neuron seen twice in one linear region, does not). The kept
+hyperplane is then refitted through all its points, whose positions the line search knows far
+more precisely than any finite-difference normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle
+
+from .critical import CriticalPoints
+from .search import Line, search_line
+
+Array = NDArray[np.float64]
+
+__all__ = ["Hyperplanes", "first_layer", "is_flat", "plane_through"]
+
+_SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
+_ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
+
+
+@dataclass(frozen=True)
+class Hyperplanes:
+    """Unit-norm rows ``(h, d)`` and offsets ``(h,)`` of ``rows · x + offsets = 0`` (orientation
+    arbitrary until the signs are recovered), with the critical points each was fitted to."""
+
+    rows: Array
+    offsets: Array
+    members: tuple[NDArray[np.int64], ...]
+
+
+def plane_through(points: Array, hint: Array) -> tuple[Array, float, float]:
+    """The hyperplane ``n · x + c = 0`` through ``points`` ``(m, d)``, ``m > d``: the smallest
+    right singular vector of ``[points, 1]``, oriented like ``hint``. Returns ``n`` (unit), ``c``
+    and the relative residual (smallest over largest singular value)."""
+    _, s, vt = np.linalg.svd(np.hstack([points, np.ones((len(points), 1))]))
+    nc = vt[-1] / np.linalg.norm(vt[-1][:-1])
+    if nc[:-1] @ hint < 0:
+        nc = -nc
+    return nc[:-1], float(nc[-1]), float(s[-1] / s[0])
+
+
+def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
+            scale: float, tries: int = 4) -> bool:
+    """Whether the hyperplane ``row · x + offset = 0`` is flat: at ``tries`` random points of it
+    (Gaussian of standard deviation ``scale``, projected), a short line along ``row`` meets a
+    critical point exactly there, at least twice, and never elsewhere only."""
+    hits = 0
+    for _ in range(tries):
+        p = rng.standard_normal(len(row)) * scale
+        p -= (p @ row + offset) * row
+        r = 0.05 * scale
+        kinks, _ = search_line(oracle, Line(p, row), (-r, 0.83 * r), grid=32)
+        ts = np.array([k.t for k in kinks])
+        if not len(ts):
+            continue  # the neuron is invisible here (every path from it is inactive)
+        if np.min(np.abs(ts)) > _ON_PLANE * scale:
+            return False
+        hits += 1
+    return hits >= 2
+
+
+def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator, *,
+                scale: float, min_lines: int = 3) -> Hyperplanes:
+    """The first layer's hyperplanes among ``found``: groups of critical points with one normal
+    and one offset, seen on at least ``min_lines`` lines, that pass :func:`is_flat`."""
+    pts, normals = found.points, found.normals
+    offsets = -np.sum(normals * pts, axis=1)
+    free = np.ones(len(pts), dtype=bool)
+    rows, cs, members = [], [], []
+    for i in range(len(pts)):
+        if not free[i]:
+            continue
+        same = np.abs(np.abs(normals @ normals[i]) - 1) < _SAME
+        on = np.abs(pts @ normals[i] + offsets[i]) < _SAME * (scale + abs(offsets[i]))
+        group = np.flatnonzero(same & on & free)
+        if len(set(found.line[group].tolist())) < min_lines:
+            continue
+        n, c = normals[i], float(offsets[i])
+        if len(group) > pts.shape[1]:
+            n, c, _ = plane_through(pts[group], normals[i])
+        if is_flat(oracle, n, c, rng, scale=scale):
+            free[group] = False
+            rows.append(n)
+            cs.append(c)
+            members.append(group)
+    d = pts.shape[1]
+    return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))

@@ -1,0 +1,51 @@
+"""Black-box extraction of two-hidden-layer ReLU networks (attacks/functional/deep.py): the
+CRYPTO 2020 shapes, several outputs, and every way it must refuse instead of returning a wrong
+model."""
+
+import pytest
+
+from model_extraction.attacks.functional import ExtractionError
+from model_extraction.attacks.functional.deep import extract_deep
+from model_extraction.evaluation import compare_networks
+from model_extraction.network import ReLUNetwork
+from model_extraction.oracle import BudgetExhaustedError, ModelOracle
+
+
+@pytest.mark.parametrize("d, widths, k, seed", [(10, (10, 10), 1, 0), (12, (8, 6), 3, 2)])
+def test_extracts_a_two_hidden_layer_network(d, widths, k, seed):
+    victim = ReLUNetwork.random(d, widths, k, seed=seed)
+    oracle = ModelOracle(victim)
+    result = extract_deep(oracle, seed=0, hidden=widths)
+    assert result.network.widths == widths and result.check["passed"]
+    assert result.queries == oracle.queries
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
+    assert [layer["units_matched"] for layer in metrics["layers"]] == list(widths)
+    assert all(layer["worst_bits"] >= 30 for layer in metrics["layers"])
+    assert all(layer["wrong_signs"] == 0 for layer in metrics["layers"])
+
+
+def test_refuses_what_it_cannot_extract():
+    with pytest.raises(ValueError, match="contractive"):
+        extract_deep(ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0)), seed=0)
+    with pytest.raises(ExtractionError, match="not the"):
+        extract_deep(ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0)), seed=0,
+                     hidden=(10, 9))
+    with pytest.raises(ExtractionError, match="one-hidden-layer"):
+        extract_deep(ModelOracle(ReLUNetwork.random(10, 6, 2, seed=0)), seed=0, max_lines=24)
+
+
+def test_too_few_lines_or_too_deep_is_an_error_not_a_model():
+    three = ReLUNetwork.random(10, (10, 8, 6), 1, seed=0)
+    with pytest.raises(ExtractionError, match="misses the oracle"):
+        extract_deep(ModelOracle(three), seed=0, max_lines=40)
+    rare = ReLUNetwork.random(40, (20, 10), 1, seed=0)  # one neuron active on ~8% of inputs
+    with pytest.raises(ExtractionError, match="misses the oracle"):
+        extract_deep(ModelOracle(rare), seed=0, max_lines=24)
+
+
+def test_budget():
+    oracle = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0), budget=5_000)
+    with pytest.raises(BudgetExhaustedError):
+        extract_deep(oracle, seed=0)
+    assert oracle.queries <= 5_000
