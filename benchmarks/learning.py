@@ -18,12 +18,21 @@ Usage::
     # choose a hyper-parameter on training images held out of the pool, not on the test set
     ... --datasets fashion-mnist --tables 3 --methods mixmatch --budgets 250 \\
         --validation 5000 --lambda-u 10
+    # choose the augmentation (crop padding x flips) on such a validation split
+    ... --datasets mnist --choose-augmentation --seeds 0 1 --json results/aug-mnist.json
 
 For each dataset a victim is trained on the labelled training set (or loaded from
 ``--victim-dir``); the attacker's pool is the same training images without labels, as in §4.2
 (less the ``--validation`` images, if any). Every row records its seed and wall time; the JSON
 also records the command, the scale, the victims, and per cell the mean, standard deviation,
 min and max over the seeds (``aggregate``).
+
+``--choose-augmentation`` runs Table 3's cells (``--methods``, ``--budgets``: default 1000,
+``--seeds``) for every crop padding of ``--crop-candidates`` and flip setting of
+``--flip-candidates`` on a validation split (``--validation``, default 5000 training images
+held out of the pool, labelled by the evaluator; never the test set), and prints the mean
+validation accuracy of each setting and the one chosen: the highest mean over methods, budgets
+and seeds (ties: less padding, no flip).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import numpy as np
 import torch
 
 from model_extraction.attacks.learning import Augmentation, LearningExtraction, MixMatchConfig
-from model_extraction.attacks.learning.augment import FLIP_DATASETS
+from model_extraction.attacks.learning.augment import default_augmentation
 from model_extraction.attacks.learning.command import arch_options
 from model_extraction.attacks.learning.experiment import evaluation_split, prepare_victim
 from model_extraction.attacks.learning.mixmatch import default_lambda_u
@@ -79,6 +88,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop-padding", nargs="+", default=None, metavar="[DATASET=]PIXELS",
                    help="random-crop padding in pixels (default: the dataset's, see "
                         "model_extraction.attacks.learning.augment.CROP_PADDING)")
+    p.add_argument("--flip", nargs="+", default=None, metavar="[DATASET=]on|off",
+                   help="random horizontal flips (default: the dataset's, see "
+                        "model_extraction.attacks.learning.augment.FLIP_DATASETS)")
+    p.add_argument("--choose-augmentation", action="store_true",
+                   help="measure every crop padding x flip setting on a validation split and "
+                        "print the best (see the module docstring)")
+    p.add_argument("--crop-candidates", nargs="+", type=int, default=[0, 1, 2, 3],
+                   help="crop paddings tried by --choose-augmentation")
+    p.add_argument("--flip-candidates", nargs="+", default=["off", "on"],
+                   choices=["off", "on"], help="flip settings tried by --choose-augmentation")
     p.add_argument("--arch", nargs="+", default=["mlp"], metavar="[DATASET=]ARCH",
                    help="victim and substitute: mlp, cnn, wrn-28-2; DATASET=ARCH sets one "
                         "dataset's (e.g. --arch mlp cifar10=cnn)")
@@ -101,6 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.choose_augmentation:
+        args.tables = ["3"]
+        args.validation = args.validation or 5000
+        args.budgets = args.budgets or [1000]
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)
@@ -109,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.device = resolve_device(args.device)
         for key, cast in (("arch", str), ("width", int), ("lambda_u", float),
-                          ("crop_padding", int), ("victim_epochs", int)):
+                          ("crop_padding", int), ("flip", on_off), ("victim_epochs", int)):
             setattr(args, key, per_dataset(getattr(args, key), cast))
     except ValueError as err:
         p.error(str(err))
@@ -129,6 +152,13 @@ def per_dataset(values: list[str] | None, cast: Callable[[str], Any]) -> dict[st
     return out
 
 
+def on_off(value: str) -> bool:
+    """``"on"`` → True, ``"off"`` → False; anything else is a ``ValueError``."""
+    if value not in ("on", "off"):
+        raise ValueError(f"expected on or off, got {value!r}")
+    return value == "on"
+
+
 def setting(args: argparse.Namespace, key: str, dataset: str) -> Any:
     """The value of a per-dataset option for ``dataset`` (``None``: the library's default)."""
     table = getattr(args, key)
@@ -143,7 +173,16 @@ def dataset_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {"arch": arch, "width": width, "arch_options": arch_options(arch, width),
             "lambda_u": lambda_u if lambda_u is not None else default_lambda_u(name),
             "crop_padding": setting(args, "crop_padding", name),
+            "flip": setting(args, "flip", name),
             "victim_epochs": setting(args, "victim_epochs", name)}
+
+
+def augmentation(cfg: dict[str, Any], name: str, shape: tuple[int, ...]) -> Augmentation:
+    """The augmentation of a run: the dataset's default, with ``--crop-padding`` / ``--flip``
+    where given."""
+    default = default_augmentation(shape, name)
+    padding = cfg["crop_padding"] if cfg["crop_padding"] is not None else default.padding
+    return Augmentation(padding, flip=cfg["flip"] if cfg["flip"] is not None else default.flip)
 
 
 def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace,
@@ -151,9 +190,7 @@ def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
     """One extraction; a row of the results."""
     oracle = ModelOracle(victim, output=output, k=args.k, budget=queries)
-    augment: Any = "auto"
-    if cfg["crop_padding"] is not None:
-        augment = Augmentation(cfg["crop_padding"], flip=train.name in FLIP_DATASETS)
+    augment = augmentation(cfg, train.name, tuple(victim.input_shape))
     attack = LearningExtraction(
         method=method, rotation=rotation, arch=cfg["arch"],  # type: ignore[arg-type]
         arch_options=cfg["arch_options"], steps=args.steps,
@@ -175,6 +212,7 @@ def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace,
         "victim_accuracy": victim.metadata.get("test_accuracy"),
         "evaluated_on": "validation" if args.validation else "test",
         "test_images": len(test_set), "arch": cfg["arch"], "augment": result.config["augment"],
+        "crop_padding": augment.padding, "flip": augment.flip,
         "lambda_u": cfg["lambda_u"] if method == "mixmatch" else None,
         "arch_options": cfg["arch_options"],
     }
@@ -332,6 +370,36 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choose_augmentation(rows: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """For ``--choose-augmentation``: a markdown table of the mean validation accuracy (%) of
+    every (crop padding, flip) setting per method and over all its runs, and per dataset the
+    setting chosen: the highest mean over methods, budgets and seeds (ties: less padding, no
+    flip)."""
+    lines, choices = [], {}
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == name]
+        methods = list(dict.fromkeys(r["method"] for r in rs))
+        settings = sorted({(r["crop_padding"], r["flip"]) for r in rs})
+        seeds = sorted({r["seed"] for r in rs})
+        budgets = sorted({r["queries"] for r in rs})
+        lines += [f"{name}: validation accuracy (%), mean over seeds {seeds} and budgets "
+                  f"{budgets}", "", "| crop padding | flip | " + " | ".join(methods)
+                  + " | mean |", "|---|---|" + "---|" * (len(methods) + 1)]
+        means = {}
+        for pad, flip in settings:
+            cell = [r for r in rs if (r["crop_padding"], r["flip"]) == (pad, flip)]
+            per = [statistics.fmean(100 * r["accuracy"] for r in cell if r["method"] == m)
+                   for m in methods]
+            means[pad, flip] = statistics.fmean(100 * r["accuracy"] for r in cell)
+            lines.append(f"| {pad} | {'on' if flip else 'off'} | "
+                         + " | ".join(f"{v:.2f}" for v in per) + f" | {means[pad, flip]:.2f} |")
+        best = max(settings, key=lambda st: (round(means[st], 6), -st[0], not st[1]))
+        choices[name] = {"crop_padding": best[0], "flip": best[1], "mean": means[best]}
+        lines += ["", f"chosen for {name}: crop padding {best[0]}, flip "
+                  f"{'on' if best[1] else 'off'} ({means[best]:.2f}%)", ""]
+    return "\n".join(lines), choices
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Accuracy (solid) and fidelity (dashed) against queries, one panel per dataset; over
     several seeds the mean, with the standard deviation as error bars."""
@@ -385,7 +453,14 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     args.victims = []
     for name in args.datasets:
-        rows += run_dataset(name, args, log)
+        if not args.choose_augmentation:
+            rows += run_dataset(name, args, log)
+            continue
+        for padding in args.crop_candidates:
+            for flip in args.flip_candidates:
+                args.crop_padding, args.flip = {name: padding}, {name: flip == "on"}
+                log(f"{name}: crop padding {padding}, flip {flip}")
+                rows += run_dataset(name, args, log)
     seconds = time.perf_counter() - started
     setups = "; ".join(
         f"{v['dataset']}: {v['arch']} {v['arch_options']} victim ({v['epochs']} epochs) and "
@@ -409,6 +484,10 @@ def main(argv: list[str] | None = None) -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - seconds)),
     }
     table = markdown(rows, meta)
+    if args.choose_augmentation:
+        text, meta["augmentation_choice"] = choose_augmentation(rows)
+        table = text + "\n" + f"Scale: {meta['scale']}. Wall time {seconds / 60:.1f} min on " \
+                                f"{meta['machine']}.\n"
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from model_extraction import (
     compare_networks,
     extract_functional,
 )
+from model_extraction.evaluation import align_units
 
 
 def _outside(bounds):
@@ -108,10 +109,26 @@ def test_plain_callable_oracle(random_victim):
     assert m["fidelity_uniform"] == 1.0
 
 
-def test_paper_mode_runs_and_finds_units(random_victim):
+def test_paper_mode_extracts_the_victim(random_victim):
+    """The paper's algorithm, told h = 12: the same function, and every unit's weights and bias
+    recovered up to permutation and a positive scale (the only freedom of a ReLU layer)."""
     result = extract_functional(ModelOracle(random_victim), mode="paper", hidden=12)
-    assert result.network.hidden == 12
+    net = result.network
     assert set(result.phases) >= {"critical points", "weights", "signs", "last layer"}
+    m = compare_networks(random_victim, net)
+    assert net.skip is None and m["fidelity_uniform"] == 1.0
+    assert m["max_logit_error"] < 1e-8
+    assert m["wrong_signs"] == 0 and m["worst_unit_bits"] >= 30
+    match, cosine = align_units(random_victim, net)
+    assert sorted(match) == list(range(12)) and np.all(cosine > 1 - 1e-12)
+    scale = (np.linalg.norm(net.weight0[match], axis=1)
+             / np.linalg.norm(random_victim.weight0, axis=1))
+    atol = 1e-9 * scale[:, None]  # the rows' 30 bits and more, in the victim's units
+    assert np.all(np.abs(net.weight0[match] - scale[:, None] * random_victim.weight0) <= atol)
+    assert np.all(np.abs(net.bias0[match] - scale * random_victim.bias0) <= atol[:, 0])
+    # The last layer undoes the scale: A1 diag(1/scale) is the victim's.
+    assert np.allclose(net.weight1[:, match] * scale, random_victim.weight1, rtol=0, atol=1e-8)
+    assert np.allclose(net.bias1, random_victim.bias1, rtol=0, atol=1e-8)
 
 
 def test_hidden_mismatch_is_a_clear_error(random_victim):

@@ -32,17 +32,20 @@ from model_extraction.attacks.learning import (
     targets_from_outputs,
     topk_agreement,
 )
+from model_extraction.attacks.learning import mixmatch as mixmatch_module
 from model_extraction.attacks.learning.evaluate import evaluate
 from model_extraction.attacks.learning.experiment import evaluation_split, prepare_victim
+from model_extraction.attacks.learning.loop import Regularisation, Regulariser
 from model_extraction.attacks.learning.mixmatch import (
     frozen_batchnorm_statistics,
     train_mixmatch,
     update_ema,
 )
-from model_extraction.attacks.learning.query import LabelledQueries
-from model_extraction.cli import app
+from model_extraction.attacks.learning.query import FIRST_BATCH, LabelledQueries, read_answers
 from model_extraction.datasets import load_dataset
+from model_extraction.defenses import OutputPolicy
 from model_extraction.models import build_model
+from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import (
     BudgetExhaustedError,
     CallableOracle,
@@ -127,6 +130,105 @@ def test_model_oracle_views_give_consistent_targets(victim, digits_split):
                                np.take_along_axis(probs, kept, 1), rtol=1e-5)
 
 
+# --- imperfect APIs: rounded answers are used, garbage is refused after a small first batch ----
+
+
+def _rounded_api(victim, decimals=2, budget=None, blank=None):
+    """The victim behind the project's rounding defence (probabilities rounded to
+    ``decimals``); ``blank(x)`` marks rows the API answers with all zeros."""
+    policy = OutputPolicy(kind="probabilities", decimals=decimals)
+
+    def api(x):
+        out = policy.apply(victim.logits(x))
+        if blank is not None:
+            out[blank(x)] = 0.0
+        return out
+
+    return CallableOracle(api, input_dim=64, output_kind="probabilities", budget=budget)
+
+
+def test_rounded_rows_are_renormalised_and_unusable_rows_said_why():
+    answers = read_answers(np.array([[0.33, 0.33, 0.33], [0.5, 0.51, 0.0], [0.0, 0.0, 0.0],
+                                     [0.4, 0.3, 0.0]]), "probabilities")
+    assert answers.usable.tolist() == [True, True, False, False]
+    np.testing.assert_allclose(answers.targets[0], [1 / 3] * 3, rtol=1e-6)
+    np.testing.assert_allclose(answers.targets[1], [0.5 / 1.01, 0.51 / 1.01, 0], rtol=1e-6)
+    assert answers.labels.tolist()[:2] == [0, 1] and "every probability is 0" in answers.problem
+    # Unrounded answers keep the tight tolerance; logits are told apart from rounding.
+    assert not read_answers(np.array([[0.333, 0.333, 0.3231]]), "probabilities").usable[0]
+    logits = read_answers(np.array([[2.5, -1.0, 0.3]]), "probabilities")
+    assert not logits.usable[0] and "declare output='logits'" in logits.problem
+    with pytest.raises(OracleOutputError, match="do not sum to 1 even allowing for rounding"):
+        targets_from_outputs(np.array([[0.4, 0.3, 0.0]]), "probabilities")
+
+
+def test_probabilities_rounded_to_two_decimals_are_learned_from(victim, digits_split, test_set):
+    pool = digits_split[0].to_float()
+    raw = _rounded_api(victim)(pool.reshape(len(pool), -1)[:200])
+    sums = raw.sum(axis=1)
+    assert np.any(np.abs(sums - 1) > 1e-3) and np.all(np.abs(sums - 1) <= 0.05)  # truly rounded
+    oracle = _rounded_api(victim, budget=100)
+    result = LearningExtraction(method="supervised", steps=100, **MLP).run(
+        oracle, pool, queries=100, num_classes=10, test=test_set)
+    assert oracle.queries == result.queries == len(result.labelled) == 100
+    np.testing.assert_allclose(result.labelled.targets.sum(axis=1), 1.0, rtol=1e-5)
+    exact = query_pool(ModelOracle(victim, output="probabilities"), pool, 100)
+    assert np.mean(result.labelled.labels == exact.labels) > 0.95
+    assert result.metrics().accuracy > 0.6
+
+
+def test_garbage_api_is_refused_after_the_first_small_batch(victim, digits_split):
+    pool = digits_split[0].to_float()
+    rng = np.random.default_rng(0)
+    for garbage, why in ((lambda x: rng.normal(size=(len(x), 10)), "look like logits"),
+                         (lambda x: rng.random((len(x), 10)), "do not sum to 1")):
+        oracle = CallableOracle(garbage, input_dim=64, output_kind="probabilities", budget=500)
+        with pytest.raises(OracleOutputError, match=why) as err:
+            extract_learning(oracle, pool, queries=500, method="supervised", steps=5, **MLP)
+        assert oracle.queries == FIRST_BATCH == 32 and oracle.remaining == 468
+        assert f"first batch of {FIRST_BATCH} queries" in str(err.value)
+        assert "other 468 of the budget of 500 were not spent" in str(err.value)
+    labels_api = CallableOracle(lambda x: np.full((len(x), 1), 12), input_dim=64,
+                                output_kind="label")
+    with pytest.raises(OracleOutputError, match="outside 0..9"):
+        query_pool(labels_api, pool, 300, num_classes=10)
+    assert labels_api.queries == FIRST_BATCH
+
+
+def test_unusable_answers_after_the_first_batch_label_nothing_and_are_counted(victim,
+                                                                             digits_split):
+    """A row rounded to all zeros is not refused once the budget is being spent: its input
+    stays unlabeled, the query is counted, a warning says how many."""
+    pool = digits_split[0].to_float()
+    blank = lambda x: np.round(x.sum(axis=1) * 100).astype(int) % 7 == 0  # noqa: E731
+    oracle = _rounded_api(victim, budget=300, blank=blank)
+    with pytest.warns(UserWarning, match=r"of 300 answers were unusable.*every probability"):
+        result = extract_learning(oracle, pool, queries=300, method="mixmatch", steps=3, **MLP)
+    dropped = result.labelled.unusable
+    assert 15 < len(dropped) < 80 and oracle.queries == result.queries == 300
+    assert len(result.labelled) + len(dropped) == 300
+    assert not np.intersect1d(dropped, result.labelled.indices).size
+    assert np.all(blank(pool[dropped].reshape(len(dropped), -1)))
+    assert result.summary()["unusable_answers"] == len(dropped)
+
+
+# --- the oracle forms of functional extraction: an Oracle, a network, a plain callable --------
+
+
+def test_a_network_or_a_plain_callable_is_taken_as_the_oracle(victim, digits_split, test_set):
+    pool = digits_split[0].to_float()
+    network = ReLUNetwork.random(64, 16, 10, seed=0)
+    result = extract_learning(network, pool, queries=60, method="supervised", steps=20, **MLP)
+    assert result.queries == 60 and result.output_kind == "logits"
+    exact = np.argmax(network.logits(pool.reshape(len(pool), -1)[result.labelled.indices]), 1)
+    assert np.array_equal(result.labelled.labels, exact)
+    result = extract_learning(victim.logits, pool, queries=150, method="supervised", steps=100,
+                              output="logits", test=test_set, **MLP)
+    assert result.queries == 150 and result.metrics().accuracy > 0.6
+    with pytest.raises(ValueError, match="does not say what it returns; pass output="):
+        extract_learning(victim.logits, pool, queries=150, method="supervised", **MLP)
+
+
 # --- bad input: each a clear error, nothing queried --------------------------------------------
 
 
@@ -195,6 +297,8 @@ def test_configuration_errors():
         LearningExtraction(arch="resnet")
     with pytest.raises(ValueError, match="cannot build the substitute 'mlp'"):
         LearningExtraction(arch="mlp", arch_options={"width": 8})
+    with pytest.raises(ValueError, match="0 <= ema_decay < 1"):
+        LearningExtraction(ema_decay=1.0, **MLP)
 
 
 # --- augmentations, rotation, MixMatch pieces, metrics ----------------------------------------
@@ -253,6 +357,78 @@ def test_sharpen_and_mixup():
     # lambda' = max(0.2, 0.8): each row keeps at least 0.8 of itself.
     assert bool((mx.diagonal() >= 0.8 - 1e-6).all())
     torch.testing.assert_close(mx, my)
+
+
+def test_mixup_draws_its_weight_per_example():
+    x, y = torch.eye(6), torch.eye(6)
+    lam = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.95])
+    mx, my = mixup(x, y, lam, torch.Generator().manual_seed(1))
+    own = torch.maximum(lam, 1 - lam)
+    moved = mx.diagonal() < 1  # rows mixed with another row keep exactly lambda' of themselves
+    torch.testing.assert_close(mx.diagonal()[moved], own[moved])
+    assert int(moved.sum()) >= 3
+    torch.testing.assert_close(mx, my)
+    with pytest.raises(ValueError, match="one per example"):
+        mixup(x, y, torch.rand(4), torch.Generator())
+
+
+def test_mixmatch_draws_one_mixup_weight_per_example(monkeypatch):
+    seen = []
+
+    def spy(x, y, lam, generator):
+        seen.append(torch.as_tensor(lam))
+        return x, y
+
+    monkeypatch.setattr(mixmatch_module, "mixup", spy)
+    with seeded(0):
+        model = build_model("mlp", (1, 8, 8), 3, hidden=8)
+    labels = np.arange(8) % 3
+    labelled = LabelledQueries(np.arange(8), np.eye(3, dtype=np.float32)[labels], labels,
+                               OutputKind.LABEL, 3)
+    train_mixmatch(model, torch.rand(40, 1, 8, 8), labelled, torch.arange(8, 40), steps=2,
+                   batch_size=8)
+    assert len(seen) == 2 and all(lam.shape == (8 + 2 * 8,) for lam in seen)
+    assert len(torch.unique(seen[0])) > 1
+
+
+def test_regulariser_decays_matrices_and_averages_the_weights():
+    with seeded(0):
+        model = build_model("mlp", (1, 4, 4), 3, hidden=5)
+    reg = Regulariser(model, Regularisation(weight_decay=0.5, ema_decay=0.9), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    average = reg.model
+    assert average is not model
+    reg(1)  # w <- w (1 - 0.5 * 0.1) on matrices; the average moves by 1 - min(0.9, 2/11)
+    for name, value in model.state_dict().items():
+        factor = 0.95 if value.ndim > 1 else 1.0
+        torch.testing.assert_close(value, factor * before[name])
+        w = 2 / 11
+        torch.testing.assert_close(average.state_dict()[name],
+                                   w * before[name] + (1 - w) * factor * before[name])
+    assert Regulariser(model, Regularisation(ema_decay=0.0), lr=0.1).model is model
+
+
+@pytest.mark.parametrize("method, rotation", [("supervised", False), ("supervised", True),
+                                              ("mixmatch", False)])
+def test_every_method_trains_with_the_same_regularisers(monkeypatch, victim, digits_split,
+                                                        method, rotation):
+    """Weight decay and the moving average come from one place for all three loops; the
+    substitute returned is the moving average, not the live model."""
+    calls, averages = [], []
+    original = Regulariser.__call__
+
+    def spy(self, step):
+        calls.append(step)
+        averages.append(self.model)
+        assert self.settings == Regularisation(0.02, 0.999) and self.model is not self.live
+        original(self, step)
+
+    monkeypatch.setattr(Regulariser, "__call__", spy)
+    result = extract_learning(ModelOracle(victim, output="label"), digits_split[0], queries=64,
+                              method=method, rotation=rotation, steps=4, **MLP)
+    assert calls == list(range(1, result.steps + 1))
+    assert result.substitute is averages[-1]
+    assert result.config["weight_decay"] == 0.02 and result.config["ema_decay"] == 0.999
 
 
 def test_topk_agreement_and_median_of_last_checkpoints():
@@ -435,9 +611,16 @@ def test_mixmatch_with_batch_norm_evaluates_its_average_in_eval_mode(victim, dig
 # --- the command line -------------------------------------------------------------------------
 
 
+def _app():
+    """The typer app, imported here so the rest of this file does not depend on the CLI."""
+    from model_extraction.cli import app
+
+    return app
+
+
 def test_learn_command_writes_a_report(tmp_path):
     out = tmp_path / "learn.json"
-    res = CliRunner().invoke(app, [
+    res = CliRunner().invoke(_app(), [
         "learn", "--dataset", "digits", "--method", "supervised", "--budget", "150",
         "--steps", "60", "--victim-epochs", "20", "--output", "top_k", "--no-progress",
         "--json", str(out), "--save-substitute", str(tmp_path / "s.safetensors"),
@@ -456,12 +639,12 @@ def test_learn_command_device_option(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     base = ["learn", "--method", "supervised", "--budget", "50", "--steps", "5",
             "--victim-epochs", "2", "--no-progress"]
-    res = CliRunner().invoke(app, [*base, "--device", "auto"])
+    res = CliRunner().invoke(_app(), [*base, "--device", "auto"])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, [*base, "--device", "cuda"])
+    res = CliRunner().invoke(_app(), [*base, "--device", "cuda"])
     assert res.exit_code == 2
     assert "no CUDA GPU" in res.output and "--device cpu or auto" in res.output
-    res = CliRunner().invoke(app, [*base, "--device", "tpu"])
+    res = CliRunner().invoke(_app(), [*base, "--device", "tpu"])
     assert res.exit_code == 2 and "unknown device 'tpu'" in res.output
     with pytest.raises(ValueError, match="no CUDA GPU"):
         LearningExtraction(method="supervised", device="cuda", **MLP)
@@ -470,7 +653,7 @@ def test_learn_command_device_option(monkeypatch):
 
 
 def test_learn_command_refuses_a_budget_larger_than_the_pool():
-    res = CliRunner().invoke(app, ["learn", "--budget", "5000", "--victim-epochs", "2",
+    res = CliRunner().invoke(_app(), ["learn", "--budget", "5000", "--victim-epochs", "2",
                                    "--no-progress"])
     assert res.exit_code == 2
     assert "larger than the pool" in res.output
@@ -512,3 +695,23 @@ def test_benchmark_per_dataset_options_and_seed_aggregation():
     table = bench.markdown(rows, {"seeds": [0, 1, 2], "table2_outputs": [], "k": 5,
                                   "scale": "test", "seconds": 60, "machine": "here"})
     assert "92.00 ± 2.00 / 92.00 ± 2.00" in table and "mean ± standard deviation" in table
+
+
+def test_benchmark_chooses_the_augmentation_on_its_validation_rows():
+    bench = _benchmark()
+    args = bench.parse_args(["--choose-augmentation", "--datasets", "mnist", "--flip", "on",
+                             "mnist=off"])
+    assert args.validation == 5000 and args.budgets == [1000] and args.tables == ["3"]
+    cfg = bench.dataset_config(args, "mnist")
+    assert bench.augmentation(cfg, "mnist", (1, 28, 28)) == Augmentation(2, flip=False)
+    cfg["crop_padding"], cfg["flip"] = 3, True
+    assert bench.augmentation(cfg, "mnist", (1, 28, 28)) == Augmentation(3, flip=True)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--flip", "sometimes"])
+    accuracy = {(0, False): 0.90, (1, False): 0.93, (2, False): 0.93, (1, True): 0.80}
+    rows = [{"dataset": "mnist", "method": m, "queries": 1000, "seed": 0, "crop_padding": p,
+             "flip": f, "accuracy": a + (0.01 if m == "mixmatch" else 0.0)}
+            for (p, f), a in accuracy.items() for m in ("supervised", "mixmatch")]
+    text, choice = bench.choose_augmentation(rows)
+    assert choice["mnist"]["crop_padding"] == 1 and choice["mnist"]["flip"] is False  # tie: less
+    assert "| 1 | off | 93.00 | 94.00 | 93.50 |" in text

@@ -1,7 +1,7 @@
 """FGSM and the non-determinism experiment (§5, Table 4), on the embedded digits."""
 
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -266,16 +266,18 @@ def test_cli_limits_bad_option_exits_2():
     assert "models_per_setting" in res.output
 
 
-def test_benchmark_writes_rows(tmp_path):
+def test_benchmark_writes_rows(tmp_path, monkeypatch):
+    """The script as ``python benchmarks/limits.py ...`` runs it (``__main__``, ``sys.argv``),
+    in this process: a child interpreter would only add its start-up and imports."""
     path = tmp_path / "rows.json"
     md = tmp_path / "table.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "limits.py"), "--quick", "--models", "2",
-         "--epochs", "2", "--train-size", "300", "--test-size", "100", "--uniform", "100",
-         "--no-residual", "--json", str(path), "--markdown", str(md)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
+    script = ROOT / "benchmarks" / "limits.py"
+    monkeypatch.setattr(sys, "argv", [
+        str(script), "--quick", "--models", "2", "--epochs", "2", "--width", "32",
+        "--train-size", "300", "--test-size", "100", "--uniform", "100", "--no-residual",
+        "--json", str(path), "--markdown", str(md)])
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="__main__")
     d = json.loads(path.read_text())
     assert [r["query_set"] for r in d["rows"]] == list(QUERY_SETS)
     assert all(set(r) == ROW_KEYS for r in d["rows"] + d["pairwise_rows"] + d["kappa_rows"])

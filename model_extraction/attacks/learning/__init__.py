@@ -9,13 +9,23 @@ performs it) and :func:`extract_learning`.
 from .augment import Augmentation, default_augmentation, random_crop, random_flip
 from .evaluate import Checkpoint, EvaluationSet, Metrics, evaluate, median_of_last, topk_agreement
 from .extract import METHODS, LearningExtraction, LearningResult, extract_learning
+from .loop import Regularisation
 from .mixmatch import MixMatchConfig, mixup, sharpen, train_mixmatch
-from .query import LabelledQueries, as_images, query_pool, select_queries, targets_from_outputs
+from .query import (
+    Answers,
+    LabelledQueries,
+    as_images,
+    query_pool,
+    read_answers,
+    select_queries,
+    targets_from_outputs,
+)
 from .rotation import RotationHead, rotate, train_with_rotation
 from .supervised import Trained, train_supervised
 
 __all__ = [
     "METHODS",
+    "Answers",
     "Augmentation",
     "Checkpoint",
     "EvaluationSet",
@@ -24,6 +34,7 @@ __all__ = [
     "LearningResult",
     "Metrics",
     "MixMatchConfig",
+    "Regularisation",
     "RotationHead",
     "Trained",
     "as_images",
@@ -35,6 +46,7 @@ __all__ = [
     "query_pool",
     "random_crop",
     "random_flip",
+    "read_answers",
     "rotate",
     "select_queries",
     "sharpen",

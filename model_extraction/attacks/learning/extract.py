@@ -9,6 +9,12 @@ substitute on it:
 - ``rotation=True`` (with ``"supervised"``): plus the self-supervised rotation loss on the
   unlabeled rest (Table 2's "+ Rot").
 
+Every method trains with Adam and the same regularisers (:class:`~.loop.Regularisation`:
+decoupled weight decay and a moving average of the weights, as MixMatch's own fully supervised
+baselines), so the comparisons of Tables 2–3 differ only in the method. The oracle may be an
+:class:`~model_extraction.oracle.Oracle`, a network or a plain callable (coerced by
+:func:`~model_extraction.oracle.as_oracle`, as functionally-equivalent extraction does).
+
 The result carries the substitute, the queries spent (never more than the budget), and its
 accuracy and fidelity at regular checkpoints, summarised as the median over the last 20
 (Table 3's convention).
@@ -33,12 +39,12 @@ from numpy.typing import ArrayLike
 
 from model_extraction.datasets import Dataset
 from model_extraction.models import Classifier, build_model
-from model_extraction.oracle import Oracle, OutputKind
+from model_extraction.oracle import Oracle, OutputKind, as_oracle
 from model_extraction.training import Augment, predict, resolve_device, seeded
 
 from .augment import default_augmentation
 from .evaluate import Checkpoint, EvaluationSet, Metrics, median_of_last
-from .loop import Progress
+from .loop import Progress, Regularisation
 from .mixmatch import MixMatchConfig, train_mixmatch
 from .query import LabelledQueries, as_images, query_pool
 from .rotation import train_with_rotation
@@ -103,7 +109,8 @@ class LearningResult:
         """A JSON-serialisable summary (metrics: median of the last checkpoints, and final)."""
         out: dict[str, Any] = {
             "method": self.method, "rotation": self.rotation, "output": self.output_kind,
-            "k": self.labelled.k, "queries": self.queries, "steps": self.steps,
+            "k": self.labelled.k, "queries": self.queries,
+            "unusable_answers": len(self.labelled.unusable), "steps": self.steps,
             "seconds": self.seconds, "median_of": self.median_of,
             "checkpoints": len(self.history), "arch": self.spec["arch"],
             "arch_options": self.spec.get("options", {}), "config": self.config,
@@ -132,9 +139,13 @@ class LearningExtraction:
         Optimizer steps (supervised runs round up to whole epochs).
     batch_size:
         Labelled batch size (MixMatch also draws as many unlabeled inputs per step).
-    lr, weight_decay:
-        Adam's learning rate and L2 penalty of the supervised loops (MixMatch takes its own
-        from ``mixmatch``).
+    lr:
+        Adam's learning rate (every method).
+    weight_decay, ema_decay:
+        The regularisers of every method (:class:`~.loop.Regularisation`): decoupled weight
+        decay ``w ← w·(1 − weight_decay·lr)`` per step, and the decay of the moving average of
+        the weights that is evaluated and returned (0: the live model). MixMatch's: 0.02 and
+        0.999.
     rotation_weight:
         Weight of the rotation loss.
     mixmatch:
@@ -162,7 +173,8 @@ class LearningExtraction:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.02
+    ema_decay: float = 0.999
     rotation_weight: float = 1.0
     mixmatch: MixMatchConfig = field(default_factory=MixMatchConfig)
     augment: Augment | Literal["auto"] | None = "auto"
@@ -177,8 +189,9 @@ class LearningExtraction:
         if self.rotation and self.method != "supervised":
             raise ValueError("the rotation loss is implemented for method='supervised' (§4.1); "
                              "MixMatch already learns from the unlabeled inputs")
-        if self.steps < 1 or self.batch_size < 1 or self.median_of < 1:
-            raise ValueError("steps, batch_size and median_of must be positive")
+        if self.steps < 1 or self.batch_size < 1 or self.median_of < 1 or not self.lr > 0:
+            raise ValueError("steps, batch_size, median_of and lr must be positive")
+        Regularisation(self.weight_decay, self.ema_decay)  # a bad value fails here
         self.device = resolve_device(self.device)  # "auto"; a missing GPU fails here
         try:  # fail here, not after the queries are paid for
             with seeded(0):
@@ -187,9 +200,14 @@ class LearningExtraction:
             raise ValueError(f"cannot build the substitute {self.arch!r} with options "
                              f"{self.arch_options}: {err}") from None
 
+    @property
+    def regularisation(self) -> Regularisation:
+        """The weight decay and moving average every method trains with."""
+        return Regularisation(weight_decay=self.weight_decay, ema_decay=self.ema_decay)
+
     def run(
         self,
-        oracle: Oracle,
+        oracle: Oracle | Any,
         pool: Dataset | ArrayLike,
         *,
         queries: int | None = None,
@@ -205,7 +223,10 @@ class LearningExtraction:
         Parameters
         ----------
         oracle:
-            The victim's API (:class:`~model_extraction.oracle.Oracle`); it counts the queries.
+            The victim's API: an :class:`~model_extraction.oracle.Oracle` (it counts the
+            queries), a network (anything with ``.logits``: a logit oracle), or a plain
+            callable ``(n, d) float64 -> (n, K)`` (then say what it returns with ``output``),
+            coerced by :func:`~model_extraction.oracle.as_oracle`.
         pool:
             The attacker's unlabeled inputs: a ``Dataset`` (labels unused), ``(n, C, H, W)``
             images in ``[0, 1]``, or ``(n, d)`` rows with ``input_shape``.
@@ -222,15 +243,19 @@ class LearningExtraction:
         Raises
         ------
         ValueError
-            Empty pool, a budget larger than the pool, inputs of the wrong shape.
+            Empty pool, a budget larger than the pool, inputs of the wrong shape, a callable
+            whose output kind is not given (all before any query).
         BudgetExhaustedError
             The oracle's budget cannot pay for ``queries`` (nothing is queried).
         OracleOutputError
-            Answers that are not what the oracle promised (e.g. rows that are not
-            distributions when probabilities are promised).
+            A first batch of answers (:data:`~.query.FIRST_BATCH` queries) that is not what the
+            oracle promised (e.g. rows that are not distributions, even rounded, when
+            probabilities are promised); the rest of the budget is then not spent. Later
+            unusable answers label nothing (:func:`~.query.query_pool`).
         """
         started = time.perf_counter()
         images = as_images(pool, input_shape)
+        oracle = as_oracle(oracle, input_dim=int(np.prod(images.shape[1:])))
         if queries is None:
             queries = oracle.remaining
             if queries is None:
@@ -260,6 +285,7 @@ class LearningExtraction:
         unlabeled = torch.from_numpy(np.flatnonzero(mask))
         every = self.eval_every or max(1, self.steps // 50)
         common: dict[str, Any] = dict(steps=self.steps, batch_size=self.batch_size,
+                                      lr=self.lr, regularisation=self.regularisation,
                                       seed=self.seed, augment=augment, data=test,
                                       eval_every=every, progress=progress,
                                       device=self.device)
@@ -268,30 +294,27 @@ class LearningExtraction:
             trained = train_mixmatch(model, x, labelled, unlabeled, config=self.mixmatch,
                                      **common)
         elif self.rotation:
-            trained = train_with_rotation(model, x, labelled, unlabeled, lr=self.lr,
-                                          weight_decay=self.weight_decay,
+            trained = train_with_rotation(model, x, labelled, unlabeled,
                                           weight=self.rotation_weight, **common)
         else:
-            trained = train_supervised(model, x, labelled, lr=self.lr,
-                                       weight_decay=self.weight_decay, **common)
+            trained = train_supervised(model, x, labelled, **common)
         config = {"steps": self.steps, "batch_size": self.batch_size, "seed": self.seed,
-                  "eval_every": every, "augment": repr(augment)}
+                  "eval_every": every, "augment": repr(augment), "lr": self.lr,
+                  **self.regularisation.as_dict()}
         if self.method == "mixmatch":
             config["mixmatch"] = self.mixmatch.as_dict()
-        else:
-            config.update(lr=self.lr, weight_decay=self.weight_decay)
-            if self.rotation:
-                config["rotation_weight"] = self.rotation_weight
+        elif self.rotation:
+            config["rotation_weight"] = self.rotation_weight
         return LearningResult(
             substitute=trained.model.cpu(), spec=spec, method=self.method, rotation=self.rotation,
-            output_kind=labelled.output_kind.value, queries=len(labelled), labelled=labelled,
+            output_kind=labelled.output_kind.value, queries=labelled.spent, labelled=labelled,
             steps=trained.steps, history=trained.history,
             seconds=time.perf_counter() - started, median_of=self.median_of, config=config,
         )
 
 
 def extract_learning(
-    oracle: Oracle,
+    oracle: Oracle | Any,
     pool: Dataset | ArrayLike,
     *,
     queries: int | None = None,
@@ -301,7 +324,8 @@ def extract_learning(
     **options: Any,
 ) -> LearningResult:
     """Learning-based extraction in one call: ``LearningExtraction(method=method, **options)
-    .run(oracle, pool, queries=queries, test=test)``. ``options`` also takes ``run``'s
+    .run(oracle, pool, queries=queries, test=test)``. ``oracle``: an Oracle, a network or a
+    callable (:meth:`LearningExtraction.run`). ``options`` also takes ``run``'s
     ``input_shape``, ``num_classes``, ``output`` and ``k``."""
     run_keys = {"input_shape", "num_classes", "output", "k"}
     run_options = {key: options.pop(key) for key in list(options) if key in run_keys}

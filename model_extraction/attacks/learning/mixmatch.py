@@ -6,34 +6,35 @@ The queried inputs are the labelled set and the rest of the pool is unlabeled. E
 1. augment the labelled batch once and each unlabeled image ``K`` times (``K = 2``);
 2. guess a label for each unlabeled image: the mean of the model's softmax over its ``K``
    augmentations, sharpened with temperature ``T = 0.5`` (``p^(1/T)``, renormalised);
-3. MixUp every example with a random other one of the combined batch, with
-   ``λ ~ Beta(α, α)``, ``α = 0.75``, and ``λ' = max(λ, 1 − λ)`` so each mixed example stays
-   closer to its own first argument;
+3. MixUp every example with a random other one of the combined batch, with its own
+   ``λ ~ Beta(α, α)`` (one draw per example, as MixMatch's reference implementation), ``α =
+   0.75``, and ``λ' = max(λ, 1 − λ)`` so each mixed example stays closer to its own first
+   argument;
 4. loss = cross-entropy on the mixed labelled part + ``λ_U`` × mean squared error between the
    softmax and the mixed guessed labels on the unlabeled part, with ``λ_U`` ramped up linearly
    from 0 (MixMatch: 75 on CIFAR-10, 250 on SVHN).
 
 Adam, decoupled weight decay on the weight matrices (``w ← w·(1 − wd·lr)`` after each step, as
 the reference implementation), and an exponential moving average of the weights that is the
-model evaluated and returned. The whole mixed batch goes through the network in one forward
-pass, so batch-norm statistics see labelled and unlabeled data together (what MixMatch's
-"interleave" achieves across its split batches). The guessing pass runs in training mode
-(batch statistics) but leaves the running statistics alone, as the reference implementation
-does (:func:`frozen_batchnorm_statistics`), so they follow only the batches the loss is computed
-on. The moving average covers the batch-norm running statistics too (:func:`update_ema`), and
-every checkpoint evaluates it in eval mode (running statistics, no update), as
-:func:`~model_extraction.training.predict` does.
+model evaluated and returned: the :class:`~.loop.Regularisation` every method of §4 gets. The
+whole mixed batch goes through the network in one forward pass, so batch-norm statistics see
+labelled and unlabeled data together (what MixMatch's "interleave" achieves across its split
+batches). The guessing pass runs in training mode (batch statistics) but leaves the running
+statistics alone, as the reference implementation does (:func:`frozen_batchnorm_statistics`),
+so they follow only the batches the loss is computed on. The moving average covers the
+batch-norm running statistics too (:func:`~.loop.update_ema`), and every checkpoint evaluates
+it in eval mode (running statistics, no update), as :func:`~model_extraction.training.predict`
+does.
 
 This project's runs are far shorter than MixMatch's 2^20 steps, so the moving average uses the
-usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))`` and the ramp-up is a fraction of the
-run rather than MixMatch's fixed 16,000 steps. With so short a ramp-up MixMatch's own λ_U = 75
-collapses on CIFAR-10 at this project's CPU scale, so its λ_U was chosen anew on a validation
-split (:data:`LAMBDA_U`).
+usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))`` (:class:`~.loop.Regulariser`) and the
+ramp-up is a fraction of the run rather than MixMatch's fixed 16,000 steps. With so short a
+ramp-up MixMatch's own λ_U = 75 collapses on CIFAR-10 at this project's CPU scale, so its λ_U
+was chosen anew on a validation split (:data:`LAMBDA_U`).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,7 +48,7 @@ from torch import nn
 from model_extraction.training import Augment
 
 from .evaluate import EvaluationSet
-from .loop import Checkpointer, Progress, cycle_batches
+from .loop import Checkpointer, Progress, Regularisation, Regulariser, cycle_batches, update_ema
 from .query import LabelledQueries
 from .supervised import Trained
 
@@ -114,12 +115,9 @@ class MixMatchConfig:
         Weight of the unlabeled loss after the ramp-up.
     rampup:
         Fraction of the run over which the unlabeled weight rises linearly from 0.
-    lr:
-        Adam's learning rate.
-    weight_decay:
-        Decoupled weight decay, applied as ``w ← w·(1 − weight_decay·lr)`` each step.
-    ema_decay:
-        Decay of the moving average of the weights (after its warm-up).
+
+    The learning rate, weight decay and moving average are not MixMatch's own: every method
+    gets them (``lr`` and :class:`~.loop.Regularisation` of :func:`train_mixmatch`).
     """
 
     augmentations: int = 2
@@ -127,9 +125,6 @@ class MixMatchConfig:
     alpha: float = 0.75
     lambda_u: float = 75.0
     rampup: float = 0.25
-    lr: float = 2e-3
-    weight_decay: float = 0.02
-    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
         if self.augmentations < 1:
@@ -138,8 +133,6 @@ class MixMatchConfig:
             raise ValueError("temperature and alpha must be positive")
         if self.lambda_u < 0 or not 0 <= self.rampup <= 1:
             raise ValueError("lambda_u must be >= 0 and rampup a fraction in [0, 1]")
-        if not 0 <= self.ema_decay < 1 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("need 0 <= ema_decay < 1, lr > 0, weight_decay >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,13 +145,21 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def mixup(
-    x: torch.Tensor, y: torch.Tensor, lam: float, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix each ``(x_i, y_i)`` with a random partner: ``λ'·a + (1 − λ')·b``, ``λ' = max(λ, 1 − λ)``
-    (MixMatch, eqs. 8–11)."""
-    lam = max(lam, 1.0 - lam)
+    """Mix each ``(x_i, y_i)`` of ``x`` ``(n, ...)``, ``y`` ``(n, K)`` with a random partner:
+    ``λ'_i·a + (1 − λ'_i)·b``, ``λ'_i = max(λ_i, 1 − λ_i)`` (MixMatch, eqs. 8–11). ``lam`` is
+    one ``λ`` for the batch or ``(n,)``, one per example (MixMatch's reference draws one per
+    example). Raises ``ValueError`` for a ``lam`` of another length."""
+    lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    if lam_t.ndim == 1 and len(lam_t) != len(x):
+        raise ValueError(f"lam must be one value or one per example ({len(x)}), got "
+                         f"{len(lam_t)}")
+    lam_t = torch.maximum(lam_t, 1.0 - lam_t)
     partner = torch.randperm(len(x), generator=generator).to(x.device)
-    return lam * x + (1 - lam) * x[partner], lam * y + (1 - lam) * y[partner]
+    lx = lam_t.reshape(-1, *([1] * (x.ndim - 1))) if lam_t.ndim else lam_t
+    ly = lam_t.reshape(-1, *([1] * (y.ndim - 1))) if lam_t.ndim else lam_t
+    return lx * x + (1 - lx) * x[partner], ly * y + (1 - ly) * y[partner]
 
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -184,25 +185,6 @@ def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
                     b.copy_(old)
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema ← decay·ema + (1 − decay)·model`` for every parameter and every floating-point
-    buffer (batch-norm running means and variances), as MixMatch's reference implementation
-    averages all the model's variables; integer buffers (batch-norm's step counter) are copied.
-
-    Averaging the running statistics as well keeps them in step with the averaged weights;
-    copying the live model's statistics onto averaged weights can mismatch the two while the
-    weights still move quickly, as they do through most of a short run.
-    """
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        if e.is_floating_point():
-            e.mul_(decay).add_(b, alpha=1.0 - decay)
-        else:
-            e.copy_(b)
-
-
 def train_mixmatch(
     model: nn.Module,
     pool: torch.Tensor,
@@ -212,6 +194,8 @@ def train_mixmatch(
     steps: int,
     batch_size: int = 64,
     config: MixMatchConfig | None = None,
+    lr: float = 2e-3,
+    regularisation: Regularisation | None = None,
     seed: int = 0,
     augment: Augment | None = None,
     data: EvaluationSet | None = None,
@@ -219,9 +203,11 @@ def train_mixmatch(
     progress: Progress | None = None,
     device: str | torch.device = "cpu",
 ) -> Trained:
-    """Train ``model`` with MixMatch on ``pool[labelled.indices]`` (targets: the oracle's
-    answers, see :mod:`.query`) and ``pool[unlabeled]``; return the moving average.
-    Batches are drawn and augmented on the CPU, then moved to ``device``."""
+    """Train ``model`` with MixMatch on ``pool[labelled.indices]`` (``pool`` ``(n, C, H, W)``;
+    targets: the oracle's answers, see :mod:`.query`) and ``pool[unlabeled]``; Adam at ``lr``
+    with ``regularisation`` (default :class:`~.loop.Regularisation`); return the moving
+    average. Batches are drawn and augmented on the CPU, then moved to ``device``. Raises
+    ``ValueError`` for ``steps < 1`` or no unlabeled input."""
     cfg = config or MixMatchConfig()
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -231,11 +217,8 @@ def train_mixmatch(
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    decayed = [p for p in model.parameters() if p.ndim > 1]
-    ema = copy.deepcopy(model)
-    for p in ema.parameters():
-        p.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    regulariser = Regulariser(model, regularisation or Regularisation(), lr)
     x_l = pool[torch.as_tensor(labelled.indices)]
     t_l = torch.as_tensor(labelled.targets)
     labelled_batches = cycle_batches(torch.arange(len(x_l)), batch_size, gen)
@@ -254,7 +237,8 @@ def train_mixmatch(
             guess = sharpen(probs.view(cfg.augmentations, len(ub), -1).mean(0), cfg.temperature)
         inputs = torch.cat([xb, u_aug])
         targets = torch.cat([tb, guess.repeat(cfg.augmentations, 1)])
-        mixed_x, mixed_t = mixup(inputs, targets, float(rng.beta(cfg.alpha, cfg.alpha)), gen)
+        lam = torch.from_numpy(rng.beta(cfg.alpha, cfg.alpha, size=len(inputs)))
+        mixed_x, mixed_t = mixup(inputs, targets, lam, gen)
         logits = model(mixed_x)
         n = len(xb)
         loss_x = -(mixed_t[:n] * F.log_softmax(logits[:n], dim=1)).sum(dim=1).mean()
@@ -264,11 +248,9 @@ def train_mixmatch(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for p in decayed:
-                p.mul_(1.0 - cfg.weight_decay * cfg.lr)
-        update_ema(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
-        check(step, ema)
+        regulariser(step)
+        check(step, regulariser.model)
     model.eval()
-    ema.eval()
-    return Trained(ema, check.history, steps)
+    result = regulariser.model
+    result.eval()
+    return Trained(result, check.history, steps)

@@ -5,7 +5,8 @@ multiple of 90° and an auxiliary linear head on the substitute's trunk
 (:meth:`~model_extraction.models.Classifier.features`) predicts which. Its cross-entropy is
 added, with weight ``weight``, to the supervised cross-entropy on the queried inputs. The loop
 mirrors :func:`model_extraction.training.fit` (Adam, the same augmentation, one labelled batch
-per step), so "with" and "without rotation" differ only in the extra loss.
+per step, the same :class:`~.loop.Regularisation`), so "with" and "without rotation" differ only
+in the extra loss.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from model_extraction.models import Classifier
 from model_extraction.training import Augment, seeded
 
 from .evaluate import EvaluationSet
-from .loop import Checkpointer, Progress, cycle_batches
+from .loop import Checkpointer, Progress, Regularisation, Regulariser, cycle_batches
 from .query import LabelledQueries
 from .supervised import Trained
 
@@ -56,7 +57,7 @@ def train_with_rotation(
     steps: int,
     batch_size: int = 64,
     lr: float = 2e-3,
-    weight_decay: float = 0.0,
+    regularisation: Regularisation | None = None,
     weight: float = 1.0,
     seed: int = 0,
     augment: Augment | None = None,
@@ -67,8 +68,11 @@ def train_with_rotation(
 ) -> Trained:
     """Supervised cross-entropy on ``pool[labelled.indices]`` plus ``weight`` × the rotation
     loss on a batch of ``pool[unlabeled]`` per step, both through one forward pass of the
-    trunk. ``weight_decay`` is Adam's L2 penalty, as in :func:`.train_supervised`.
-    Batches are drawn and augmented on the CPU, then moved to ``device``."""
+    trunk (``pool`` ``(n, C, H, W)``, square images). ``regularisation`` (default
+    :class:`~.loop.Regularisation`) as in :func:`.train_supervised`: the weight decay covers
+    the rotation head too, the moving average only the substitute (returned). Batches are
+    drawn and augmented on the CPU, then moved to ``device``. Raises ``ValueError`` for
+    ``steps < 1`` or no unlabeled input."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if len(unlabeled) == 0:
@@ -79,7 +83,9 @@ def train_with_rotation(
     model.to(device)
     head.to(device)
     params = [*model.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(params, lr=lr)
+    regulariser = Regulariser(model, regularisation or Regularisation(), lr,
+                              also_decay=head.parameters())
     gen = torch.Generator().manual_seed(seed)
     x_l = pool[torch.as_tensor(labelled.indices)]
     t_l = (torch.as_tensor(labelled.labels) if labelled.hard
@@ -103,6 +109,9 @@ def train_with_rotation(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        check(step, model)
+        regulariser(step)
+        check(step, regulariser.model)
     model.eval()
-    return Trained(model, check.history, steps)
+    result = regulariser.model
+    result.eval()
+    return Trained(result, check.history, steps)
