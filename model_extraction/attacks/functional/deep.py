@@ -9,8 +9,10 @@ The phases, one module each:
    needs a contractive first layer, ``h1 ≤ d``);
 4. the second layer's signatures in the first layer's basis, joined across regions and refitted
    through their critical points (:mod:`.signatures`); more lines until every row is known;
-5. the second layer's signs and the logit layer, by least squares (:mod:`.lastlayer`);
-6. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or
+5. precision refinement: every hyperplane refitted through points placed on it
+   (:mod:`.refinement`);
+6. the second layer's signs and the logit layer, by least squares (:mod:`.lastlayer`);
+7. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or
    :class:`~.result.ExtractionError` is raised.
 
 Every query goes through the oracle and is counted; nothing reads the victim's weights.
@@ -31,6 +33,7 @@ from model_extraction.oracle import Oracle, as_oracle
 from .critical import CriticalPoints, find_critical_points, random_line
 from .lastlayer import orient_and_fit
 from .layers import Hyperplanes, first_layer
+from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult, PhaseCost
 from .selfcheck import self_check
 from .signatures import Signatures, next_layer
@@ -117,17 +120,21 @@ def extract_deep(
     if not len(planes.rows):
         raise ExtractionError(f"no first-layer hyperplane found in {len(lines)} lines "
                               f"({oracle.queries} queries): is the victim a ReLU network?")
-    second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, max_lines)
+    found, second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, max_lines)
     if not len(second.rows):
         raise ExtractionError(
             f"no second hidden layer seen in {len(lines)} lines ({oracle.queries} queries): a "
             "one-hidden-layer network is extracted by extract_functional")
-    rows, offsets = planes.rows * signs[:, None], planes.offsets * signs
+    phases.enter("refinement", len(planes.rows) + len(second.rows))
+    rows, offsets, first_residuals = refit_first_layer(
+        oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale)
+    v, b, second_residuals = refit_next_layer(
+        oracle, (rows, offsets), second.rows, second.biases,
+        [found.points[m] for m in second.members], rng, scale=scale)
     phases.enter("last layer")
-    x_fit = rng.standard_normal((4 * (len(rows) + len(second.rows) + 1), d)) * scale
+    x_fit = rng.standard_normal((4 * (len(rows) + len(v) + 1), d)) * scale
     y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
-    v, b, a, a0, _ = orient_and_fit(np.maximum(x_fit @ rows.T + offsets, 0.0), second.rows,
-                                    second.biases, y_fit)
+    v, b, a, a0, _ = orient_and_fit(np.maximum(x_fit @ rows.T + offsets, 0.0), v, b, y_fit)
     network = ReLUNetwork(rows, offsets, a, a0, {"extracted_by": "functional/deep"},
                           hidden_layers=((v, b),))
     phases.enter("self-check", len(rows) + len(v))
@@ -136,8 +143,8 @@ def extract_deep(
     phases.leave()
     result = ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
-        lines=len(lines), estimated_bits=np.array([_bits(np.array([np.nan])),
-                                                   _bits(second.residuals)]),
+        lines=len(lines),
+        estimated_bits=np.array([_bits(first_residuals), _bits(second_residuals)]),
         notes=[], check=check.as_dict())
     if not check.passed:
         raise ExtractionError(
@@ -151,7 +158,7 @@ def extract_deep(
 
 def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
           rng: np.random.Generator, phases: _Phases, scale: float,
-          max_lines: int) -> tuple[Signatures, Array]:
+          max_lines: int) -> tuple[CriticalPoints, Signatures, Array]:
     """Signs of the first layer and the second layer's signatures, with more lines until every
     second-layer row is known on every first-layer unit and a batch of lines found no new
     neuron (or ``max_lines``)."""
@@ -173,4 +180,4 @@ def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: lis
         found = found.join(find_critical_points(oracle, more, first_line=len(lines),
                                                 t_range=(-4 * scale, 3.3 * scale)))
         lines += more
-    return second, signs
+    return found, second, signs

@@ -1,0 +1,130 @@
+"""Precision refinement of a deep extraction: more points on each hyperplane, each located by
+one 2-linearity test (Algorithm 1 of Jagielski et al. 2020, in 6 queries), and the hyperplane
+refitted through all of them (Carlini et al., CRYPTO 2020, §4.5: so that errors do not compound
+with depth).
+
+A first-layer hyperplane is flat: points are placed anywhere on it. A second-layer one is flat
+only within a region of the first layer: points are placed near its known critical points, in
+their regions, and the fit is done in the space of first-layer activations, where the
+hyperplane ``v · a + b = 0`` is flat everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle
+
+from .layers import plane_through
+
+Array = NDArray[np.float64]
+
+__all__ = ["better_plane", "crossings", "refit_first_layer", "refit_next_layer"]
+
+_NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
+
+
+def crossings(oracle: Oracle, points: Array, directions: Array, radius: Array) -> Array:
+    """Where each line ``points[i] + t · directions[i]``, ``|t| ≤ radius[i]``, crosses its one
+    critical point: ``(n, d)`` points, NaN rows where the segment holds no kink or more than one
+    (the 2-linearity test and two checks fail). Costs ``6 n`` queries."""
+    n, d = points.shape
+    r = np.broadcast_to(np.asarray(radius, dtype=np.float64), (n,))
+    ts = r[:, None] * np.array([-1.0, -1.0 + 1e-3, 1.0 - 1e-3, 1.0])
+    y = np.asarray(oracle((points[:, None, :] + ts[:, :, None] * directions[:, None, :])
+                          .reshape(-1, d)), dtype=np.float64).reshape(n, 4, -1)
+    eps = (ts[:, 1] - ts[:, 0])[:, None]
+    left, right = (y[:, 1] - y[:, 0]) / eps, (y[:, 3] - y[:, 2]) / eps
+    k = np.argmax(np.abs(right - left), axis=1)
+    i = np.arange(n)
+    # the two pieces meet where y0 + m_l (t + r) = y3 + m_r (t - r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (y[i, 3, k] - y[i, 0, k] - r * (left[i, k] + right[i, k])) \
+            / (left[i, k] - right[i, k])
+    visible = np.abs(right - left)[i, k] > 1e-6 * (np.abs(left) + np.abs(right)).max(axis=1)
+    t = np.where(visible & (np.abs(t) < 0.9 * r), t, np.nan)
+    at = np.nan_to_num(t)
+    probe = points + at[:, None] * directions
+    side = points + (0.5 * (at - r))[:, None] * directions
+    z = np.asarray(oracle(np.concatenate([probe, side])), dtype=np.float64)
+    tol = 1e-9 * (1 + np.abs(y).max(axis=(1, 2)))
+    ok = (np.max(np.abs(z[:n] - y[:, 0] - left * (at + r)[:, None]), axis=1) <= tol) \
+        & (np.max(np.abs(z[n:] - y[:, 0] - left * (0.5 * (at + r))[:, None]), axis=1) <= tol)
+    return np.where((ok & np.isfinite(t))[:, None], probe, np.nan)
+
+
+def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float, float]:
+    """The hyperplane through ``points`` ``(m, d)``, if it beats ``(row, offset)``.
+
+    The points are split in two halves: a plane fitted on one (after dropping points far off
+    it: kinks of other neurons that passed the tests) must predict the other better than the
+    current estimate does, else the estimate is kept (also when the points lie in a subspace
+    that leaves the hyperplane undetermined). Returns row, offset and the relative
+    residual of the kept plane on the held-out half (NaN when the estimate was kept)."""
+    d = points.shape[1]
+    half = len(points) // 2
+    if half <= d:
+        return row, offset, np.nan
+    fit, held = points[:half], points[half:]
+    s = np.linalg.svd(np.hstack([fit, np.ones((half, 1))]), compute_uv=False)
+    if s[-2] < 1e-6 * s[0]:
+        return row, offset, np.nan  # the points do not pin down one hyperplane
+    for _ in range(2):
+        n, c, _ = plane_through(fit, row)
+        off = np.abs(fit @ n + c)
+        fit = fit[off <= 10 * np.median(off) + 1e-300] if len(fit) > d + 1 else fit
+    n, c, _ = plane_through(fit, row)
+    scale = np.abs(held).max() + 1.0
+    new, old = np.median(np.abs(held @ n + c)), np.median(np.abs(held @ row + offset))
+    if not new < old:
+        return row, offset, np.nan
+    both = np.concatenate([fit, held[np.abs(held @ n + c) <= 10 * new + 1e-300]])
+    n, c, _ = plane_through(both, n)
+    return n, c, float(new / scale)
+
+
+def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.random.Generator,
+                      *, scale: float) -> tuple[Array, Array, Array]:
+    """Each first-layer hyperplane refitted through ``2 (d + 1)`` points placed on it.
+    Returns the rows, offsets and the relative residual of each fit (NaN where too few points
+    were found: the hyperplane is then kept as it was)."""
+    h, d = rows.shape
+    residuals = np.full(h, np.nan)
+    rows, offsets = rows.copy(), offsets.copy()
+    for i in range(h):
+        p = rng.standard_normal((3 * (d + 1), d)) * scale
+        p -= (p @ rows[i] + offsets[i])[:, None] * rows[i]
+        pts = crossings(oracle, p, np.repeat(rows[i][None], len(p), axis=0), 1e-3 * scale)
+        pts = pts[np.abs(pts @ rows[i] + offsets[i]) < _NEAR * scale]  # NaN rows drop too
+        rows[i], offsets[i], residuals[i] = better_plane(pts, rows[i], offsets[i])
+    return rows, offsets, residuals
+
+
+def refit_next_layer(oracle: Oracle, first: tuple[Array, Array], rows: Array, biases: Array,
+                     anchors: list[Array], rng: np.random.Generator, *,
+                     scale: float) -> tuple[Array, Array, Array]:
+    """Each next-layer hyperplane refitted, in first-layer activation space, through points
+    placed near its critical points ``anchors[j]`` ``(m_j, d)``: each point is moved off its
+    anchor within the anchor's region, then back onto the hyperplane along its local normal.
+    Returns the rows, biases and relative residuals (NaN where too few points)."""
+    w1, b1 = first
+    h1 = len(b1)
+    rows, biases, residuals = rows.copy(), biases.copy(), np.full(len(rows), np.nan)
+    for j, anchor in enumerate(anchors):
+        picks = anchor[rng.integers(len(anchor), size=3 * (h1 + 1))]
+        pre = picks @ w1.T + b1
+        room = np.min(np.abs(pre), axis=1) / np.linalg.norm(w1, axis=1).max()
+        step = rng.standard_normal(picks.shape)
+        p = picks + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
+        normal = ((pre > 0) * rows[j]) @ w1  # the local normal in input space
+        unit = normal / np.linalg.norm(normal, axis=1, keepdims=True)
+        z = np.maximum(p @ w1.T + b1, 0) @ rows[j] + biases[j]
+        p -= (z / np.linalg.norm(normal, axis=1))[:, None] * unit
+        pts = crossings(oracle, p, unit, 0.3 * room + 1e-12 * scale)
+        acts = np.maximum(pts @ w1.T + b1, 0.0)
+        near = np.abs(acts @ rows[j] + biases[j]) < _NEAR * np.linalg.norm(acts, axis=1)
+        pts, acts = pts[near], acts[near]  # a kink of another neuron, or none: dropped
+        if np.all(acts.any(axis=0) | (rows[j] == 0)):
+            rows[j], biases[j], residuals[j] = better_plane(acts, rows[j], biases[j])
+    return rows, biases, residuals
