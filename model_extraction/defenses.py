@@ -6,7 +6,8 @@ views. A model owner can add a defence on top of a numeric view:
 
 * rounding to ``n`` decimals (Tramèr et al. 2016; §6.1 notes that rounding defeats
   functionally-equivalent extraction),
-* additive Gaussian noise, fresh for every answer,
+* additive Gaussian noise (from a generator, or from given draws: the server derives them
+  from the key and the input row, so that a repeated query gets the same answer),
 * reverse sigmoid (Lee et al., "Defending Against NN Model Stealing Attacks Using Deceptive
   Perturbations", IEEE S&P Workshops 2019): ``ŷ = α (y - β (s(γ s⁻¹(y)) - ½))`` with ``s`` the
   sigmoid and ``α`` the normaliser, which keeps the top-1 label but bends the probabilities.
@@ -38,16 +39,28 @@ def round_outputs(y: ArrayLike, decimals: int) -> Array:
 
 
 def gaussian_noise(
-    y: ArrayLike, sigma: float, rng: np.random.Generator, *, probabilities: bool
+    y: ArrayLike, sigma: float, rng: np.random.Generator | None = None, *, probabilities: bool,
+    normal: ArrayLike | None = None,
 ) -> Array:
     """Add ``N(0, sigma²)`` noise to every output.
 
-    For probabilities the result is clipped at 0 and renormalised, so it still sums to 1.
+    The noise is ``sigma * normal`` when ``normal`` (standard normal draws of ``y``'s shape) is
+    given, else drawn from ``rng``. For probabilities the result is clipped at 0 and
+    renormalised, so it still sums to 1. Raises ``ValueError`` for a negative ``sigma``, for
+    draws of another shape, or when neither ``rng`` nor ``normal`` is given.
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     y = np.asarray(y, dtype=np.float64)
-    noisy = y + rng.normal(0.0, sigma, y.shape)
+    if normal is not None:
+        z = np.asarray(normal, dtype=np.float64)
+        if z.shape != y.shape:
+            raise ValueError(f"noise draws of shape {z.shape} for outputs of shape {y.shape}")
+    elif rng is not None:
+        z = rng.normal(0.0, 1.0, y.shape)
+    else:
+        raise ValueError("a noisy output policy needs a random generator or noise draws")
+    noisy = y + sigma * z
     if probabilities:
         noisy = np.maximum(noisy, 0.0)
         total = noisy.sum(axis=1, keepdims=True)
@@ -124,8 +137,14 @@ class OutputPolicy:
         """The Open Inference Protocol datatype of the outputs (``FP64`` or ``INT64``)."""
         return "INT64" if self.kind is OutputKind.LABEL else "FP64"
 
-    def apply(self, logits: ArrayLike, rng: np.random.Generator | None = None) -> NDArray[Any]:
-        """The outputs for ``(n, K)`` logits; ``rng`` draws the noise (needed if any)."""
+    def apply(self, logits: ArrayLike, rng: np.random.Generator | None = None, *,
+              normal: ArrayLike | None = None) -> NDArray[Any]:
+        """The outputs for ``(n, K)`` logits.
+
+        The noise (if any) is ``noise_sigma * normal`` when ``normal`` (standard normal draws,
+        one row per row of logits, as the server derives from each row) is given, else drawn
+        from ``rng``; one of them is needed (else ``ValueError``).
+        """
         kind = self.kind
         if kind in (OutputKind.LOGITS, OutputKind.LABEL):
             y = apply_output_policy(logits, kind)
@@ -137,9 +156,8 @@ class OutputPolicy:
         if self.reverse_sigmoid_beta is not None:
             y = reverse_sigmoid(y, self.reverse_sigmoid_beta, self.reverse_sigmoid_gamma)
         if self.noise_sigma > 0:
-            if rng is None:
-                raise ValueError("a noisy output policy needs a random generator")
-            y = gaussian_noise(y, self.noise_sigma, rng, probabilities=probabilities)
+            y = gaussian_noise(y, self.noise_sigma, rng, probabilities=probabilities,
+                               normal=normal)
         if kind is OutputKind.TOP_K:
             y = keep_top_k(y, self.k)
         if self.decimals is not None:

@@ -28,6 +28,7 @@ from model_extraction.oracle import (
 )
 from model_extraction.remote import (
     NotInLogError,
+    QueryLog,
     RemoteOracle,
     RemoteOracleError,
     RemoteRefusedError,
@@ -331,3 +332,36 @@ def test_unreachable_or_refusing_server(random_victim):
         pytest.raises(RemoteRefusedError, match="403.*api_key"),
     ):
         oracle(np.zeros((1, random_victim.input_dim)))
+
+
+def test_extraction_finishes_against_a_rate_limit_at_any_concurrency(trained_victim, reference):
+    """All four workers used to sleep exactly Retry-After and retry in lockstep until they ran
+    out of attempts; with jitter and a rate that adapts to 429s the attack only gets slower."""
+    ref, queries, _ = reference
+    app = create_app(trained_victim, keys=(ApiKey("k", "k", rate=20.0, burst=4),))
+    with ServerThread(app) as server, \
+            RemoteOracle(server.url, model="victim", api_key="k", batch_size=256, concurrency=4,
+                         retries=2) as oracle:
+        result = extract_functional(oracle, seed=0, stay_in_bounds=False)
+    assert same_network(result.network, ref.network)
+    assert oracle.paid == queries == app.state.serving.keyring.used("k")
+    assert oracle.retried > 2  # rate-limited more often than the retries allowed for errors
+
+
+def test_close_closes_the_log_it_opened_and_a_broken_log_is_named(random_victim, tmp_path):
+    import sqlite3
+
+    with ServerThread(create_app(random_victim)) as server:
+        oracle = RemoteOracle(server.url, model="victim", log=tmp_path / "q.sqlite")
+        log = oracle.log
+        oracle.close()
+        with pytest.raises(sqlite3.ProgrammingError):
+            log.count()
+        shared = QueryLog(tmp_path / "q.sqlite")
+        RemoteOracle(server.url, model="victim", log=shared).close()
+        assert shared.count() == 0  # a log passed in stays open for its owner
+        shared.close()
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes((tmp_path / "q.sqlite").read_bytes()[:100] + b"\0" * 500)
+    with pytest.raises(sqlite3.DatabaseError, match="broken.sqlite"):
+        QueryLog(broken)

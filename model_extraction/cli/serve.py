@@ -49,11 +49,22 @@ def serve(
     = 64 * 2**20,
     input_range: Annotated[tuple[float, float] | None, typer.Option(
         help="Refuse input values outside LOW HIGH.")] = None,
-    log: Annotated[Path | None, typer.Option(help="SQLite audit log of every request.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the noise defence.")] = 0,
+    log: Annotated[Path | None, typer.Option(
+        help="SQLite audit log of every request; it also keeps spent budgets and answered "
+             "request ids across restarts (without it a restart forgets them).")] = None,
+    audit_inputs: Annotated[bool, typer.Option(
+        help="Keep the input rows of answered requests in the audit log.")] = True,
+    audit_inputs_mb: Annotated[int, typer.Option(
+        min=0, help="Most MiB of input rows the audit log keeps (oldest dropped first; "
+                    "their charges stay).")] = 1024,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the noise defence (default: a random secret kept in the --log "
+             "database). Anyone who knows it can remove the noise.")] = None,
     tensor_metadata: Annotated[bool, typer.Option(
         help="Publish the input and output tensors in the model's metadata (--no-tensor-"
              "metadata: empty lists, as some third-party runtimes).")] = True,
+    docs: Annotated[bool, typer.Option(
+        help="Serve the interactive API documentation (/docs, /openapi.json).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the options, print the "
                                           "deployment, do not serve.")] = False,
 ) -> None:
@@ -69,8 +80,9 @@ def serve(
             reverse_sigmoid_beta=reverse_sigmoid_beta,
             reverse_sigmoid_gamma=reverse_sigmoid_gamma, keys=key, keys_file=keys_file,
             rate_limit=rate_limit, burst=burst, max_batch=max_batch,
-            max_request_bytes=max_request_bytes, input_range=input_range, log=log, seed=seed,
-            publish_tensors=tensor_metadata, dry_run=dry_run,
+            max_request_bytes=max_request_bytes, input_range=input_range, log=log,
+            audit_inputs=audit_inputs, audit_inputs_mb=audit_inputs_mb, seed=seed,
+            publish_tensors=tensor_metadata, docs=docs, dry_run=dry_run,
         )
     if dry_run:
         out.print(summary)

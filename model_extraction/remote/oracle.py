@@ -9,9 +9,14 @@ Triton or MLServer, and it
 * names the input tensor and the output tensor it wants (``outputs`` in the request), and
   checks the datatype that comes back (float64 for logits, §6.1; an integer type for labels);
 * splits a batch into requests of ``batch_size`` rows sent ``concurrency`` at a time;
-* retries timeouts, connection errors, ``429`` (waiting as long as the server says) and ``5xx``
-  with exponential backoff (tenacity), reusing the request id so that this project's server does
-  not charge a retried request twice;
+* retries timeouts, connection errors and ``5xx`` with jittered exponential backoff
+  (tenacity), reusing the request id so that this project's server does not charge a retried
+  request twice;
+* against a rate limit (``429``), waits the server's ``Retry-After`` times a random factor in
+  [1, 2) (so that workers do not retry in lockstep) and paces every worker's requests with a
+  shared interval that doubles on each ``429`` and shrinks by 5% on each success (AIMD):
+  an attack at any concurrency finishes against any rate limit, only slower. A ``429`` does
+  not use up ``retries`` (at most :data:`MAX_RATE_LIMITED` in a row per request);
 * keeps a client-side budget (:attr:`budget`, in rows asked, as every oracle does) and follows
   the server's (a ``402`` becomes :class:`~model_extraction.oracle.BudgetExhaustedError`);
 * with ``log=path``, stores every answer in SQLite (:mod:`.querylog`) and never pays for a row
@@ -23,7 +28,9 @@ Triton or MLServer, and it
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -37,7 +44,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential,
     wait_random,
 )
@@ -47,7 +53,10 @@ from model_extraction.serving.protocol import DATATYPES
 
 from .querylog import LogScope, QueryLog
 
-__all__ = ["RemoteOracle", "RemoteOracleError", "RemoteRefusedError"]
+__all__ = ["MAX_RATE_LIMITED", "RemoteOracle", "RemoteOracleError", "RemoteRefusedError"]
+
+MAX_RATE_LIMITED = 1000
+"""Most ``429`` answers in a row to one request before the oracle gives up."""
 
 _FLOAT_TYPES = ("FP64", "FP32", "FP16")
 _INT_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
@@ -117,6 +126,36 @@ def _retry_after(resp: httpx.Response, body: dict[str, Any]) -> float | None:
     return None
 
 
+class _Pacer:
+    """The client-side request rate shared by all workers, adapted to the server's 429s.
+
+    Request starts are spaced by ``interval`` seconds (0: unpaced); a ``429`` doubles it (to at
+    least 10 ms, at most ``ceiling``), each success shrinks it by 5%, below 1 ms to 0.
+    """
+
+    def __init__(self, ceiling: float) -> None:
+        self.interval, self.ceiling = 0.0, ceiling
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Sleep until this worker's turn to start a request."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+    def throttled(self) -> None:
+        with self._lock:
+            self.interval = min(self.ceiling, max(0.01, 2.0 * self.interval))
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.interval = 0.0 if self.interval < 1e-3 else 0.95 * self.interval
+
+
 class RemoteOracle(Oracle):
     """An oracle that queries a victim served with the Open Inference Protocol.
 
@@ -144,12 +183,13 @@ class RemoteOracle(Oracle):
         Seconds for each request.
     retries, backoff, backoff_max:
         Retries per request after the first attempt; first and largest backoff in seconds
-        (exponential, with jitter; a ``429``'s ``Retry-After`` is honoured instead).
+        (exponential, with jitter). A ``429`` is not counted: its ``Retry-After`` is honoured
+        (times a random factor in [1, 2)) and the shared request rate adapts.
     budget:
         Client-side query budget in rows (see :class:`~model_extraction.oracle.Oracle`).
     log:
         SQLite query log path (or an open :class:`QueryLog`): answered rows are never paid
-        for again.
+        for again. A log opened from a path is closed by :meth:`close`.
     transport:
         An httpx transport (tests, proxies); ``headers``: extra HTTP headers.
     """
@@ -188,6 +228,7 @@ class RemoteOracle(Oracle):
         self.url, self.model = url.rstrip("/"), model
         self.batch_size, self.concurrency, self.retries = batch_size, concurrency, retries
         self.backoff, self.backoff_max = backoff, backoff_max
+        self._pacer = _Pacer(ceiling=max(backoff_max, 1.0))
         self.paid = 0
         """Rows the server charged for through this oracle."""
         self.requests = 0
@@ -220,14 +261,23 @@ class RemoteOracle(Oracle):
             self.output_datatype = spec
         super().__init__(input_dim=d, output_kind=kind, budget=budget)
         self.log: QueryLog | None = None
+        self._owns_log = False
         self._scope: LogScope | None = None
         if log is not None:
-            self.log = log if isinstance(log, QueryLog) else QueryLog(log)
-            self._scope = self.log.open_scope(
-                model=model, output=self.output_name, kind=kind, input_dim=d,
-                num_outputs=self.num_outputs, dtype=self._log_dtype(),
-                url=self.url,
-            )
+            try:
+                self._open_log(log, model, kind, d)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open_log(self, log: str | Path | QueryLog, model: str, kind: OutputKind,
+                  d: int) -> None:
+        self._owns_log = not isinstance(log, QueryLog)
+        self.log = log if isinstance(log, QueryLog) else QueryLog(log)
+        self._scope = self.log.open_scope(
+            model=model, output=self.output_name, kind=kind, input_dim=d,
+            num_outputs=self.num_outputs, dtype=self._log_dtype(), url=self.url,
+        )
 
     # ------------------------------------------------------------- metadata
     def _choose_tensors(
@@ -329,18 +379,28 @@ class RemoteOracle(Oracle):
         exponential = (wait_exponential(multiplier=self.backoff, max=self.backoff_max)
                        + wait_random(0, self.backoff))
 
+        counts = {"limited": 0, "failed": 0}  # per request: 429s, and other failures
+
         def wait_for(state: RetryCallState) -> float:
             err = state.outcome.exception() if state.outcome else None
-            if isinstance(err, _Transient) and err.retry_after is not None:
-                return err.retry_after
+            if isinstance(err, _Transient) and err.status == 429:
+                base = err.retry_after if err.retry_after is not None else self.backoff
+                return max(base, 1e-3) * (1.0 + random.random())  # jitter: no lockstep
             return float(exponential(state))
+
+        def stop(state: RetryCallState) -> bool:
+            err = state.outcome.exception() if state.outcome else None
+            if isinstance(err, _Transient) and err.status == 429:
+                counts["limited"] += 1
+                return counts["limited"] > MAX_RATE_LIMITED
+            counts["failed"] += 1
+            return counts["failed"] > self.retries
 
         def count_retry(_: RetryCallState) -> None:
             self.retried += 1
 
-        return Retrying(retry=retry_if_exception(_transient), wait=wait_for,
-                        stop=stop_after_attempt(self.retries + 1), before_sleep=count_retry,
-                        reraise=True)
+        return Retrying(retry=retry_if_exception(_transient), wait=wait_for, stop=stop,
+                        before_sleep=count_retry, reraise=True)
 
     def _request(self, method: str, path: str, content: bytes | None = None) -> dict[str, Any]:
         """One request with retries; the decoded JSON answer of a 200."""
@@ -349,6 +409,10 @@ class RemoteOracle(Oracle):
                 with attempt:
                     return self._attempt(method, path, content)
         except (_Transient, httpx.TransportError) as err:
+            if isinstance(err, _Transient) and err.status == 429:
+                raise RemoteOracleError(
+                    f"{method} {self.url}{path} was rate-limited (429) {MAX_RATE_LIMITED} times "
+                    "in a row; the server's rate limit leaves this key no room") from err
             raise RemoteOracleError(
                 f"{method} {self.url}{path} failed after {self.retries + 1} attempts "
                 f"({type(err).__name__}: {err}). Is the server up? Raise retries= or timeout=."
@@ -356,8 +420,13 @@ class RemoteOracle(Oracle):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _attempt(self, method: str, path: str, content: bytes | None) -> dict[str, Any]:
+        self._pacer.wait()
         self.requests += 1
         resp = self._client.request(method, path, content=content)
+        if resp.status_code == 429:
+            self._pacer.throttled()
+        elif resp.status_code == 200:
+            self._pacer.succeeded()
         if resp.status_code == 200:
             try:
                 body = pydantic_core.from_json(resp.content)
@@ -520,11 +589,15 @@ class RemoteOracle(Oracle):
                 "network_seconds": self.network_seconds}
 
     def close(self) -> None:
-        """Close the connections (and the log, if this oracle opened it)."""
+        """Close the connections, and the query log if this oracle opened it from a path (a
+        :class:`QueryLog` passed in stays open: its owner closes it). Idempotent."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._client.close()
+        if getattr(self, "_owns_log", False) and self.log is not None:
+            self.log.close()
+            self.log, self._scope = None, None
 
     def __enter__(self) -> RemoteOracle:
         return self

@@ -66,17 +66,28 @@ class LogScope:
 
 
 class QueryLog:
-    """SQLite store of answered queries, shared safely between threads of one process."""
+    """SQLite store of answered queries, shared safely between threads of one process.
+
+    Raises ``sqlite3.DatabaseError`` naming the file when it is not a usable SQLite database
+    (truncated, or another kind of file).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.commit()
+            self._db.execute("SELECT COUNT(*) FROM scopes").fetchone()
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise sqlite3.DatabaseError(
+                f"{self.path}: not a usable query log ({err}); move it away or give another "
+                "log path (the answers it held are lost)") from err
 
     # -------------------------------------------------------------- scopes
     def scopes(self) -> list[LogScope]:

@@ -3,7 +3,8 @@
 A prediction API charges per query (Jagielski et al. 2020, §3: the adversary's cost is the number
 of queries). Each key has a budget of input rows; a request that would overrun it is refused
 whole, before anything is evaluated, and budgets are reserved under a lock so that concurrent
-requests can never overrun them together. Rate limits are token buckets of requests per second.
+requests can never overrun them together; with an audit log, the rows charged are restored from
+it at start-up (:meth:`KeyRing.restore`). Rate limits are token buckets of requests per second.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class _Account:
     key: ApiKey
     used: int = 0
     bucket: TokenBucket | None = None
+    largest: int = 0  # most rows charged in one request (a retry of it may be that large)
 
 
 @dataclass
@@ -175,7 +177,21 @@ class KeyRing:
             if key.budget is not None and account.used + rows > key.budget:
                 return BudgetRefusal(key.budget, account.used, rows)
             account.used += rows
+            account.largest = max(account.largest, rows)
             return None
+
+    def restore(self, used: dict[str, int], largest: dict[str, int] | None = None) -> None:
+        """Set the rows already charged per key name, and the most rows charged in one request
+        (from the audit log, at start-up), so a restart refunds nothing; names of keys no
+        longer configured are ignored."""
+        with self._lock:
+            for account in self._accounts.values():
+                account.used = int(used.get(account.key.name, 0))
+                account.largest = int((largest or {}).get(account.key.name, 0))
+
+    def largest(self, key: ApiKey) -> int:
+        """The most rows charged to ``key`` in one request (what a retry may resend)."""
+        return self._account(key).largest
 
     def refund(self, key: ApiKey, rows: int) -> None:
         """Give back rows charged for a request that could not be answered."""

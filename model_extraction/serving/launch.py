@@ -34,14 +34,19 @@ def launch(
     max_request_bytes: int = 64 * 2**20,
     input_range: tuple[float, float] | None = None,
     log: Path | None = None,
-    seed: int = 0,
+    audit_inputs: bool = True,
+    audit_inputs_mb: int | None = 1024,
+    seed: int | None = None,
     publish_tensors: bool = True,
+    docs: bool = False,
     dry_run: bool = False,
     log_level: str = "info",
 ) -> str:
     """Load ``victim``, build the app, and serve it (unless ``dry_run``); return a summary.
 
-    Raises ``ValueError`` with a message for inconsistent options.
+    ``audit_inputs_mb`` bounds the input rows the audit log keeps (MiB; ``None``: no bound).
+    Raises ``ValueError`` with a message for inconsistent options, ``OSError`` or
+    ``sqlite3.DatabaseError`` for an unusable victim or log file.
     """
     network = ReLUNetwork.load(victim)
     policy = OutputPolicy(kind=output, k=k, decimals=decimals, noise_sigma=noise_sigma,
@@ -53,9 +58,13 @@ def launch(
     config = ServerConfig(
         model_name=model_name, policy=policy, keys=tuple(api_keys), rate_limit=rate_limit,
         burst=burst, max_batch=max_batch, max_request_bytes=max_request_bytes,
-        input_range=input_range, log_path=log, seed=seed, publish_tensors=publish_tensors,
+        input_range=input_range, log_path=log, store_inputs=audit_inputs,
+        audit_input_bytes=None if audit_inputs_mb is None else audit_inputs_mb * 2**20,
+        seed=seed, publish_tensors=publish_tensors, docs=docs,
     )
     app = create_app(network, config)
+    kept = ("none" if not audit_inputs else "all" if audit_inputs_mb is None
+            else f"the latest {audit_inputs_mb:,} MiB")
     budgets = ", ".join(f"{key.name}: {'unlimited' if key.budget is None else f'{key.budget:,}'}"
                         for key in api_keys) or "none (open server, no budget)"
     summary = (
@@ -66,6 +75,11 @@ def launch(
         f"rate limit: {'none' if rate_limit is None else f'{rate_limit:g} requests/s per key'}; "
         f"max batch {max_batch:,} rows; max request {max_request_bytes:,} bytes\n"
         f"audit log: {log or 'none'}"
+        + (f" (inputs kept: {kept})" if log else "")
+        + "\nbudgets and answered request ids: "
+        + ("durable (restored from the audit log at start-up)" if log
+           else "in memory only (a restart refunds them; give --log to keep them)")
+        + ("\ninteractive docs: /docs" if docs else "")
         + ("" if publish_tensors else "\nmetadata: no tensors published (clients must name "
                                       "them and give the input width)")
     )
