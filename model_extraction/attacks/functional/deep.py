@@ -85,6 +85,11 @@ def _second_layer(found: CriticalPoints, rows: Array, offsets: Array,
     return next_layer(below, coef.T, rest)
 
 
+def _t_range(reach: float) -> tuple[float, float]:
+    """The search interval of each line, asymmetric so that its origin is not a grid point."""
+    return -reach, 0.83 * reach
+
+
 def _bits(residuals: Array) -> float:
     r = residuals[np.isfinite(residuals)]
     return float(-np.log2(max(float(r.max()), 2.0**-60))) if r.size else float("nan")
@@ -92,7 +97,8 @@ def _bits(residuals: Array) -> float:
 
 def extract_deep(
     oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, int] | None = None,
-    scale: float = 1.0, seed: int = 0, max_lines: int = 256, check_points: int = 256,
+    scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
+    check_points: int = 256,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
 ) -> ExtractionResult:
     """Extract a ``d → h1 → h2 → K`` ReLU network from its float64 logits.
@@ -100,7 +106,9 @@ def extract_deep(
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
     ``(n, d) → (n, K)``; ``hidden``: the widths, if known (only a check: the attack finds them);
     ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
-    ``scale / 2``, searched over ``t ∈ [-4, 3.3]·scale``); ``max_lines``: a hard bound.
+    ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
+    default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
+    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound.
 
     Raises :class:`~.result.ExtractionError` when the self-check fails or the widths found differ
     from ``hidden``, ``ValueError`` for an expansive first layer (``h1 > d``: sign recovery by
@@ -111,53 +119,82 @@ def extract_deep(
     if d is None:
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
     rng = np.random.default_rng(seed)
+    reach = 4.0 * scale if reach is None else reach
     phases = _Phases(oracle, progress)
     phases.enter("critical points")
     lines = [random_line(rng, d, scale) for _ in range(_FIRST_LINES)]
-    found = find_critical_points(oracle, lines, t_range=(-4 * scale, 3.3 * scale))
-    phases.enter("first layer")
-    planes = first_layer(oracle, found, rng, scale=scale)
-    if not len(planes.rows):
-        raise ExtractionError(f"no first-layer hyperplane found in {len(lines)} lines "
-                              f"({oracle.queries} queries): is the victim a ReLU network?")
-    found, second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, max_lines)
+    found = find_critical_points(oracle, lines, t_range=_t_range(reach))
+    planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
+    while True:
+        phases.enter("first layer")
+        planes = _more_planes(oracle, found, planes, rng, scale)
+        found, second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, reach,
+                                     max_lines)
+        phases.enter("refinement", len(planes.rows) + len(second.rows))
+        network, residuals, held = _build(oracle, found, planes, signs, second, rng, scale)
+        phases.enter("self-check", sum(network.widths))
+        fresh = rng.standard_normal((check_points, d)) * scale
+        check, _, _ = self_check(oracle, network, fresh, *held, check_tolerance)
+        if check.passed or len(lines) >= max_lines:
+            break
+        phases.enter("critical points", sum(network.widths))
+        more = [random_line(rng, d, scale) for _ in range(_MORE_LINES)]
+        found = found.join(find_critical_points(oracle, more, first_line=len(lines),
+                                                t_range=_t_range(reach)))
+        lines += more
+    phases.leave()
+    if not check.passed:
+        raise ExtractionError(
+            f"the extracted {d}-{'-'.join(map(str, network.widths))}-{network.num_outputs} "
+            f"network misses the oracle by a relative {check.max_error:.1e} (tolerance "
+            f"{check_tolerance:.0e}) after {len(lines)} lines and {oracle.queries} queries: not "
+            "returned. More lines (max_lines=) or a wider reach (reach=) may help.")
+    if hidden is not None and tuple(hidden) != network.widths:
+        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
+    return ExtractionResult(
+        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
+        lines=len(lines), estimated_bits=np.array([_bits(r) for r in residuals]),
+        notes=[], check=check.as_dict())
+
+
+def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
+                 rng: np.random.Generator, scale: float) -> Hyperplanes:
+    """``planes`` plus the first-layer hyperplanes among the points not on one of them."""
+    free = np.flatnonzero(~_on_planes(found, planes, scale))
+    new = first_layer(oracle, found.subset(free), rng, scale=scale)
+    if not len(planes.rows) and not len(new.rows):
+        raise ExtractionError(f"no first-layer hyperplane found ({oracle.queries} queries): is "
+                              "the victim a ReLU network?")
+    return Hyperplanes(np.concatenate([planes.rows, new.rows]),
+                       np.concatenate([planes.offsets, new.offsets]),
+                       planes.members + tuple(free[m] for m in new.members))
+
+
+def _build(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, signs: Array,
+           second: Signatures, rng: np.random.Generator,
+           scale: float) -> tuple[ReLUNetwork, list[Array], tuple[Array, Array]]:
+    """Refinement, the last layer's signs and the logit layer: the network, the refits'
+    residuals per layer, and the answers the logit layer was fitted to (held for the check)."""
     if not len(second.rows):
         raise ExtractionError(
-            f"no second hidden layer seen in {len(lines)} lines ({oracle.queries} queries): a "
-            "one-hidden-layer network is extracted by extract_functional")
-    phases.enter("refinement", len(planes.rows) + len(second.rows))
+            f"no second hidden layer seen ({oracle.queries} queries): a one-hidden-layer "
+            "network is extracted by extract_functional")
     rows, offsets, first_residuals = refit_first_layer(
         oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale)
     v, b, second_residuals = refit_next_layer(
         oracle, (rows, offsets), second.rows, second.biases,
         [found.points[m] for m in second.members], rng, scale=scale)
-    phases.enter("last layer")
+    d = rows.shape[1]
     x_fit = rng.standard_normal((4 * (len(rows) + len(v) + 1), d)) * scale
     y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
     v, b, a, a0, _ = orient_and_fit(np.maximum(x_fit @ rows.T + offsets, 0.0), v, b, y_fit)
     network = ReLUNetwork(rows, offsets, a, a0, {"extracted_by": "functional/deep"},
                           hidden_layers=((v, b),))
-    phases.enter("self-check", len(rows) + len(v))
-    fresh = rng.standard_normal((check_points, d)) * scale
-    check, _, _ = self_check(oracle, network, fresh, x_fit, y_fit, check_tolerance)
-    phases.leave()
-    result = ExtractionResult(
-        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
-        lines=len(lines),
-        estimated_bits=np.array([_bits(first_residuals), _bits(second_residuals)]),
-        notes=[], check=check.as_dict())
-    if not check.passed:
-        raise ExtractionError(
-            f"the extracted {d}-{len(rows)}-{len(v)}-{a.shape[0]} network misses the oracle by "
-            f"a relative {check.max_error:.1e} (tolerance {check_tolerance:.0e}) after "
-            f"{oracle.queries} queries: not returned. More lines (max_lines=) may help.")
-    if hidden is not None and tuple(hidden) != network.widths:
-        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
-    return result
+    return network, [first_residuals, second_residuals], (x_fit, y_fit)
 
 
 def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
-          rng: np.random.Generator, phases: _Phases, scale: float,
+          rng: np.random.Generator, phases: _Phases, scale: float, reach: float,
           max_lines: int) -> tuple[CriticalPoints, Signatures, Array]:
     """Signs of the first layer and the second layer's signatures, with more lines until every
     second-layer row is known on every first-layer unit and a batch of lines found no new
@@ -178,6 +215,6 @@ def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: lis
         phases.enter("critical points", len(planes.rows))
         more = [random_line(rng, d, scale) for _ in range(_MORE_LINES)]
         found = found.join(find_critical_points(oracle, more, first_line=len(lines),
-                                                t_range=(-4 * scale, 3.3 * scale)))
+                                                t_range=_t_range(reach)))
         lines += more
     return found, second, signs

@@ -51,13 +51,16 @@ def plane_through(points: Array, hint: Array) -> tuple[Array, float, float]:
 
 
 def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
-            scale: float, tries: int = 4) -> bool:
-    """Whether the hyperplane ``row · x + offset = 0`` is flat: at ``tries`` random points of it
-    (Gaussian of standard deviation ``scale``, projected), a short line along ``row`` meets a
-    critical point exactly there, at least twice, and never elsewhere only."""
+            scale: float, tries: int = 8) -> bool:
+    """Whether the hyperplane ``row · x + offset = 0`` is flat: at random points of it (Gaussian
+    of standard deviation ``scale / 2``, as the lines' origins, projected), a short line along
+    ``row`` meets a critical point exactly there twice, and never elsewhere only, within
+    ``tries`` points (where the neuron is invisible, nothing is met: that point says nothing)."""
     hits = 0
     for _ in range(tries):
-        p = rng.standard_normal(len(row)) * scale
+        if hits == 2:
+            return True
+        p = rng.standard_normal(len(row)) * 0.5 * scale
         p -= (p @ row + offset) * row
         r = 0.05 * scale
         kinks, _ = search_line(oracle, Line(p, row), (-r, 0.83 * r), grid=32)
