@@ -4,11 +4,15 @@ Usage::
 
     python benchmarks/deep.py --json deep.json            # 10-10-10-1, 40-20-10-1, 80-40-20-1
     python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2
+    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \
+        --reach 40 --victim-dir victims                     # a trained 784-32-32-10 victim
 
-Each row: a random victim (He-scaled Gaussian weights) extracted by
+Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim trained the paper's
+way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
 ``model_extraction.attacks.functional.extract_deep`` through its float64 logit oracle; queries
 (log2), wall time, self-check error, fidelity on 10,000 uniform points of ``[-2, 2]^d`` and the
-bits of precision of each hidden layer (worst unit), measured against the victim afterwards.
+bits of precision of each hidden layer (worst unit), measured against the victim afterwards;
+an MNIST victim's fidelity is also measured on its 10,000 test images.
 """
 
 from __future__ import annotations
@@ -25,59 +29,127 @@ from model_extraction.attacks.functional import ExtractionError, extract_deep
 from model_extraction.evaluation import compare_networks
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import ModelOracle
+from model_extraction.sweep import (
+    Cell,
+    add_sweep_options,
+    cells_dir,
+    failures_markdown,
+    make_executor,
+    run_sweep,
+    sweep_summary,
+)
 
 SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shapes", nargs="+", default=SHAPES, help="d-h1-h2-K of each victim")
+    p.add_argument("--shapes", nargs="*", default=SHAPES, help="d-h1-h2-K of random victims")
+    p.add_argument("--mnist", nargs="*", default=[], help="h1-h2 of trained MNIST victims")
+    p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
+    p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    add_sweep_options(p)
     return p
 
 
-def run_one(shape: str, seed: int) -> dict:
-    d, h1, h2, k = (int(s) for s in shape.split("-"))
-    victim = ReLUNetwork.random(d, (h1, h2), k, seed=seed)
+def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwork, np.ndarray]:
+    """An MNIST victim ``784-h1-h2-10`` trained with Adam (20 epochs, batch 128), and the test
+    images; loaded from ``cache`` when trained before."""
+    from model_extraction.datasets import load_dataset
+    from model_extraction.victims import train_victim
+
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    hidden = tuple(int(h) for h in widths.split("-"))
+    path = None if cache is None else cache / f"mnist-{widths}-seed{seed}.safetensors"
+    if path is not None and path.exists():
+        return ReLUNetwork.load(path), test.flat()
+    victim = train_victim(train.flat(np.float32), train.labels, hidden, num_classes=10,
+                          epochs=20, seed=seed, x_test=test.flat(), y_test=test.labels)
+    if path is not None:
+        victim.save(path)
+    return victim, test.flat()
+
+
+def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
+            test: np.ndarray | None = None) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
-    row: dict = {"shape": shape, "seed": seed, "parameters": victim.num_parameters}
+    row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
+                 "test_accuracy": victim.metadata.get("test_accuracy")}
     try:
-        result = extract_deep(oracle, seed=0)
+        result = extract_deep(oracle, seed=0, reach=reach)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
-    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    seconds = time.perf_counter() - started
+    bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
+    metrics = compare_networks(victim, result.network, input_bounds=bounds, test_inputs=test)
     return {**row, "queries": result.queries, "log2_queries": float(np.log2(result.queries)),
-            "seconds": time.perf_counter() - started, "lines": result.lines,
+            "seconds": seconds, "lines": result.lines,
             "widths_found": list(result.network.widths),
             "self_check_max_error": result.check["max_error"],
             "fidelity_uniform": metrics["fidelity_uniform"],
+            "fidelity_test": metrics.get("fidelity_test"),
             "layer_worst_bits": [layer["worst_bits"] for layer in metrics.get("layers", [])]}
+
+
+def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
+    """One extraction: a sweep cell (in-process or a Ray task)."""
+    return run_one(c["victim"], victim, c["seed"], c["reach"], test)
+
+
+def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
+    """The cells, and each one's victim and test inputs (random victims are drawn in the cell's
+    worker from their seed; MNIST victims are trained or loaded once, here)."""
+    cells, inputs = [], {}
+    for shape in args.shapes:
+        d, h1, h2, k = (int(s) for s in shape.split("-"))
+        for seed in args.seeds:
+            cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach})
+            cells.append(cell)
+            inputs[cell.key] = (executor.defer(_random_victim, d, (h1, h2), k, seed), None)
+    for widths in args.mnist:
+        for seed in args.seeds:
+            cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
+                         "reach": args.reach})
+            cells.append(cell)
+            victim, test = mnist_victim(widths, seed, args.victim_dir)
+            inputs[cell.key] = (executor.put(victim), executor.put(test))
+    return cells, inputs
+
+
+def _random_victim(d: int, widths: tuple[int, int], k: int, seed: int) -> ReLUNetwork:
+    return ReLUNetwork.random(d, widths, k, seed=seed)
+
+
+def _line(r: dict) -> str:
+    if "error" in r:
+        return (f"| {r['victim']} | {r['seed']} | refused after {r['queries']:,} queries: "
+                f"{r['error'][:80]} ||||||")
+    test = "-" if r["fidelity_test"] is None else f"{100 * r['fidelity_test']:.2f}%"
+    bits = ", ".join(f"{b:.1f}" for b in r["layer_worst_bits"]) or "-"
+    return (f"| {r['victim']} | {r['seed']} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
+            f"{r['seconds']:.1f} s | {r['self_check_max_error']:.1e} | "
+            f"{100 * r['fidelity_uniform']:.2f}% | {test} | {bits} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    rows = []
-    print("| victim | seed | widths found | queries | wall time | self-check | fidelity | "
-          "worst bits per layer |\n|---|---|---|---|---|---|---|---|")
-    for shape in args.shapes:
-        for seed in args.seeds:
-            r = run_one(shape, seed)
-            rows.append(r)
-            if "error" in r:
-                print(f"| {shape} | {seed} | refused after {r['queries']:,} queries: "
-                      f"{r['error'][:80]} |||||")
-                continue
-            print(f"| {shape} | {seed} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
-                  f"{r['seconds']:.1f} s | {r['self_check_max_error']:.1e} | "
-                  f"{100 * r['fidelity_uniform']:.2f}% | "
-                  f"{', '.join(f'{b:.1f}' for b in r['layer_worst_bits'])} |", flush=True)
+    with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
+        cells, inputs = _cells(args, executor)
+        sweep = run_sweep(deep_cell, cells, executor=executor,
+                          inputs=lambda c: inputs[Cell(c).key],
+                          store=cells_dir(args.json, args.cells), fresh=args.fresh)
+    rows = [r.result for r in sweep.records if r.status == "ok"]
+    print("| victim | seed | widths found | queries | wall time | self-check | fidelity "
+          "(uniform) | fidelity (test) | worst bits per layer |\n" + "|---" * 9 + "|")
+    print("\n".join(_line(r) for r in rows) + failures_markdown(sweep))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.platform(), "rows": rows},
-                                        indent=2))
+        args.json.write_text(json.dumps({"machine": platform.platform(), "rows": rows,
+                                         "sweep": sweep_summary(sweep, args.ray)}, indent=2))
 
 
 if __name__ == "__main__":

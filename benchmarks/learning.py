@@ -57,6 +57,15 @@ from model_extraction.attacks.learning.experiment import evaluation_split, prepa
 from model_extraction.attacks.learning.mixmatch import default_lambda_u
 from model_extraction.datasets import load_dataset
 from model_extraction.oracle import ModelOracle
+from model_extraction.sweep import (
+    Cell,
+    add_sweep_options,
+    cells_dir,
+    failures_markdown,
+    make_executor,
+    run_sweep,
+    sweep_summary,
+)
 from model_extraction.training import resolve_device
 
 DEFAULTS = {"datasets": ["mnist", "fashion-mnist"], "budgets": [250, 1000, 4000],
@@ -119,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    add_sweep_options(p)
     args = p.parse_args(argv)
     if args.choose_augmentation:
         args.tables = ["3"]
@@ -218,7 +228,10 @@ def run_one(victim: Any, train: Any, test_set: Any, args: argparse.Namespace,
     }
 
 
-def run_dataset(name: str, args: argparse.Namespace, log: Any) -> list[dict[str, Any]]:
+def run_dataset(name: str, args: argparse.Namespace, log: Any,
+                executor: Any) -> list[dict[str, Any]]:
+    """Every run of the tables on one dataset, as sweep cells (kept and resumed as
+    docs/sweeps.md says); the victim is trained (or loaded) once, here."""
     cfg = dataset_config(args, name)
     train = load_dataset(name, "train", data_dir=args.data_dir)
     test = load_dataset(name, "test", data_dir=args.data_dir)
@@ -248,35 +261,56 @@ def run_dataset(name: str, args: argparse.Namespace, log: Any) -> list[dict[str,
                    "test_accuracy": victim.metadata["test_accuracy"],
                    "lambda_u": cfg["lambda_u"], "crop_padding": cfg["crop_padding"]}
     args.victims.append(victim_info)
-    rows: list[dict[str, Any]] = []
-    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    specs: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
 
-    def run(table: str, **spec: Any) -> None:
-        key = tuple(sorted(spec.items()))
-        if key in done:  # a run both tables need is made once
-            done[key]["tables"].append(table)
-            return
-        row = run_one(victim, pool, test_set, args, cfg, **spec)
-        row["tables"] = [table]
-        done[key] = row
-        rows.append(row)
-        log(f"  table {table} · {row['method']}{' + rot' if row['rotation'] else ''} · "
-            f"{row['output']} · {row['queries']} queries · seed {row['seed']}: accuracy "
-            f"{100 * row['accuracy']:.2f}%, fidelity {100 * row['fidelity']:.2f}% "
-            f"({row['seconds']:.0f} s)")
+    def want(table: str, **spec: Any) -> None:  # a run both tables need is made once
+        specs.setdefault(tuple(sorted(spec.items())), (spec, []))[1].append(table)
 
     for seed in args.seeds:
         if "3" in args.tables:
             for method in args.methods:
                 for q in args.budgets:
-                    run("3", method=method, rotation=False, output=args.table3_output,
-                        queries=q, seed=seed)
+                    want("3", method=method, rotation=False, output=args.table3_output,
+                         queries=q, seed=seed)
         if "2" in args.tables:
             for output in args.table2_outputs:
                 for rotation in (False, True):
-                    run("2", method="supervised", rotation=rotation, output=output,
-                        queries=args.table2_budget, seed=seed)
+                    want("2", method="supervised", rotation=rotation, output=output,
+                         queries=args.table2_budget, seed=seed)
+    base = {"table": "learning", "dataset": name, "victim_seed": args.victim_seed, "cfg": cfg,
+            "k": args.k, "steps": args.steps, "device": args.device,
+            "validation": args.validation, "test_size": args.test_size, "threads": args.threads}
+    gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+    cells = [Cell({**base, "spec": spec}, num_cpus=args.threads, num_gpus=gpus)
+             for spec, _ in specs.values()]
+    shared: list[Any] = []
+
+    def inputs(_: dict[str, Any]) -> tuple[Any, ...]:
+        if not shared:
+            shared.extend(executor.put(v) for v in (victim, pool, test_set))
+        return tuple(shared)
+
+    sweep = run_sweep(learning_cell, cells, executor=executor, inputs=inputs,
+                      store=cells_dir(args.json, args.cells), fresh=args.fresh)
+    args.sweeps.append(sweep)
+    rows = []
+    for (_, tables), record in zip(specs.values(), sweep.records, strict=True):
+        if record.status == "ok":
+            row = {**record.result, "tables": tables}
+            rows.append(row)
+            log(f"  table {'/'.join(tables)} · {row['method']}"
+                f"{' + rot' if row['rotation'] else ''} · {row['output']} · {row['queries']} "
+                f"queries · seed {row['seed']}: accuracy {100 * row['accuracy']:.2f}%, "
+                f"fidelity {100 * row['fidelity']:.2f}% ({row['seconds']:.0f} s)")
     return rows
+
+
+def learning_cell(c: dict[str, Any], victim: Any, pool: Any, test_set: Any) -> dict[str, Any]:
+    """One run of Table 2 or 3: a sweep cell (in-process or a Ray task)."""
+    torch.set_num_threads(c["threads"])
+    a = argparse.Namespace(k=c["k"], steps=c["steps"], device=c["device"],
+                           validation=c["validation"])
+    return run_one(victim, pool, test_set, a, c["cfg"], **c["spec"])
 
 
 SPEC_KEYS = ("dataset", "method", "rotation", "output", "queries")
@@ -451,16 +485,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
 
     rows: list[dict[str, Any]] = []
-    args.victims = []
-    for name in args.datasets:
-        if not args.choose_augmentation:
-            rows += run_dataset(name, args, log)
-            continue
-        for padding in args.crop_candidates:
-            for flip in args.flip_candidates:
-                args.crop_padding, args.flip = {name: padding}, {name: flip == "on"}
-                log(f"{name}: crop padding {padding}, flip {flip}")
-                rows += run_dataset(name, args, log)
+    args.victims, args.sweeps = [], []
+    with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
+        for name in args.datasets:
+            if not args.choose_augmentation:
+                rows += run_dataset(name, args, log, executor)
+                continue
+            for padding in args.crop_candidates:
+                for flip in args.flip_candidates:
+                    args.crop_padding, args.flip = {name: padding}, {name: flip == "on"}
+                    log(f"{name}: crop padding {padding}, flip {flip}")
+                    rows += run_dataset(name, args, log, executor)
     seconds = time.perf_counter() - started
     setups = "; ".join(
         f"{v['dataset']}: {v['arch']} {v['arch_options']} victim ({v['epochs']} epochs) and "
@@ -482,8 +517,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
         + f", torch {torch.__version__}, {args.threads} thread(s), device {args.device}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - seconds)),
+        "sweep": [sweep_summary(sweep, args.ray) for sweep in args.sweeps],
     }
-    table = markdown(rows, meta)
+    table = markdown(rows, meta) + "".join(failures_markdown(sweep) for sweep in args.sweeps)
     if args.choose_augmentation:
         text, meta["augmentation_choice"] = choose_augmentation(rows)
         table = text + "\n" + f"Scale: {meta['scale']}. Wall time {seconds / 60:.1f} min on " \

@@ -29,22 +29,135 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from model_extraction.datasets import load_dataset
+from model_extraction.datasets import Dataset, load_dataset
 from model_extraction.limits import (
+    DEFAULT_VARIANTS,
     QUERY_SETS,
     SETTING_TITLES,
     SETTINGS,
     LimitsConfig,
-    run_limits,
+    LimitsExperiment,
+    LimitsResult,
+    RunRecord,
+    _stats,
+    pairwise_agreement,
+)
+from model_extraction.sweep import (
+    Cell,
+    SweepResult,
+    add_sweep_options,
+    cells_dir,
+    failures_markdown,
+    make_executor,
+    run_sweep,
+    sweep_summary,
 )
 
 
-def _progress(description: str, done: int, total: int) -> None:
-    print(f"[{done}/{total}] {description}", file=sys.stderr, flush=True)
+def prepare_task(train: Dataset, test: Dataset, config: LimitsConfig) -> LimitsExperiment:
+    """Train the oracle, label D and build the query sets, once for all the cells (a task)."""
+    experiment = LimitsExperiment(train, test, config)
+    experiment.prepare()
+    return experiment
+
+
+def limits_cell(cell: dict, experiment: LimitsExperiment) -> dict[str, Any]:
+    """One cell of Table 4 (a sweep task) on the prepared ``experiment``: ``oracle`` (its
+    record and the sizes), ``model`` (one model of a setting: its record and its predicted
+    labels on every query set), ``control`` or ``residual`` (see :class:`LimitsExperiment`).
+    Torch runs with the configured threads wherever the cell runs."""
+    torch.set_num_threads(experiment.config.threads)
+    kind = cell["cell"]
+    if kind == "oracle":
+        return {"oracle": experiment.oracle_info,
+                "sizes": {"train": len(experiment.x_train), "test": len(experiment.x_test),
+                          **{q: len(experiment.query_sets[q]) for q in ("adversarial",
+                                                                        "uniform")}}}
+    if kind == "model":
+        record, preds = experiment.train(cell["setting"], cell["index"])
+        return {"record": asdict(record), "preds": {q: p.tolist() for q, p in preds.items()}}
+    if kind == "control":
+        return experiment.control()
+    if kind == "residual":
+        return {"rows": experiment.residual(DEFAULT_VARIANTS)}
+    raise ValueError(f"unknown cell kind {kind!r}")
+
+
+def table_cells(config: LimitsConfig, dataset: str, residual: bool) -> list[Cell]:
+    """The oracle cell, one cell per (setting, model), the control and the residual cell
+    (which needs as many CPUs as its most threaded variant); GPUs when ``config.device``
+    is a GPU."""
+    base = {"table": 4, "dataset": dataset, "config": config.to_json()}
+    gpus = 1.0 if config.device.startswith("cuda") else 0.0
+    specs = [{"cell": "oracle"}] + [
+        {"cell": "model", "setting": s, "index": i}
+        for s in config.settings for i in range(config.models_per_setting)
+    ] + [{"cell": "control"}] + ([{"cell": "residual"}] if residual else [])
+    cells = []
+    for spec in specs:
+        cpus = config.threads
+        if spec["cell"] == "residual":
+            cpus = max(cpus, *(v.threads for v in DEFAULT_VARIANTS))
+        cells.append(Cell({**base, **spec}, num_cpus=cpus, num_gpus=gpus))
+    return cells
+
+
+def assemble(config: LimitsConfig, dataset: str, sweep: SweepResult) -> LimitsResult:
+    """The :class:`LimitsResult` of the finished cells, as :meth:`LimitsExperiment.run`
+    computes it. Raises ``RuntimeError`` naming the failed cells if any is missing."""
+    if sweep.failed:
+        raise RuntimeError("cells failed (rerun the command to retry them):\n"
+                           + failures_markdown(sweep))
+    by = {(r.config["cell"], r.config.get("setting"), r.config.get("index")): r.result
+          for r in sweep.records}
+    runs, vs_oracle, kappa, pairwise, distinct = [], {}, {}, {}, {}
+    for setting in config.settings:
+        cells = [by["model", setting, i] for i in range(config.models_per_setting)]
+        records = [RunRecord(**c["record"]) for c in cells]
+        preds = [{q: np.asarray(p, dtype=np.int64) for q, p in c["preds"].items()}
+                 for c in cells]
+        runs += records
+        vs_oracle[setting] = {q: _stats([r.agreement_with_oracle[q] for r in records])
+                              for q in QUERY_SETS}
+        kappa[setting] = {q: _stats([r.kappa_with_oracle[q] for r in records])
+                          for q in QUERY_SETS}
+        pairwise[setting] = {q: _stats(pairwise_agreement(np.stack([p[q] for p in preds])))
+                             for q in QUERY_SETS}
+        distinct[setting] = len({r.weights_sha256 for r in records})
+    oracle = by["oracle", None, None]
+    residual = by.get(("residual", None, None))
+    return LimitsResult(
+        config=config, dataset=dataset, sizes=oracle["sizes"], oracle=oracle["oracle"],
+        runs=runs, vs_oracle=vs_oracle, kappa_vs_oracle=kappa, pairwise=pairwise,
+        distinct_weights=distinct, control=by["control", None, None],
+        residual=residual["rows"] if residual else None,
+        seconds=sweep.seconds + oracle["oracle"]["seconds"],
+    )
+
+
+def run_table(args: argparse.Namespace, config: LimitsConfig, train: Dataset,
+              test: Dataset) -> tuple[LimitsResult, SweepResult]:
+    """Run the cells of Table 4 not kept yet (in-process or on Ray) and assemble them."""
+    cells = table_cells(config, train.name, residual=not args.no_residual)
+    prepared: list[Any] = []
+    with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
+
+        def inputs(cell: dict) -> tuple[Any]:
+            if not prepared:  # the oracle is trained once, only if a cell still needs it
+                prepared.append(executor.defer(prepare_task, train, test, config,
+                                               num_cpus=config.threads))
+            return (prepared[0],)
+
+        sweep = run_sweep(limits_cell, cells, executor=executor, inputs=inputs,
+                          store=cells_dir(args.json, args.cells), fresh=args.fresh)
+    return assemble(config, train.name, sweep), sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip the residual non-determinism measurement")
     p.add_argument("--json", type=Path, default=None, help="write rows and the full result here")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    add_sweep_options(p)
     args = p.parse_args(argv)
     if args.quick:
         args.dataset = "digits"
@@ -88,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir, progress=False)
     test = load_dataset(args.dataset, "test", data_dir=args.data_dir, progress=False)
-    result = run_limits(train, test, config, residual=not args.no_residual, progress=_progress)
+    config.validate()
+    result, sweep = run_table(args, config, train, test)
     wall = time.perf_counter() - start
 
     o = result.oracle
@@ -128,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         meta = {"machine": platform.platform(), "python": platform.python_version(),
                 "torch": torch.__version__, "dataset": args.dataset, "quick": args.quick,
-                "wall_seconds": wall, "command": " ".join(["python", "benchmarks/limits.py",
-                                                           *(argv or sys.argv[1:])])}
+                "wall_seconds": wall, "sweep": sweep_summary(sweep, args.ray),
+                "command": " ".join(["python", "benchmarks/limits.py", *(argv or sys.argv[1:])])}
         payload = {"meta": meta, "rows": result.table_rows("vs_oracle"),
                    "pairwise_rows": result.table_rows("pairwise"),
                    "kappa_rows": result.table_rows("kappa_vs_oracle"),
