@@ -46,8 +46,7 @@ from model_extraction.limits import (
     LimitsExperiment,
     LimitsResult,
     RunRecord,
-    _stats,
-    pairwise_agreement,
+    summarise_setting,
 )
 from model_extraction.sweep import (
     Cell,
@@ -124,13 +123,8 @@ def assemble(config: LimitsConfig, dataset: str, sweep: SweepResult) -> LimitsRe
         preds = [{q: np.asarray(p, dtype=np.int64) for q, p in c["preds"].items()}
                  for c in cells]
         runs += records
-        vs_oracle[setting] = {q: _stats([r.agreement_with_oracle[q] for r in records])
-                              for q in QUERY_SETS}
-        kappa[setting] = {q: _stats([r.kappa_with_oracle[q] for r in records])
-                          for q in QUERY_SETS}
-        pairwise[setting] = {q: _stats(pairwise_agreement(np.stack([p[q] for p in preds])))
-                             for q in QUERY_SETS}
-        distinct[setting] = len({r.weights_sha256 for r in records})
+        vs_oracle[setting], kappa[setting], pairwise[setting], distinct[setting] = \
+            summarise_setting(records, preds)
     oracle = by["oracle", None, None]
     residual = by.get(("residual", None, None))
     return LimitsResult(

@@ -638,13 +638,8 @@ class LimitsExperiment:
                 preds.append(p)
                 done += 1
             runs += records
-            vs_oracle[setting] = {q: _stats([r.agreement_with_oracle[q] for r in records])
-                                  for q in QUERY_SETS}
-            kappa[setting] = {q: _stats([r.kappa_with_oracle[q] for r in records])
-                              for q in QUERY_SETS}
-            pairwise[setting] = {q: _stats(pairwise_agreement(np.stack([p[q] for p in preds])))
-                                 for q in QUERY_SETS}
-            distinct[setting] = len({r.weights_sha256 for r in records})
+            vs_oracle[setting], kappa[setting], pairwise[setting], distinct[setting] = \
+                summarise_setting(records, preds)
         ctrl = None
         if control:
             self._tick("control: oracle's seeds on the true labels", done, total)
@@ -666,6 +661,20 @@ class LimitsExperiment:
             distinct_weights=distinct, control=ctrl, residual=res,
             seconds=time.perf_counter() - start + self.oracle_info["seconds"],
         )
+
+
+def summarise_setting(
+    records: Sequence[RunRecord], preds: Sequence[dict[str, NDArray[np.int64]]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, dict[str, Any]],
+           int]:
+    """One column of Table 4 from the models of one seed setting: per query set, the
+    statistics of their agreement with the oracle, of their kappa with it, and of their
+    pairwise agreement; and how many distinct weight vectors they have."""
+    vs_oracle = {q: _stats([r.agreement_with_oracle[q] for r in records]) for q in QUERY_SETS}
+    kappa = {q: _stats([r.kappa_with_oracle[q] for r in records]) for q in QUERY_SETS}
+    pairwise = {q: _stats(pairwise_agreement(np.stack([p[q] for p in preds])))
+                for q in QUERY_SETS}
+    return vs_oracle, kappa, pairwise, len({r.weights_sha256 for r in records})
 
 
 def run_limits(train: Dataset, test: Dataset, config: LimitsConfig | None = None, *,
