@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model_extraction.sweep import (
@@ -300,3 +301,22 @@ def test_learning_benchmark_is_a_resumable_sweep(tmp_path: Path) -> None:
     assert [s["ran"] for s in first["meta"]["sweep"]] == [2]
     assert [(s["ran"], s["kept"]) for s in again["meta"]["sweep"]] == [(0, 2)]
     assert again["rows"] == first["rows"]
+
+
+@needs_ray
+def test_deep_extraction_phases_on_ray_equal_in_process(local_ray) -> None:
+    """The per-neuron refinement of extract_deep as Ray tasks: the same network, the same
+    query count (the tasks' queries are counted by the driver's oracle)."""
+    from model_extraction.attacks.functional import extract_deep
+    from model_extraction.network import ReLUNetwork
+    from model_extraction.oracle import ModelOracle
+
+    victim = ReLUNetwork.random(10, (10, 10), 1, seed=0)
+    here = extract_deep(ModelOracle(victim), seed=0)
+    with RayExecutor() as ex:
+        oracle = ModelOracle(victim)
+        there = extract_deep(oracle, seed=0, executor=ex)
+    assert there.queries == oracle.queries == here.queries
+    for (w, b), (w2, b2) in zip(here.network.layers, there.network.layers, strict=True):
+        np.testing.assert_allclose(w2, w, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(b2, b, rtol=0, atol=1e-12)

@@ -100,6 +100,7 @@ def extract_deep(
     scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
     check_points: int = 256,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
+    executor: Any = None,
 ) -> ExtractionResult:
     """Extract a ``d → h1 → h2 → K`` ReLU network from its float64 logits.
 
@@ -108,7 +109,10 @@ def extract_deep(
     ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
     ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
-    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound.
+    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound;
+    ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
+    Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
+    the oracle (it must be picklable), with the same results and the same query count.
 
     Raises :class:`~.result.ExtractionError` when the self-check fails or the widths found differ
     from ``hidden``, ``ValueError`` for an expansive first layer (``h1 > d``: sign recovery by
@@ -131,7 +135,8 @@ def extract_deep(
         found, second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, reach,
                                      max_lines)
         phases.enter("refinement", len(planes.rows) + len(second.rows))
-        network, residuals, held = _build(oracle, found, planes, signs, second, rng, scale)
+        network, residuals, held = _build(oracle, found, planes, signs, second, rng, scale,
+                                          executor)
         phases.enter("self-check", sum(network.widths))
         fresh = rng.standard_normal((check_points, d)) * scale
         check, _, _ = self_check(oracle, network, fresh, *held, check_tolerance)
@@ -171,8 +176,8 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
 
 
 def _build(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, signs: Array,
-           second: Signatures, rng: np.random.Generator,
-           scale: float) -> tuple[ReLUNetwork, list[Array], tuple[Array, Array]]:
+           second: Signatures, rng: np.random.Generator, scale: float,
+           executor: Any) -> tuple[ReLUNetwork, list[Array], tuple[Array, Array]]:
     """Refinement, the last layer's signs and the logit layer: the network, the refits'
     residuals per layer, and the answers the logit layer was fitted to (held for the check)."""
     if not len(second.rows):
@@ -180,10 +185,11 @@ def _build(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, signs: Ar
             f"no second hidden layer seen ({oracle.queries} queries): a one-hidden-layer "
             "network is extracted by extract_functional")
     rows, offsets, first_residuals = refit_first_layer(
-        oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale)
+        oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale,
+        executor=executor)
     v, b, second_residuals = refit_next_layer(
         oracle, (rows, offsets), second.rows, second.biases,
-        [found.points[m] for m in second.members], rng, scale=scale)
+        [found.points[m] for m in second.members], rng, scale=scale, executor=executor)
     d = rows.shape[1]
     x_fit = rng.standard_normal((4 * (len(rows) + len(v) + 1), d)) * scale
     y_fit = np.asarray(oracle(x_fit), dtype=np.float64)

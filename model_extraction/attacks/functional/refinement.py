@@ -11,10 +11,12 @@ hyperplane ``v · a + b = 0`` is flat everywhere.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
-from model_extraction.oracle import Oracle
+from model_extraction.oracle import BudgetExhaustedError, Oracle
 
 from .layers import plane_through
 
@@ -84,33 +86,75 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     return n, c, float(new / scale)
 
 
+def _first_task(oracle: Oracle, row: Array, offset: float, p: Array,
+                scale: float) -> tuple[Array, float, float, int]:
+    """One first-layer hyperplane refitted through the crossings near the points ``p`` placed
+    on it; also the queries spent (for a copy of the oracle in another process)."""
+    before = oracle.queries
+    pts = crossings(oracle, p, np.repeat(row[None], len(p), axis=0), 1e-3 * scale)
+    pts = pts[np.abs(pts @ row + offset) < _NEAR * scale]  # NaN rows drop too
+    return (*better_plane(pts, row, offset), oracle.queries - before)
+
+
+def _next_task(oracle: Oracle, first: tuple[Array, Array], row: Array, bias: float, p: Array,
+               unit: Array, radius: Array) -> tuple[Array, float, float, int]:
+    """One next-layer hyperplane refitted, in first-layer activation space, through the
+    crossings along ``unit`` from ``p``; also the queries spent."""
+    w1, b1 = first
+    before = oracle.queries
+    pts = crossings(oracle, p, unit, radius)
+    acts = np.maximum(pts @ w1.T + b1, 0.0)
+    near = np.abs(acts @ row + bias) < _NEAR * np.linalg.norm(acts, axis=1)
+    acts = acts[near]  # a kink of another neuron, or none: dropped (NaN rows too)
+    spent = oracle.queries - before
+    if not np.all(acts.any(axis=0) | (row == 0)):
+        return row, bias, np.nan, spent
+    return (*better_plane(acts, row, bias), spent)
+
+
+def _run_tasks(oracle: Oracle, task: Any, argsets: list[tuple[Any, ...]], queries: int,
+               executor: Any) -> list[tuple[Array, float, float, int]]:
+    """``task(oracle, *args)`` for each of ``argsets``: in order here, or as tasks of
+    ``executor`` (see :mod:`model_extraction.sweep`) on copies of the oracle, whose queries
+    (``queries`` in all, checked against the budget first) are then counted here."""
+    if executor is None:
+        return [task(oracle, *args) for args in argsets]
+    if oracle.remaining is not None and queries > oracle.remaining:
+        raise BudgetExhaustedError(int(oracle.budget or 0), oracle.queries, queries)
+    handle = executor.put(oracle)
+    results = executor.map(task, [(handle, *args) for args in argsets])
+    oracle.queries += sum(r[3] for r in results)
+    return results
+
+
 def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.random.Generator,
-                      *, scale: float) -> tuple[Array, Array, Array]:
-    """Each first-layer hyperplane refitted through ``2 (d + 1)`` points placed on it.
-    Returns the rows, offsets and the relative residual of each fit (NaN where too few points
-    were found: the hyperplane is then kept as it was)."""
+                      *, scale: float, executor: Any = None) -> tuple[Array, Array, Array]:
+    """Each first-layer hyperplane refitted through ``3 (d + 1)`` points placed on it (one
+    independent task per neuron: ``executor`` runs them in parallel, with the same results
+    and query count). Returns the rows, offsets and the relative residual of each fit (NaN
+    where the points did not beat the estimate: the hyperplane is then kept as it was)."""
     h, d = rows.shape
-    residuals = np.full(h, np.nan)
-    rows, offsets = rows.copy(), offsets.copy()
+    argsets = []
     for i in range(h):
         p = rng.standard_normal((3 * (d + 1), d)) * scale
         p -= (p @ rows[i] + offsets[i])[:, None] * rows[i]
-        pts = crossings(oracle, p, np.repeat(rows[i][None], len(p), axis=0), 1e-3 * scale)
-        pts = pts[np.abs(pts @ rows[i] + offsets[i]) < _NEAR * scale]  # NaN rows drop too
-        rows[i], offsets[i], residuals[i] = better_plane(pts, rows[i], offsets[i])
-    return rows, offsets, residuals
+        argsets.append((rows[i], float(offsets[i]), p, scale))
+    done = _run_tasks(oracle, _first_task, argsets, 6 * 3 * (d + 1) * h, executor)
+    return (np.array([r[0] for r in done]).reshape(h, d), np.array([r[1] for r in done]),
+            np.array([r[2] for r in done]))
 
 
 def refit_next_layer(oracle: Oracle, first: tuple[Array, Array], rows: Array, biases: Array,
-                     anchors: list[Array], rng: np.random.Generator, *,
-                     scale: float) -> tuple[Array, Array, Array]:
+                     anchors: list[Array], rng: np.random.Generator, *, scale: float,
+                     executor: Any = None) -> tuple[Array, Array, Array]:
     """Each next-layer hyperplane refitted, in first-layer activation space, through points
     placed near its critical points ``anchors[j]`` ``(m_j, d)``: each point is moved off its
-    anchor within the anchor's region, then back onto the hyperplane along its local normal.
-    Returns the rows, biases and relative residuals (NaN where too few points)."""
+    anchor within the anchor's region, then back onto the hyperplane along its local normal
+    (one task per neuron, as :func:`refit_first_layer`). Returns the rows, biases and relative
+    residuals (NaN where the points did not beat the estimate)."""
     w1, b1 = first
     h1 = len(b1)
-    rows, biases, residuals = rows.copy(), biases.copy(), np.full(len(rows), np.nan)
+    argsets = []
     for j, anchor in enumerate(anchors):
         picks = anchor[rng.integers(len(anchor), size=3 * (h1 + 1))]
         pre = picks @ w1.T + b1
@@ -121,10 +165,7 @@ def refit_next_layer(oracle: Oracle, first: tuple[Array, Array], rows: Array, bi
         unit = normal / np.linalg.norm(normal, axis=1, keepdims=True)
         z = np.maximum(p @ w1.T + b1, 0) @ rows[j] + biases[j]
         p -= (z / np.linalg.norm(normal, axis=1))[:, None] * unit
-        pts = crossings(oracle, p, unit, 0.3 * room + 1e-12 * scale)
-        acts = np.maximum(pts @ w1.T + b1, 0.0)
-        near = np.abs(acts @ rows[j] + biases[j]) < _NEAR * np.linalg.norm(acts, axis=1)
-        pts, acts = pts[near], acts[near]  # a kink of another neuron, or none: dropped
-        if np.all(acts.any(axis=0) | (rows[j] == 0)):
-            rows[j], biases[j], residuals[j] = better_plane(acts, rows[j], biases[j])
-    return rows, biases, residuals
+        argsets.append((first, rows[j], float(biases[j]), p, unit, 0.3 * room + 1e-12 * scale))
+    done = _run_tasks(oracle, _next_task, argsets, 6 * 3 * (h1 + 1) * len(anchors), executor)
+    return (np.array([r[0] for r in done]).reshape(rows.shape), np.array([r[1] for r in done]),
+            np.array([r[2] for r in done]))
