@@ -154,6 +154,7 @@ def test_learn_url_with_labels_and_rounded_probabilities(victim, saved, tmp_path
     (["extract", "--dry-run"], "add --url"),
     (["extract", "--url", "http://127.0.0.1:9/v2/models/x", "--no-progress"], "Is the server"),
     (["learn", "--url", "http://127.0.0.1:9", "--no-progress"], "name the model"),
+    (["extract", "--url", "127.0.0.1:9/v2/models/x"], "http://"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, says, saved, tmp_path, monkeypatch):
     monkeypatch.setenv("MODEL_EXTRACTION_CACHE", str(tmp_path / "cache"))
@@ -169,7 +170,27 @@ def test_bad_input_is_one_line_and_exit_code_2(args, says, saved, tmp_path, monk
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], text
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    res = CliRunner().invoke(cli, ["--debug", "extract", "--url", "http://127.0.0.1:9",
-                                   "--no-progress"])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(where):
+    args = ["extract", "--url", "http://127.0.0.1:9", "--no-progress"]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code != 0 and isinstance(res.exception, ValueError)
+
+
+def test_an_api_key_in_the_environment_does_not_block_local_runs(monkeypatch):
+    monkeypatch.setenv("MODEL_EXTRACTION_API_KEY", SECRET)  # as the README's export leaves it
+    code, text = _run("extract", "--hidden", 4, "--epochs", 1, "--reference", 0,
+                      "--no-progress", "--json", "-")
+    assert code == 0, text
+    assert SECRET not in text
+
+
+def test_serve_on_a_busy_port_is_one_line(saved):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, text = _run("serve", saved, "--port", busy.getsockname()[1])
+    assert code == 2 and text.strip().count("\n") == 0 and "choose another --port" in text

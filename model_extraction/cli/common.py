@@ -94,15 +94,18 @@ DryRun = Annotated[bool, typer.Option(
 def connect(url: str, *, api_key: str | None, input_name: str | None,
             output_name: str | None, output_kind: str | None, input_dim: int | None,
             budget: int | None, concurrency: int, batch_size: int,
-            query_log: Path | None) -> Any:
+            query_log: Path | None, width_from: str = "given") -> Any:
     """A :class:`~model_extraction.remote.RemoteOracle` for the CLI options (one free metadata
-    request), with its plan printed before any paid query."""
+    request), with its plan printed before any paid query. ``width_from`` says where a given
+    ``input_dim`` came from (the user, or the dataset)."""
     from model_extraction.remote import RemoteOracle
 
     oracle = RemoteOracle(url, api_key=api_key, input_name=input_name,
                           output_name=output_name, output_kind=output_kind,
                           input_dim=input_dim, budget=budget, concurrency=concurrency,
                           batch_size=batch_size, log=query_log)
+    if oracle.sources.get("input_dim") == "given":
+        oracle.sources["input_dim"] = width_from
     print_plan(oracle.plan, api_key is not None)
     return oracle
 
@@ -161,6 +164,8 @@ class OneLineErrors(typer.core.TyperGroup):
              **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        if "--debug" in argv:  # accepted anywhere on the line, not only before the command
+            argv = ["--debug", *(a for a in argv if a != "--debug")]
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.Abort:

@@ -67,8 +67,8 @@ def extract(
         "more for at least 2,400 Adam steps on a small dataset).")] = None,
     budget: Annotated[int | None, typer.Option(min=1, help="Query budget (rows).")] = None,
     output_kind: Annotated[ExtractOutput, typer.Option(
-        help="What the API returns: float64 logits, or float64 probabilities (extracted "
-             "through their log-ratios).")] = ExtractOutput.logits,
+        "--output-kind", "--output", help="What the API returns: float64 logits, or float64 "
+        "probabilities (extracted through their log-ratios).")] = ExtractOutput.logits,
     input_range: Annotated[tuple[float, float], typer.Option(
         help="The API's input box LOW HIGH: no query leaves it.")] = (0.0, 1.0),
     unbounded: Annotated[bool, typer.Option("--unbounded", help="Query anywhere in R^d (the "
@@ -102,10 +102,9 @@ def extract(
     """
     if not input_range[0] < input_range[1]:
         fail(f"--input-range needs LOW < HIGH, got {input_range[0]:g} {input_range[1]:g}")
-    if url is None and (dry_run or query_log or api_key or input_name or output_name
-                        or input_dim):
-        fail("--dry-run, --query-log, --api-key, --input-name, --output-name and --input-dim "
-             "apply to a remote API: add --url")
+    if url is None and (dry_run or query_log or input_name or output_name or input_dim):
+        fail("--dry-run, --query-log, --input-name, --output-name and --input-dim apply to a "
+             "remote API: add --url")
     started = time.perf_counter()
     if url is not None:
         oracle = connect(url, api_key=api_key, input_name=input_name, output_name=output_name,
@@ -254,16 +253,19 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
               f"{a['queries'] / dh:.2f}·d·h)")
     if "paid" in r["oracle"]:
         o = r["oracle"]
-        t.add_row("paid", f"{o['paid']:,} rows charged, {o['cached']:,} from the query log, "
-                  f"{o['requests']:,} requests ({o['retried']} retried)")
+        t.add_row("paid", f"{o['paid']:,} rows charged; {o['cached']:,} answered from the query "
+                  f"log (asked before, in this run or an earlier one); {o['requests']:,} HTTP "
+                  f"request{'s' if o['requests'] != 1 else ''} ({o['retried']} retried)")
     if e is not None:
         _evaluation_rows(t, a, e)
     else:
         t.add_row("fidelity", "not measured: no copy of the victim (--victim); the self-check "
                   "is the attack's verification against the API")
     phases = ", ".join(f"{k} {p['queries']:,}q {p['seconds']:.2f}s" for k, p in a["phases"].items())
-    t.add_row("wall time", f"{a['seconds']:.2f} s ({phases})")
-    for note in a["notes"]:
+    built = "connecting" if "url" in v else "building the victim"
+    t.add_row("wall time", f"attack {a['seconds']:.2f} s ({phases}); {built} "
+              f"{v['seconds_to_build']:.1f} s")
+    for note in dict.fromkeys(a["notes"]):  # each note once
         t.add_row("note", note)
     to.print(t)
 

@@ -112,9 +112,9 @@ def learn(
     from model_extraction.attacks.learning import command
     from model_extraction.oracle import ModelOracle
 
-    if url is None and (dry_run or query_log or api_key or input_name or output_name):
-        fail("--dry-run, --query-log, --api-key, --input-name and --output-name apply to a "
-             "remote API: add --url")
+    if url is None and (dry_run or query_log or input_name or output_name):
+        fail("--dry-run, --query-log, --input-name and --output-name apply to a remote API: add "
+             "--url")
     attack = command.learning_attack(
         dataset=dataset.value, arch=arch.value, width=width, method=method.value,
         rotation=rotation, steps=steps, lambda_u=lambda_u, seed=seed, device=device)
@@ -126,7 +126,7 @@ def learn(
         oracle = connect(url, api_key=api_key, input_name=input_name, output_name=output_name,
                          output_kind=output.value, input_dim=int(np.prod(train.input_shape)),
                          budget=budget, concurrency=concurrency, batch_size=batch_size,
-                         query_log=query_log)
+                         query_log=query_log, width_from="the dataset")
         if dry_run:
             return
     test = load_data(dataset.value, "test", data_dir)

@@ -215,6 +215,8 @@ class RemoteOracle(Oracle):
         headers: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the URL must start with http:// or https://; got {url!r}")
         match = re.match(r"^(?P<base>.*?)/v2/models/(?P<model>[^/]+)/?$", url)
         if match:
             url, url_model = match["base"], match["model"]
@@ -222,7 +224,7 @@ class RemoteOracle(Oracle):
                 raise ValueError(f"the URL names model {url_model!r} but model={model!r}")
             model = url_model
         if model is None:
-            raise ValueError("name the model: model='NAME' or a URL ending in /v2/models/NAME")
+            raise ValueError("name the model: a URL ending in /v2/models/NAME (or model='NAME')")
         if batch_size < 1 or concurrency < 1 or retries < 0 or timeout <= 0:
             raise ValueError("batch_size, concurrency >= 1, retries >= 0 and timeout > 0 needed")
         self.url, self.model = url.rstrip("/"), model
@@ -305,7 +307,7 @@ class RemoteOracle(Oracle):
                 output_name = wanted[0]
                 self.sources["output"] = "default"
             else:
-                raise ValueError(f"choose an output (output_name=): the model has "
+                raise ValueError(f"choose an output (output_name=, --output-name): the model has "
                                  f"{list(outputs)}")
         else:
             self.sources["output"] = "given"
@@ -329,7 +331,8 @@ class RemoteOracle(Oracle):
         self.sources["input"] = "given" if input_name is not None else "metadata"
         if input_name is None:
             if len(inputs) > 1:
-                raise ValueError(f"the model has inputs {list(inputs)}: choose one (input_name=)")
+                raise ValueError(f"the model has inputs {list(inputs)}: choose one (input_name=, "
+                                 "--input-name)")
             if not inputs:
                 self.sources["input"] = "default"
             input_name = next(iter(inputs), "input")
@@ -415,7 +418,7 @@ class RemoteOracle(Oracle):
                     "in a row; the server's rate limit leaves this key no room") from err
             raise RemoteOracleError(
                 f"{method} {self.url}{path} failed after {self.retries + 1} attempts "
-                f"({type(err).__name__}: {err}). Is the server up? Raise retries= or timeout=."
+                f"({type(err).__name__}: {err}). Is the server up at that address?"
             ) from err
         raise AssertionError("unreachable")  # pragma: no cover
 

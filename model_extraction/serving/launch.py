@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from model_extraction.defenses import OutputPolicy
@@ -12,6 +13,18 @@ from .run import serve
 from .server import ServerConfig, create_app
 
 __all__ = ["launch"]
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raise ``OSError`` saying what to do when ``host:port`` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port} ({err.strerror}): choose another "
+                          "--port (0: any free one) or --host") from None
 
 
 def launch(
@@ -84,6 +97,7 @@ def launch(
                                       "them and give the input width)")
     )
     if not dry_run:
+        _check_port(host, port)
         print(summary, flush=True)
         serve(app, host=host, port=port, log_level=log_level)
     return summary
