@@ -386,15 +386,12 @@ class RayExecutor(Executor):
                 retry_exceptions=attempts > 1, name=f"{getattr(fn, '__name__', 'task')}[{index}]",
             ).remote(fn, *args)
             pending[ref] = index
-        try:
-            while pending:
-                ready, _ = self.ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    yield self._outcome(pending.pop(ref), ref)
-        finally:  # abandoned (an interrupted sweep): cancel what has not finished
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    self.ray.cancel(ref)
+        # Abandoned (an interrupted sweep), the tasks still pending are left to finish, their
+        # results unread; Ray stops them when this driver exits.
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                yield self._outcome(pending.pop(ref), ref)
 
     def _outcome(self, index: int, ref: Any) -> Outcome:
         try:
