@@ -387,7 +387,9 @@ class RayExecutor(Executor):
             ).remote(fn, *args)
             pending[ref] = index
         # Abandoned (an interrupted sweep), the tasks still pending are left to finish, their
-        # results unread; Ray stops them when this driver exits.
+        # results unread; Ray stops them when this driver exits. Cancelling them races with
+        # their completion inside Ray and can abort the driver (a RAY_CHECK in its task
+        # manager, ray-project/ray#54798; seen here in a test run).
         while pending:
             ready, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in ready:
