@@ -144,27 +144,43 @@ def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.rando
             np.array([r[2] for r in done]))
 
 
+def _onto(p: Array, w1: Array, b1: Array, row: Array, bias: float, steps: int = 3) -> Array:
+    """``p`` moved onto the estimated next-layer hyperplane ``row · ReLU(w1 x + b1) + bias = 0``
+    by Newton steps along its local normal (exact within one region of the first layer)."""
+    for _ in range(steps):
+        pre = p @ w1.T + b1
+        normal = ((pre > 0) * row) @ w1
+        z = np.maximum(pre, 0.0) @ row + bias
+        square = np.sum(normal * normal, axis=1)
+        p = p - (z / np.where(square > 0, square, np.inf))[:, None] * normal
+    return p
+
+
 def refit_next_layer(oracle: Oracle, first: tuple[Array, Array], rows: Array, biases: Array,
                      anchors: list[Array], rng: np.random.Generator, *, scale: float,
                      executor: Any = None) -> tuple[Array, Array, Array]:
     """Each next-layer hyperplane refitted, in first-layer activation space, through points
-    placed near its critical points ``anchors[j]`` ``(m_j, d)``: each point is moved off its
-    anchor within the anchor's region, then back onto the hyperplane along its local normal
-    (one task per neuron, as :func:`refit_first_layer`). Returns the rows, biases and relative
-    residuals (NaN where the points did not beat the estimate)."""
+    placed on it: half near its critical points ``anchors[j]`` ``(m_j, d)`` (moved off the
+    anchor within its region), half anywhere (for regions far apart, which pin the hyperplane
+    down in every direction), each brought onto the estimate along its local normal and then
+    located by a crossing test (one task per neuron, as :func:`refit_first_layer`). Returns the
+    rows, biases and relative residuals (NaN where the points did not beat the estimate)."""
     w1, b1 = first
-    h1 = len(b1)
+    h1, d = w1.shape
     argsets = []
     for j, anchor in enumerate(anchors):
-        picks = anchor[rng.integers(len(anchor), size=3 * (h1 + 1))]
-        pre = picks @ w1.T + b1
+        n = 3 * (h1 + 1)
+        near = anchor[rng.integers(len(anchor), size=n - n // 2)]
+        step = rng.standard_normal(near.shape)
+        room = np.min(np.abs(near @ w1.T + b1), axis=1) / np.linalg.norm(w1, axis=1).max()
+        near = near + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
+        far = rng.standard_normal((n // 2, d)) * 0.5 * scale  # where the lines start
+        p = _onto(np.concatenate([near, far]), w1, b1, rows[j], biases[j])
+        pre = p @ w1.T + b1
         room = np.min(np.abs(pre), axis=1) / np.linalg.norm(w1, axis=1).max()
-        step = rng.standard_normal(picks.shape)
-        p = picks + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
         normal = ((pre > 0) * rows[j]) @ w1  # the local normal in input space
-        unit = normal / np.linalg.norm(normal, axis=1, keepdims=True)
-        z = np.maximum(p @ w1.T + b1, 0) @ rows[j] + biases[j]
-        p -= (z / np.linalg.norm(normal, axis=1))[:, None] * unit
+        length = np.linalg.norm(normal, axis=1, keepdims=True)
+        unit = normal / np.where(length > 0, length, 1.0)
         argsets.append((first, rows[j], float(biases[j]), p, unit, 0.3 * room + 1e-12 * scale))
     done = _run_tasks(oracle, _next_task, argsets, 6 * 3 * (h1 + 1) * len(anchors), executor)
     return (np.array([r[0] for r in done]).reshape(rows.shape), np.array([r[1] for r in done]),
