@@ -4,7 +4,7 @@ model."""
 
 import pytest
 
-from model_extraction.attacks.functional import ExtractionError
+from model_extraction.attacks.functional import ExtractionError, OracleMismatchError
 from model_extraction.attacks.functional.deep import extract_deep
 from model_extraction.evaluation import compare_networks
 from model_extraction.network import ReLUNetwork
@@ -49,3 +49,21 @@ def test_budget():
     with pytest.raises(BudgetExhaustedError):
         extract_deep(oracle, seed=0)
     assert oracle.queries <= 5_000
+
+
+def test_extract_functional_finds_the_depth_in_the_papers_setting():
+    from model_extraction.attacks.functional import extract_functional
+
+    victim = ReLUNetwork.random(10, (10, 10), 2, seed=3)
+    oracle = ModelOracle(victim)
+    result = extract_functional(oracle, stay_in_bounds=False)  # no depth given
+    assert result.network.widths == (10, 10) and result.mode == "deep"
+    assert result.queries == oracle.queries and "bent hyperplanes" in result.notes[0]
+    assert compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))[
+        "fidelity_uniform"] == 1.0
+    given = extract_functional(ModelOracle(victim), hidden=(10, 10), stay_in_bounds=False)
+    assert given.network.widths == (10, 10) and given.queries < result.queries
+    with pytest.raises(ValueError, match="stay_in_bounds=False"):
+        extract_functional(ModelOracle(victim), hidden=(10, 10))  # in the box: not yet
+    with pytest.raises(OracleMismatchError):
+        extract_functional(ModelOracle(victim))  # in the box, the one-layer refusal stands

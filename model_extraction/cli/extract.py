@@ -248,7 +248,8 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
     c = a["self_check"]
     t.add_row("self-check", f"relative error {c['max_error']:.1e} on {c['points']} fresh "
               f"points and {c['answers']} answers held (must be ≤ {c['tolerance']:.0e})")
-    dh = v["input_dim"] * max(a["hidden"], 1)
+    units = a["hidden"] if isinstance(a["hidden"], int) else sum(a["hidden"])
+    dh = v["input_dim"] * max(units, 1)
     t.add_row("queries", f"{a['queries']:,} (2^{a['log2_queries']:.2f}, "
               f"{a['queries'] / dh:.2f}·d·h)")
     if "paid" in r["oracle"]:

@@ -39,7 +39,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_extraction.network import ReLUNetwork
-from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
+from model_extraction.oracle import (
+    BudgetExhaustedError,
+    InsufficientPrecisionError,
+    Oracle,
+    as_oracle,
+)
 
 from .affine import fit_output_layer
 from .checks import OracleMismatchError, check_logit_oracle
@@ -272,7 +277,7 @@ def extract_functional(
     oracle: Any,
     *,
     input_dim: int | None = None,
-    hidden: int | None = None,
+    hidden: int | tuple[int, ...] | None = None,
     mode: Literal["default", "paper"] = "default",
     input_bounds: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
@@ -281,12 +286,50 @@ def extract_functional(
 ) -> ExtractionResult:
     """Functionally-equivalent extraction (§6) as one function call.
 
-    See :class:`FunctionalExtraction` for the parameters.
+    See :class:`FunctionalExtraction` for the parameters. ``hidden`` may also be the widths
+    ``(h1, h2)`` of two hidden layers: :func:`~.deep.extract_deep` then runs, in the paper's
+    setting only (``stay_in_bounds=False``). Without ``hidden``, in that setting, a victim
+    whose hyperplanes bend (the one-layer attack's :class:`~.checks.OracleMismatchError`) is
+    extracted as two hidden layers, the queries already spent counted, and a note says so.
     """
+    widths = None if hidden is None or isinstance(hidden, int) else tuple(hidden)
+    if widths is not None and len(widths) == 1:
+        hidden, widths = widths[0], None
+    deep_ok = mode == "default" and options.get("stay_in_bounds", True) is False
+    if widths is not None:
+        if len(widths) != 2 or not deep_ok:
+            raise ValueError("hidden=(h1, h2) needs mode='default' and stay_in_bounds=False: two "
+                             "hidden layers are extracted in the paper's setting only, and "
+                             "deeper networks not yet")
+        return _two_layers(oracle, input_dim, widths, input_bounds, seed, progress, options)
     attack = FunctionalExtraction(
         mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options
     )
-    return attack.run(oracle, input_dim=input_dim, progress=progress)
+    oracle = as_oracle(oracle, input_dim=input_dim)
+    try:
+        return attack.run(oracle, input_dim=input_dim, progress=progress)
+    except OracleMismatchError as err:
+        if not deep_ok or hidden is not None or isinstance(err, InsufficientPrecisionError):
+            raise
+        spent = oracle.queries
+        try:
+            result = _two_layers(oracle, input_dim, None, input_bounds, seed, progress, options)
+        except ExtractionError as deep_err:
+            raise ExtractionError(f"{err} Extracted as two hidden layers instead: "
+                                  f"{deep_err}") from deep_err
+        result.notes.insert(0, f"the one-hidden-layer attack found bent hyperplanes after "
+                               f"{spent:,} queries (counted): extracted as two hidden layers")
+        return result
+
+
+def _two_layers(oracle: Any, input_dim: int | None, widths: tuple[int, ...] | None,
+                bounds: tuple[float, float], seed: int, progress: ProgressFn | None,
+                options: dict[str, Any]) -> ExtractionResult:
+    from .deep import extract_deep
+
+    keep = {k: options[k] for k in ("check_points", "check_tolerance") if k in options}
+    return extract_deep(oracle, input_dim=input_dim, hidden=widths,  # type: ignore[arg-type]
+                        scale=bounds[1] - bounds[0], seed=seed, progress=progress, **keep)
 
 
 class _Run:
