@@ -12,11 +12,17 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import InsufficientPrecisionError, Oracle, OutputKind
 
-__all__ = ["OracleMismatchError", "OraclePrecisionError", "check_logit_oracle"]
+__all__ = ["BentHyperplanesError", "OracleMismatchError", "OraclePrecisionError",
+           "check_logit_oracle"]
 
 
 class OracleMismatchError(ValueError):
     """The oracle does not expose what functionally-equivalent extraction needs."""
+
+
+class BentHyperplanesError(OracleMismatchError):
+    """Hyperplanes that bend: the victim is not one ReLU layer on the domain (a deeper network,
+    or an API that clips or transforms its inputs)."""
 
 
 class OraclePrecisionError(OracleMismatchError, InsufficientPrecisionError):

@@ -39,15 +39,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_extraction.network import ReLUNetwork
-from model_extraction.oracle import (
-    BudgetExhaustedError,
-    InsufficientPrecisionError,
-    Oracle,
-    as_oracle,
-)
+from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .affine import fit_output_layer
-from .checks import OracleMismatchError, check_logit_oracle
+from .checks import BentHyperplanesError, OracleMismatchError, check_logit_oracle
 from .domain import Domain
 from .jacobian import jacobian_columns, jacobians, room_from
 from .polish import polish_layers
@@ -289,7 +284,7 @@ def extract_functional(
     See :class:`FunctionalExtraction` for the parameters. ``hidden`` may also be the widths
     ``(h1, h2)`` of two hidden layers: :func:`~.deep.extract_deep` then runs, in the paper's
     setting only (``stay_in_bounds=False``). Without ``hidden``, in that setting, a victim
-    whose hyperplanes bend (the one-layer attack's :class:`~.checks.OracleMismatchError`) is
+    whose hyperplanes bend (the one-layer attack's :class:`~.checks.BentHyperplanesError`) is
     extracted as two hidden layers, the queries already spent counted, and a note says so.
     """
     widths = None if hidden is None or isinstance(hidden, int) else tuple(hidden)
@@ -308,8 +303,8 @@ def extract_functional(
     oracle = as_oracle(oracle, input_dim=input_dim)
     try:
         return attack.run(oracle, input_dim=input_dim, progress=progress)
-    except OracleMismatchError as err:
-        if not deep_ok or hidden is not None or isinstance(err, InsufficientPrecisionError):
+    except BentHyperplanesError as err:
+        if not deep_ok or hidden is not None:
             raise
         spent = oracle.queries
         try:
@@ -698,7 +693,7 @@ class _Run:
         self.matched += int(np.sum(match >= 0))
         self.bent += int(np.sum(near & (match < 0)))
         if self.bent >= _BENT and self.bent > _BENT_SHARE * (self.matched + self.bent):
-            raise OracleMismatchError(
+            raise BentHyperplanesError(
                 f"the victim is not a one-hidden-layer ReLU network on this input domain: "
                 f"{self.bent} critical points lay on hyperplanes already found but changed the "
                 f"slope differently than there ({self.matched} matched), so those hyperplanes "
