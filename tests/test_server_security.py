@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from test_serving import body  # one request builder for the server tests
 
 from model_extraction.defenses import OutputPolicy
 from model_extraction.network import ReLUNetwork
@@ -31,17 +32,6 @@ INFER = "/v2/models/victim/infer"
 @pytest.fixture(scope="module")
 def victim() -> ReLUNetwork:
     return ReLUNetwork.random(D, 16, K, seed=7)
-
-
-def body(x, *, outputs=None, rid=None, datatype="FP64") -> dict:
-    x = np.asarray(x, dtype=np.float64)
-    req: dict = {"inputs": [{"name": "input", "datatype": datatype, "shape": list(x.shape),
-                             "data": x.ravel().tolist()}]}
-    if outputs is not None:
-        req["outputs"] = [{"name": o} for o in outputs]
-    if rid is not None:
-        req["id"] = rid
-    return req
 
 
 def answer(resp: httpx.Response, name: str) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -75,13 +74,7 @@ def local_victim(train: Dataset, test: Dataset, attack: LearningExtraction, *,
 def test_set(victim: Any | None, test: Dataset, size: int | None, seed: int) -> EvaluationSet:
     """(A seeded part of) the test set; the victim's labels too when a copy of it is at hand
     (fidelity is measured only then: labelling the test set through a paid API is not)."""
-    if victim is not None:
-        return evaluation_split(victim, test, size, seed)
-    idx = np.arange(len(test))
-    if size is not None and size < len(test):
-        idx = np.sort(np.random.default_rng(seed).choice(len(test), size, replace=False))
-    part = test.subset(idx)
-    return EvaluationSet(part.to_float(), part.labels)
+    return evaluation_split(victim, test, size, seed)
 
 
 def run_learn(attack: LearningExtraction, oracle: Oracle, pool: Dataset, test: EvaluationSet,

@@ -76,9 +76,13 @@ def prepare_victim(
 def evaluation_split(
     victim: Any, test: Dataset, size: int | None = None, seed: int = 0
 ) -> EvaluationSet:
-    """The test set (or a seeded random ``size`` of it), with true and victim labels."""
+    """The test set (or a seeded random ``size`` of it), with true and victim labels; without
+    a ``victim`` (``None``: a remote one, whose labels would be paid queries) true labels only,
+    and fidelity is then not measured."""
     idx = np.arange(len(test))
     if size is not None and size < len(test):
         idx = np.sort(np.random.default_rng(seed).choice(len(test), size, replace=False))
     part = test.subset(idx)
+    if victim is None:
+        return EvaluationSet(part.to_float(), part.labels)
     return EvaluationSet.from_victim(victim, part.to_float(), part.labels)
