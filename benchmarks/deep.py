@@ -1,8 +1,9 @@
-"""Black-box extraction of two-hidden-layer ReLU networks: the CRYPTO 2020 shapes.
+"""Black-box extraction of deep ReLU networks: the CRYPTO 2020 shapes and an expansive layer.
 
 Usage::
 
-    python benchmarks/deep.py --json deep.json            # 10-10-10-1, 40-20-10-1, 80-40-20-1
+    python benchmarks/deep.py --json deep.json   # 10-10-10-1, 40-20-10-1, 80-40-20-1, 100-20-40-10
+    python benchmarks/deep.py --quick            # one random 10-10-10-1 victim, under a minute
     python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2
     MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \
         --reach 40 --victim-dir victims                     # a trained 784-32-32-10 victim
@@ -39,13 +40,16 @@ from model_extraction.sweep import (
     sweep_summary,
 )
 
-SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1"]
+SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1", "100-20-40-10"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shapes", nargs="*", default=SHAPES, help="d-h1-h2-K of random victims")
-    p.add_argument("--mnist", nargs="*", default=[], help="h1-h2 of trained MNIST victims")
+    p.add_argument("--shapes", nargs="*", default=SHAPES,
+                   help="d-h1-...-hL-K of random victims")
+    p.add_argument("--mnist", nargs="*", default=[], help="h1-...-hL of trained MNIST victims")
+    p.add_argument("--quick", action="store_true",
+                   help="one random 10-10-10-1 victim, seed 0 (a smoke run)")
     p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
@@ -86,13 +90,14 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
     seconds = time.perf_counter() - started
     bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
     metrics = compare_networks(victim, result.network, input_bounds=bounds, test_inputs=test)
+    bits = [layer["worst_bits"] for layer in metrics.get("layers", [])]
     return {**row, "queries": result.queries, "log2_queries": float(np.log2(result.queries)),
             "seconds": seconds, "lines": result.lines,
-            "widths_found": list(result.network.widths),
+            "widths": list(result.network.widths), "widths_found": list(result.network.widths),
             "self_check_max_error": result.check["max_error"],
             "fidelity_uniform": metrics["fidelity_uniform"],
             "fidelity_test": metrics.get("fidelity_test"),
-            "layer_worst_bits": [layer["worst_bits"] for layer in metrics.get("layers", [])]}
+            "layer_worst_bits": bits, "min_layer_bits": min(bits) if bits else None}
 
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
@@ -105,11 +110,11 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
     worker from their seed; MNIST victims are trained or loaded once, here)."""
     cells, inputs = [], {}
     for shape in args.shapes:
-        d, h1, h2, k = (int(s) for s in shape.split("-"))
+        d, *widths, k = (int(s) for s in shape.split("-"))
         for seed in args.seeds:
             cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach})
             cells.append(cell)
-            inputs[cell.key] = (executor.defer(_random_victim, d, (h1, h2), k, seed), None)
+            inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None)
     for widths in args.mnist:
         for seed in args.seeds:
             cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
@@ -120,7 +125,7 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
     return cells, inputs
 
 
-def _random_victim(d: int, widths: tuple[int, int], k: int, seed: int) -> ReLUNetwork:
+def _random_victim(d: int, widths: tuple[int, ...], k: int, seed: int) -> ReLUNetwork:
     return ReLUNetwork.random(d, widths, k, seed=seed)
 
 
@@ -137,6 +142,8 @@ def _line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.quick:
+        args.shapes, args.mnist, args.seeds = ["10-10-10-1"], [], [0]
     with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
         cells, inputs = _cells(args, executor)
         sweep = run_sweep(deep_cell, cells, executor=executor,

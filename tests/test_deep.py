@@ -1,6 +1,6 @@
-"""Black-box extraction of two-hidden-layer ReLU networks (attacks/functional/deep.py): the
-CRYPTO 2020 shapes, several outputs, and every way it must refuse instead of returning a wrong
-model."""
+"""Black-box extraction of deep ReLU networks (attacks/functional/deep.py): the CRYPTO 2020
+shapes, several outputs, a layer wider than the one before it, three hidden layers, and every
+way it must refuse instead of returning a wrong model."""
 
 import pytest
 
@@ -11,8 +11,12 @@ from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, ModelOracle
 
 
-@pytest.mark.parametrize("d, widths, k, seed", [(10, (10, 10), 1, 0), (12, (8, 6), 3, 2)])
-def test_extracts_a_two_hidden_layer_network(d, widths, k, seed):
+@pytest.mark.parametrize("d, widths, k, seed", [
+    (10, (10, 10), 1, 0), (12, (8, 6), 3, 2),
+    (30, (8, 16), 3, 0),  # expansive second layer: its signs come from the logit layer
+    (40, (20, 10, 10), 1, 1),  # three hidden layers: the middle one oriented by preimages
+])
+def test_extracts_a_deep_network(d, widths, k, seed):
     victim = ReLUNetwork.random(d, widths, k, seed=seed)
     oracle = ModelOracle(victim)
     result = extract_deep(oracle, seed=0, hidden=widths)
@@ -37,7 +41,7 @@ def test_refuses_what_it_cannot_extract():
 
 def test_too_few_lines_or_too_deep_is_an_error_not_a_model():
     three = ReLUNetwork.random(10, (10, 8, 6), 1, seed=0)
-    with pytest.raises(ExtractionError, match="misses the oracle"):
+    with pytest.raises(ExtractionError, match="not returned"):
         extract_deep(ModelOracle(three), seed=0, max_lines=40)
     rare = ReLUNetwork.random(40, (20, 10), 1, seed=0)  # one neuron active on ~8% of inputs
     with pytest.raises(ExtractionError, match="misses the oracle"):

@@ -1,19 +1,22 @@
-"""Functionally-equivalent extraction of a two-hidden-layer ReLU network, black box end to end
-(after Carlini, Jagielski and Mironov, CRYPTO 2020), in the paper's setting (any float64 input).
+"""Functionally-equivalent extraction of a deep ReLU network (two or more hidden layers), black
+box end to end (after Carlini, Jagielski and Mironov, CRYPTO 2020), in the paper's setting (any
+float64 input).
 
-The phases, one module each:
+The phases, one module each, layer after layer:
 
 1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`);
-2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`);
-3. its signs, from the second layer's critical points (:func:`.signs.signs_from_next_layer`:
-   needs a contractive first layer, ``h1 ≤ d``);
-4. the second layer's signatures in the first layer's basis, joined across regions and refitted
-   through their critical points (:mod:`.signatures`); more lines until every row is known;
-5. precision refinement: every hyperplane refitted through points placed on it
-   (:mod:`.refinement`);
-6. the second layer's signs and the logit layer, by least squares (:mod:`.lastlayer`);
-7. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or
-   :class:`~.result.ExtractionError` is raised.
+2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`), oriented from
+   the deeper layers' critical points (:func:`.signs.signs_from_next_layer`: needs a contractive
+   first layer, ``h1 ≤ d``) and refined (:mod:`.refinement`);
+3. each next layer: its signatures in the basis of the active units of the layers extracted so
+   far (the :class:`.prefix.Prefix`), joined across regions and refitted through their critical
+   points (:mod:`.signatures`), more lines until no batch finds a new neuron, then refined;
+4. if the logits are affine in that layer's activations, it is the last: its signs and the
+   logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
+   flat in the space of the layer below are kept (:func:`.layers.is_flat_above`), oriented by
+   preimages (:func:`.signs.signs_by_preimage`) and added to the prefix, and step 3 repeats;
+5. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or more
+   lines and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
 
 Every query goes through the oracle and is counted; nothing reads the victim's weights.
 """
@@ -32,12 +35,14 @@ from model_extraction.oracle import Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
 from .lastlayer import orient_and_fit
-from .layers import Hyperplanes, first_layer
+from .layers import Hyperplanes, first_layer, is_flat_above
+from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult, PhaseCost
+from .search import Line
 from .selfcheck import self_check
-from .signatures import Signatures, next_layer
-from .signs import signs_from_next_layer
+from .signatures import Signatures, coefficients, complete_rows, next_layer
+from .signs import signs_by_preimage, signs_from_next_layer
 
 Array = NDArray[np.float64]
 
@@ -45,8 +50,18 @@ __all__ = ["extract_deep"]
 
 _FIRST_LINES = 24
 _MORE_LINES = 16
+_LAST_FIT = 1e-7  # relative residual of a logit fit on the last hidden layer's activations
+_UNEXPLAINED = 0.05  # share of critical points on no known hyperplane: a layer further up
+_MAX_DEPTH = 8
 
 
+class _Incomplete(Exception):
+    """A layer could not be finished with the critical points at hand (more lines may help);
+    ``first``: the oriented first layer, where the next lines are aimed."""
+
+    def __init__(self, why: str, prefix: Prefix) -> None:
+        super().__init__(why)
+        self.first = Prefix(prefix.layers[:1])
 class _Phases:
     """Queries and seconds per phase, and the progress callback."""
 
@@ -78,13 +93,6 @@ def _on_planes(found: CriticalPoints, planes: Hyperplanes, scale: float) -> NDAr
     return np.any((dist < 1e-7 * scale) & same, axis=1)
 
 
-def _second_layer(found: CriticalPoints, rows: Array, offsets: Array,
-                  rest: NDArray[np.int64]) -> Signatures:
-    below = np.maximum(found.points[rest] @ rows.T + offsets, 0.0)
-    coef, *_ = np.linalg.lstsq(rows.T, found.normals[rest].T, rcond=None)
-    return next_layer(below, coef.T, rest)
-
-
 def _t_range(reach: float) -> tuple[float, float]:
     """The search interval of each line, asymmetric so that its origin is not a grid point."""
     return -reach, 0.83 * reach
@@ -95,17 +103,52 @@ def _bits(residuals: Array) -> float:
     return float(-np.log2(max(float(r.max()), 2.0**-60))) if r.size else float("nan")
 
 
+def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
+            count: int, scale: float, reach: float,
+            aim: tuple[Prefix, NDArray[np.bool_]] | None = None) -> CriticalPoints:
+    """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
+    with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
+    top layer are active (there the next layer's critical points show their weights on those
+    units, which partial signatures lack)."""
+    d = found.points.shape[1]
+    more = [random_line(rng, d, scale) for _ in range(count)]
+    if aim is not None and aim[1].any():
+        origins = _aimed_origins(*aim, rng, count // 2, scale)
+        more[: len(origins)] = [Line(o, line.direction)
+                               for o, line in zip(origins, more[: len(origins)], strict=True)]
+    found = found.join(find_critical_points(oracle, more, first_line=len(lines),
+                                            t_range=_t_range(reach)))
+    lines += more
+    return found
+
+
+def _aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Generator,
+                   count: int, scale: float) -> Array:
+    """``count`` inputs where the ``wanted`` units of the prefix's top layer are active: built
+    exactly for the first layer (its activations are any vector, ``h1 ≤ d``), else the best of
+    64 Gaussian draws each (no query is spent)."""
+    w1, b1 = prefix.layers[0]
+    if len(prefix.widths) == 1:
+        a = np.where(wanted, rng.uniform(0.25, 1.0, (count, len(b1))),
+                     rng.uniform(-1.0, 1.0, (count, len(b1)))) * scale
+        return np.linalg.lstsq(w1, (a - b1).T, rcond=None)[0].T
+    draws = rng.standard_normal((64 * count, w1.shape[1])) * 0.5 * scale
+    score = ((prefix.top(draws) > 0) & wanted).sum(axis=1) + rng.uniform(0, 0.5, len(draws))
+    return draws[np.argsort(-score)[:count]]
+
+
 def extract_deep(
-    oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, int] | None = None,
+    oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, ...] | None = None,
     scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
     check_points: int = 256,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
     executor: Any = None,
 ) -> ExtractionResult:
-    """Extract a ``d → h1 → h2 → K`` ReLU network from its float64 logits.
+    """Extract a ``d → h1 → … → hL → K`` ReLU network (``L ≥ 2``) from its float64 logits.
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
-    ``(n, d) → (n, K)``; ``hidden``: the widths, if known (only a check: the attack finds them);
+    ``(n, d) → (n, K)``; ``hidden``: the widths, if known (the depth is then taken from it, and
+    the widths found are checked against it; without it the attack finds both);
     ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
     ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
@@ -114,46 +157,50 @@ def extract_deep(
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
 
-    Raises :class:`~.result.ExtractionError` when the self-check fails or the widths found differ
-    from ``hidden``, ``ValueError`` for an expansive first layer (``h1 > d``: sign recovery by
-    neuron wiggle is not implemented), and the oracle's errors (budget, precision).
+    Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
+    finished or the widths found differ from ``hidden``; ``ValueError`` for an expansive first
+    layer (``h1 > d``) or middle layer (sign recovery by neuron wiggle is not implemented);
+    and the oracle's errors (budget, precision).
     """
     oracle = as_oracle(oracle, input_dim=input_dim)
     d = input_dim if input_dim is not None else oracle.input_dim
     if d is None:
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
+    if hidden is not None and (len(hidden) < 2 or min(hidden) < 1):
+        raise ValueError(f"hidden={hidden}: extract_deep needs two or more positive widths")
     rng = np.random.default_rng(seed)
     reach = 4.0 * scale if reach is None else reach
-    phases = _Phases(oracle, progress)
+    phases, lines = _Phases(oracle, progress), []
     phases.enter("critical points")
-    lines = [random_line(rng, d, scale) for _ in range(_FIRST_LINES)]
-    found = find_critical_points(oracle, lines, t_range=_t_range(reach))
+    found = _search(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     while True:
         phases.enter("first layer")
         planes = _more_planes(oracle, found, planes, rng, scale)
-        found, second, signs = _grow(oracle, found, planes, lines, rng, phases, scale, reach,
-                                     max_lines)
-        phases.enter("refinement", len(planes.rows) + len(second.rows))
-        network, residuals, held = _build(oracle, found, planes, signs, second, rng, scale,
-                                          executor)
-        phases.enter("self-check", sum(network.widths))
-        fresh = rng.standard_normal((check_points, d)) * scale
-        check, _, _ = self_check(oracle, network, fresh, *held, check_tolerance)
-        if check.passed or len(lines) >= max_lines:
-            break
-        phases.enter("critical points", sum(network.widths))
-        more = [random_line(rng, d, scale) for _ in range(_MORE_LINES)]
-        found = found.join(find_critical_points(oracle, more, first_line=len(lines),
-                                                t_range=_t_range(reach)))
-        lines += more
+        try:
+            found, network, residuals, held = _layers(
+                oracle, found, planes, lines, rng, phases, (scale, reach, max_lines), hidden,
+                executor)
+        except _Incomplete as stop:
+            first, why = stop.first, str(stop)
+        else:
+            phases.enter("self-check", sum(network.widths))
+            fresh = rng.standard_normal((check_points, d)) * scale
+            check, _, _ = self_check(oracle, network, fresh, *held, check_tolerance)
+            if check.passed:
+                break
+            first = Prefix(((network.weight0, network.bias0),))
+            why = (f"the extracted {d}-{'-'.join(map(str, network.widths))}-"
+                   f"{network.num_outputs} network misses the oracle by a relative "
+                   f"{check.max_error:.1e} (tolerance {check_tolerance:.0e})")
+        if len(lines) >= max_lines:
+            raise ExtractionError(
+                f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
+                "More lines (max_lines=) or a wider reach (reach=) may help.")
+        phases.enter("critical points")
+        found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach,
+                        (first, np.ones(first.widths[0], dtype=bool)))
     phases.leave()
-    if not check.passed:
-        raise ExtractionError(
-            f"the extracted {d}-{'-'.join(map(str, network.widths))}-{network.num_outputs} "
-            f"network misses the oracle by a relative {check.max_error:.1e} (tolerance "
-            f"{check_tolerance:.0e}) after {len(lines)} lines and {oracle.queries} queries: not "
-            "returned. More lines (max_lines=) or a wider reach (reach=) may help.")
     if hidden is not None and tuple(hidden) != network.widths:
         raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
     return ExtractionResult(
@@ -167,6 +214,12 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
     """``planes`` plus the first-layer hyperplanes among the points not on one of them."""
     free = np.flatnonzero(~_on_planes(found, planes, scale))
     new = first_layer(oracle, found.subset(free), rng, scale=scale)
+    if len(planes.rows) and len(new.rows):  # one already known, seen again far away
+        same = np.abs(np.abs(new.rows @ planes.rows.T) - 1) < 1e-6
+        near = np.abs(np.abs(new.offsets)[:, None] - np.abs(planes.offsets)[None]) < 1e-6 * scale
+        fresh = ~np.any(same & near, axis=1)
+        new = Hyperplanes(new.rows[fresh], new.offsets[fresh],
+                          tuple(m for m, f in zip(new.members, fresh, strict=True) if f))
     if not len(planes.rows) and not len(new.rows):
         raise ExtractionError(f"no first-layer hyperplane found ({oracle.queries} queries): is "
                               "the victim a ReLU network?")
@@ -175,52 +228,166 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
                        planes.members + tuple(free[m] for m in new.members))
 
 
-def _build(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, signs: Array,
-           second: Signatures, rng: np.random.Generator, scale: float,
-           executor: Any) -> tuple[ReLUNetwork, list[Array], tuple[Array, Array]]:
-    """Refinement, the last layer's signs and the logit layer: the network, the refits'
-    residuals per layer, and the answers the logit layer was fitted to (held for the check)."""
-    if not len(second.rows):
-        raise ExtractionError(
-            f"no second hidden layer seen ({oracle.queries} queries): a one-hidden-layer "
-            "network is extracted by extract_functional")
-    rows, offsets, first_residuals = refit_first_layer(
+def _first(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rng: np.random.Generator,
+           scale: float, executor: Any) -> tuple[Prefix, Array]:
+    """The first layer oriented (every deeper critical point votes) and refined."""
+    rest = np.flatnonzero(~_on_planes(found, planes, scale))
+    signs, _ = signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
+                                     found.normals[rest])
+    rows, offsets, residuals = refit_first_layer(
         oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale,
         executor=executor)
-    v, b, second_residuals = refit_next_layer(
-        oracle, (rows, offsets), second.rows, second.biases,
-        [found.points[m] for m in second.members], rng, scale=scale, executor=executor)
-    d = rows.shape[1]
-    x_fit = rng.standard_normal((4 * (len(rows) + len(v) + 1), d)) * scale
-    y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
-    v, b, a, a0, _ = orient_and_fit(np.maximum(x_fit @ rows.T + offsets, 0.0), v, b, y_fit)
-    network = ReLUNetwork(rows, offsets, a, a0, {"extracted_by": "functional/deep"},
-                          hidden_layers=((v, b),))
-    return network, [first_residuals, second_residuals], (x_fit, y_fit)
+    return Prefix(((rows, offsets),)), residuals
 
 
-def _grow(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
-          rng: np.random.Generator, phases: _Phases, scale: float, reach: float,
-          max_lines: int) -> tuple[CriticalPoints, Signatures, Array]:
-    """Signs of the first layer and the second layer's signatures, with more lines until every
-    second-layer row is known on every first-layer unit and a batch of lines found no new
-    neuron (or ``max_lines``)."""
-    d = found.points.shape[1]
-    before = -1
+def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
+            rng: np.random.Generator, phases: _Phases, search: tuple[float, float, int],
+            hidden: tuple[int, ...] | None, executor: Any,
+            ) -> tuple[CriticalPoints, ReLUNetwork, list[Array], tuple[Array, Array]]:
+    """Every layer above the first, one after the other, and the logit layer: the points
+    found, the network, the refits' residuals per layer and the answers the logit layer was
+    fitted to (held for the self-check)."""
+    scale = search[0]
+    phases.enter("refinement", len(planes.rows))
+    prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor)
+    residuals = [first_residuals]
     while True:
-        phases.enter("signatures", len(planes.rows))
-        rest = np.flatnonzero(~_on_planes(found, planes, scale))
-        signs, inside = signs_from_next_layer(planes.rows, planes.offsets,
-                                              found.points[rest], found.normals[rest])
-        second = _second_layer(found, planes.rows * signs[:, None], planes.offsets * signs,
-                               rest[inside])
-        complete = len(second.rows) == before and second.known.all()
-        if complete or len(lines) >= max_lines:
-            break
-        before = len(second.rows)
-        phases.enter("critical points", len(planes.rows))
-        more = [random_line(rng, d, scale) for _ in range(_MORE_LINES)]
-        found = found.join(find_critical_points(oracle, more, first_line=len(lines),
-                                                t_range=_t_range(reach)))
-        lines += more
-    return found, second, signs
+        found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
+        if not len(layer.rows):
+            why = f"no neuron found above the layers of widths {prefix.widths} " \
+                  f"({oracle.queries} queries)"
+            if len(prefix.widths) == 1:
+                raise ExtractionError(why + ": a one-hidden-layer network is extracted by "
+                                      "extract_functional")
+            raise _Incomplete(why, prefix)
+        phases.enter("refinement", len(layer.rows))
+        v, b, res = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
+                                     [found.points[m] for m in layer.members], rng,
+                                     scale=scale, executor=executor)
+        phases.enter("last layer", len(v))
+        x_fit = rng.standard_normal((4 * (sum(prefix.widths) + len(v) + 1), prefix.layers[0][0]
+                                     .shape[1])) * scale
+        y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
+        v_o, b_o, a, a0, fit = orient_and_fit(prefix.top(x_fit), v, b, y_fit)
+        if _is_last(found, prefix.then(v, b), fit, hidden, scale):
+            network = ReLUNetwork(*prefix.layers[0], a, a0, {"extracted_by": "functional/deep"},
+                                  hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
+            return found, network, [*residuals, res], (x_fit, y_fit)
+        if len(prefix.widths) >= _MAX_DEPTH:
+            raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
+        phases.enter("signs", len(v))
+        prefix = _orient(oracle, prefix, v, b, rng, scale)
+        residuals.append(res)
+
+
+def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
+             hidden: tuple[int, ...] | None, scale: float) -> bool:
+    """Whether the top layer of ``prefix`` is the last hidden layer: the depth given, or the
+    logits affine in its activations, or (a layer missing neurons) no share of the critical
+    points left on no known hyperplane."""
+    if hidden is not None:
+        return len(prefix.widths) >= len(hidden)
+    if fit <= _LAST_FIT:
+        return True
+    unexplained = np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale
+    return bool(unexplained.mean() <= _UNEXPLAINED)
+
+
+def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
+            rng: np.random.Generator, scale: float) -> Prefix:
+    """A middle layer's neurons, oriented by preimages, on top of ``prefix``. Raises
+    :class:`_Incomplete` when the probes show that a neuron of the layer is still missing, or
+    when a sign is undecided."""
+    layer = len(prefix.widths) + 1
+    rows, biases = _distinct(rows, biases)
+    if len(rows) > min(prefix.widths):
+        raise ValueError(f"layer {layer} has at least {len(rows)} neurons on top of layers of "
+                         f"widths {prefix.widths}: sign recovery by preimages needs a "
+                         "contractive middle layer (the neuron wiggle of Canales-Martínez et "
+                         "al., EUROCRYPT 2024, is not implemented)")
+    try:
+        signs = signs_by_preimage(oracle, prefix, rows, biases, rng, bound=scale)
+    except ValueError as err:  # dependent rows: a neuron seen as two, or a wrong one
+        raise _Incomplete(f"layer {layer}: {err}", prefix) from err
+    if np.isnan(signs).any():
+        raise _Incomplete(f"layer {layer} is missing neurons (its {len(rows)} neurons found "
+                          "do not hold the layer still)", prefix)
+    if not signs.all():
+        raise _Incomplete(f"the signs of {int(np.sum(signs == 0))} of the {len(rows)} neurons "
+                          f"of layer {layer} could not be decided", prefix)
+    return prefix.then(rows * signs[:, None], biases * signs)
+
+
+def _distinct(rows: Array, biases: Array) -> tuple[Array, Array]:
+    """One of each set of neurons equal up to a positive or negative scale (one neuron whose
+    partial signatures were not joined)."""
+    both = np.hstack([rows, biases[:, None]])
+    unit = both / np.linalg.norm(both, axis=1, keepdims=True)
+    keep: list[int] = []
+    for i in range(len(unit)):
+        if all(abs(unit[i] @ unit[j]) < 1 - 1e-9 for j in keep):
+            keep.append(i)
+    return rows[keep], biases[keep]
+
+
+def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
+          rng: np.random.Generator, phases: _Phases,
+          search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures]:
+    """The next layer's neurons: known on every unit below and flat in the space of the
+    prefix's top activations (:func:`.layers.is_flat_above`; a neuron further up, seen in one
+    region, is not). More lines (half aimed where the units that partial rows lack are
+    active) until a batch finds no new neuron and no partial row is left, or two batches find
+    no new neuron, or ``max_lines``."""
+    scale, reach, max_lines = search
+    before, stable = -1, 0
+    while True:
+        phases.enter("signatures", sum(prefix.widths))
+        rest = np.flatnonzero(np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale)
+        coef, ok = coefficients(prefix, found.points[rest], found.normals[rest])
+        layer = next_layer(prefix.top(found.points[rest[ok]]), coef[ok], rest[ok])
+        layer = complete_rows(layer, prefix, found.points, found.normals, rest[~ok])
+        complete = layer.known.all(axis=1)
+        neurons = np.array([is_flat_above(oracle, prefix, r, float(c), rng, scale=scale)
+                            if full else False
+                            for r, c, full in zip(layer.rows, layer.biases, complete,
+                                                  strict=True)], dtype=bool)
+        stable = stable + 1 if neurons.sum() == before else 0
+        if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
+            return found, layer.subset(neurons)
+        before = int(neurons.sum())
+        phases.enter("critical points", sum(prefix.widths))
+        found = _toward_missing(oracle, found, prefix, layer.subset(~complete), rng, scale)
+        wanted = ~layer.known[~complete].all(axis=0)  # units some partial row lacks
+        found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach, (prefix, wanted))
+
+
+def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
+                    partial: Signatures, rng: np.random.Generator,
+                    scale: float) -> CriticalPoints:
+    """``found`` plus critical points aimed at what partial rows lack: for each, one of its
+    critical points is moved by Newton steps (on the prefix, no query) until one unit it lacks
+    is active, and a line along its normal through the new point looks for it again there (a
+    neuron whose hyperplane lines seldom cross where that unit is active is completed this
+    way). One line per partial row."""
+    w1 = prefix.layers[0][0]
+    lines = []
+    for known, members in zip(partial.known, partial.members, strict=True):
+        k = int(rng.choice(members))
+        u = int(rng.choice(np.flatnonzero(~known)))
+        x = moved = found.points[k]
+        for _ in range(4):
+            pres, jac = prefix.local(moved[None])
+            if pres[-1][0, u] > 0:
+                break
+            grad = jac[-1][0, u] @ w1
+            square = float(grad @ grad)
+            if square == 0:
+                break
+            moved = moved + ((0.05 * scale - pres[-1][0, u]) / square) * grad
+        if prefix.preactivations(moved[None])[-1][0, u] > 0:
+            lines.append((Line(moved, found.normals[k]),
+                          2.0 * float(np.linalg.norm(moved - x)) + 0.05 * scale))
+    for line, reach in lines:
+        found = found.join(find_critical_points(oracle, [line], first_line=-1,
+                                                t_range=(-reach, 0.83 * reach)))
+    return found

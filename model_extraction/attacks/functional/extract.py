@@ -282,21 +282,21 @@ def extract_functional(
     """Functionally-equivalent extraction (§6) as one function call.
 
     See :class:`FunctionalExtraction` for the parameters. ``hidden`` may also be the widths
-    ``(h1, h2)`` of two hidden layers: :func:`~.deep.extract_deep` then runs, in the paper's
-    setting only (``stay_in_bounds=False``). Without ``hidden``, in that setting, a victim
-    whose hyperplanes bend (the one-layer attack's :class:`~.checks.BentHyperplanesError`) is
-    extracted as two hidden layers, the queries already spent counted, and a note says so.
+    ``(h1, …, hL)`` of two or more hidden layers: :func:`~.deep.extract_deep` then runs, in the
+    paper's setting only (``stay_in_bounds=False``). Without ``hidden``, in that setting, a
+    victim whose hyperplanes bend (the one-layer attack's
+    :class:`~.checks.BentHyperplanesError`) is extracted as a deep network, the queries already
+    spent counted, and a note says so.
     """
     widths = None if hidden is None or isinstance(hidden, int) else tuple(hidden)
     if widths is not None and len(widths) == 1:
         hidden, widths = widths[0], None
     deep_ok = mode == "default" and options.get("stay_in_bounds", True) is False
     if widths is not None:
-        if len(widths) != 2 or not deep_ok:
-            raise ValueError("hidden=(h1, h2) needs mode='default' and stay_in_bounds=False: two "
-                             "hidden layers are extracted in the paper's setting only, and "
-                             "deeper networks not yet")
-        return _two_layers(oracle, input_dim, widths, input_bounds, seed, progress, options)
+        if not deep_ok:
+            raise ValueError("hidden=(h1, h2, ...) needs mode='default' and stay_in_bounds=False:"
+                             " deep networks are extracted in the paper's setting only")
+        return _deep(oracle, input_dim, widths, input_bounds, seed, progress, options)
     attack = FunctionalExtraction(
         mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options
     )
@@ -308,16 +308,16 @@ def extract_functional(
             raise
         spent = oracle.queries
         try:
-            result = _two_layers(oracle, input_dim, None, input_bounds, seed, progress, options)
+            result = _deep(oracle, input_dim, None, input_bounds, seed, progress, options)
         except ExtractionError as deep_err:
-            raise ExtractionError(f"{err} Extracted as two hidden layers instead: "
+            raise ExtractionError(f"{err} Extracted as a deep network instead: "
                                   f"{deep_err}") from deep_err
         result.notes.insert(0, f"the one-hidden-layer attack found bent hyperplanes after "
-                               f"{spent:,} queries (counted): extracted as two hidden layers")
+                               f"{spent:,} queries (counted): extracted as a deep network")
         return result
 
 
-def _two_layers(oracle: Any, input_dim: int | None, widths: tuple[int, ...] | None,
+def _deep(oracle: Any, input_dim: int | None, widths: tuple[int, ...] | None,
                 bounds: tuple[float, float], seed: int, progress: ProgressFn | None,
                 options: dict[str, Any]) -> ExtractionResult:
     from .deep import extract_deep

@@ -19,11 +19,12 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints
-from .search import Line, search_line
+from .prefix import Prefix, placed_on
+from .search import Line, crossings, search_line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Hyperplanes", "first_layer", "is_flat", "plane_through"]
+__all__ = ["Hyperplanes", "first_layer", "is_flat", "is_flat_above", "plane_through"]
 
 _SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
 _ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
@@ -51,14 +52,15 @@ def plane_through(points: Array, hint: Array) -> tuple[Array, float, float]:
 
 
 def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
-            scale: float, tries: int = 8) -> bool:
+            scale: float, tries: int = 12, hits_needed: int = 4) -> bool:
     """Whether the hyperplane ``row · x + offset = 0`` is flat: at random points of it (Gaussian
     of standard deviation ``scale / 2``, as the lines' origins, projected), a short line along
-    ``row`` meets a critical point exactly there twice, and never elsewhere only, within
-    ``tries`` points (where the neuron is invisible, nothing is met: that point says nothing)."""
+    ``row`` meets a critical point exactly there ``hits_needed`` times, and never elsewhere
+    only, within ``tries`` points (where the neuron is invisible, nothing is met: that point
+    says nothing; a deeper neuron can look flat over one large region, hence several hits)."""
     hits = 0
     for _ in range(tries):
-        if hits == 2:
+        if hits == hits_needed:
             return True
         p = rng.standard_normal(len(row)) * 0.5 * scale
         p -= (p @ row + offset) * row
@@ -70,7 +72,7 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
         if np.min(np.abs(ts)) > _ON_PLANE * scale:
             return False
         hits += 1
-    return hits >= 2
+    return hits >= hits_needed
 
 
 def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator, *,
@@ -99,3 +101,29 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             members.append(group)
     d = pts.shape[1]
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
+
+
+def is_flat_above(oracle: Oracle, prefix: Prefix, row: Array, bias: float,
+                  rng: np.random.Generator, *, scale: float, tries: int = 16) -> bool:
+    """Whether a candidate neuron on top of ``prefix`` is one: its hyperplane
+    ``row · a_T + bias = 0`` must be flat in the space of the prefix's top activations ``a_T``.
+
+    A neuron of a layer further up, seen several times in one region of the layer in between,
+    looks like one there but not elsewhere. ``tries`` Gaussian points (standard deviation
+    ``scale / 2``) are brought onto the hyperplane and a crossing test (6 queries each) looks for
+    the kink there: at least half of them must find it on the hyperplane, and at most one in
+    four of the kinks found may lie elsewhere (a neuron further up is flat only where the layer
+    in between keeps one activation pattern, so most points find nothing or another kink).
+    """
+    d = prefix.layers[0][0].shape[1]
+    p, unit, radius = placed_on(prefix, row, bias, rng.standard_normal((tries, d)) * 0.5 * scale)
+    value, normal = prefix.next_normals(p, row)
+    placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
+    if placed.sum() < 2:
+        return False
+    pts = crossings(oracle, p[placed], unit[placed], radius[placed])
+    seen = np.isfinite(pts[:, 0])
+    acts = prefix.top(np.nan_to_num(pts))
+    on = seen & (np.abs(acts @ row + bias)
+                 <= 1e-5 * (np.linalg.norm(acts, axis=1) + abs(bias)))
+    return bool(on.sum() >= max(2, placed.sum() // 2) and on.sum() >= 4 * (seen & ~on).sum())

@@ -19,41 +19,14 @@ from numpy.typing import NDArray
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
 from .layers import plane_through
+from .prefix import Prefix, placed_on
+from .search import crossings
 
 Array = NDArray[np.float64]
 
-__all__ = ["better_plane", "crossings", "refit_first_layer", "refit_next_layer"]
+__all__ = ["better_plane", "refit_first_layer", "refit_next_layer"]
 
 _NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
-
-
-def crossings(oracle: Oracle, points: Array, directions: Array, radius: Array) -> Array:
-    """Where each line ``points[i] + t · directions[i]``, ``|t| ≤ radius[i]``, crosses its one
-    critical point: ``(n, d)`` points, NaN rows where the segment holds no kink or more than one
-    (the 2-linearity test and two checks fail). Costs ``6 n`` queries."""
-    n, d = points.shape
-    r = np.broadcast_to(np.asarray(radius, dtype=np.float64), (n,))
-    ts = r[:, None] * np.array([-1.0, -1.0 + 1e-3, 1.0 - 1e-3, 1.0])
-    y = np.asarray(oracle((points[:, None, :] + ts[:, :, None] * directions[:, None, :])
-                          .reshape(-1, d)), dtype=np.float64).reshape(n, 4, -1)
-    eps = (ts[:, 1] - ts[:, 0])[:, None]
-    left, right = (y[:, 1] - y[:, 0]) / eps, (y[:, 3] - y[:, 2]) / eps
-    k = np.argmax(np.abs(right - left), axis=1)
-    i = np.arange(n)
-    # the two pieces meet where y0 + m_l (t + r) = y3 + m_r (t - r)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (y[i, 3, k] - y[i, 0, k] - r * (left[i, k] + right[i, k])) \
-            / (left[i, k] - right[i, k])
-    visible = np.abs(right - left)[i, k] > 1e-6 * (np.abs(left) + np.abs(right)).max(axis=1)
-    t = np.where(visible & (np.abs(t) < 0.9 * r), t, np.nan)
-    at = np.nan_to_num(t)
-    probe = points + at[:, None] * directions
-    side = points + (0.5 * (at - r))[:, None] * directions
-    z = np.asarray(oracle(np.concatenate([probe, side])), dtype=np.float64)
-    tol = 1e-9 * (1 + np.abs(y).max(axis=(1, 2)))
-    ok = (np.max(np.abs(z[:n] - y[:, 0] - left * (at + r)[:, None]), axis=1) <= tol) \
-        & (np.max(np.abs(z[n:] - y[:, 0] - left * (0.5 * (at + r))[:, None]), axis=1) <= tol)
-    return np.where((ok & np.isfinite(t))[:, None], probe, np.nan)
 
 
 def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float, float]:
@@ -96,16 +69,16 @@ def _first_task(oracle: Oracle, row: Array, offset: float, p: Array,
     return (*better_plane(pts, row, offset), oracle.queries - before)
 
 
-def _next_task(oracle: Oracle, first: tuple[Array, Array], row: Array, bias: float, p: Array,
+def _next_task(oracle: Oracle, prefix: Prefix, row: Array, bias: float, p: Array,
                unit: Array, radius: Array) -> tuple[Array, float, float, int]:
-    """One next-layer hyperplane refitted, in first-layer activation space, through the
-    crossings along ``unit`` from ``p``; also the queries spent."""
-    w1, b1 = first
+    """One next-layer hyperplane refitted, in the space of the prefix's top activations,
+    through the crossings along ``unit`` from ``p``; also the queries spent."""
     before = oracle.queries
     pts = crossings(oracle, p, unit, radius)
-    acts = np.maximum(pts @ w1.T + b1, 0.0)
-    near = np.abs(acts @ row + bias) < _NEAR * np.linalg.norm(acts, axis=1)
-    acts = acts[near]  # a kink of another neuron, or none: dropped (NaN rows too)
+    acts = prefix.top(np.nan_to_num(pts))
+    near = np.isfinite(pts[:, 0]) & (np.abs(acts @ row + bias)
+                                     < _NEAR * np.linalg.norm(acts, axis=1))
+    acts = acts[near]  # a kink of another neuron, or none: dropped
     spent = oracle.queries - before
     if not np.all(acts.any(axis=0) | (row == 0)):
         return row, bias, np.nan, spent
@@ -144,44 +117,30 @@ def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.rando
             np.array([r[2] for r in done]))
 
 
-def _onto(p: Array, w1: Array, b1: Array, row: Array, bias: float, steps: int = 3) -> Array:
-    """``p`` moved onto the estimated next-layer hyperplane ``row · ReLU(w1 x + b1) + bias = 0``
-    by Newton steps along its local normal (exact within one region of the first layer)."""
-    for _ in range(steps):
-        pre = p @ w1.T + b1
-        normal = ((pre > 0) * row) @ w1
-        z = np.maximum(pre, 0.0) @ row + bias
-        square = np.sum(normal * normal, axis=1)
-        p = p - (z / np.where(square > 0, square, np.inf))[:, None] * normal
-    return p
-
-
-def refit_next_layer(oracle: Oracle, first: tuple[Array, Array], rows: Array, biases: Array,
+def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                      anchors: list[Array], rng: np.random.Generator, *, scale: float,
                      executor: Any = None) -> tuple[Array, Array, Array]:
-    """Each next-layer hyperplane refitted, in first-layer activation space, through points
-    placed on it: half near its critical points ``anchors[j]`` ``(m_j, d)`` (moved off the
-    anchor within its region), half anywhere (for regions far apart, which pin the hyperplane
-    down in every direction), each brought onto the estimate along its local normal and then
-    located by a crossing test (one task per neuron, as :func:`refit_first_layer`). Returns the
-    rows, biases and relative residuals (NaN where the points did not beat the estimate)."""
-    w1, b1 = first
-    h1, d = w1.shape
+    """Each next-layer hyperplane ``rows[j] · a_T + biases[j] = 0`` refitted, in the space of the
+    prefix's top activations ``a_T``, through points placed on it: half near its critical points
+    ``anchors[j]`` ``(m_j, d)`` (moved off the anchor within its region), half anywhere (for
+    regions far apart, which pin the hyperplane down in every direction), each brought onto the
+    estimate along its local normal and then located by a crossing test (one task per neuron,
+    as :func:`refit_first_layer`). Returns the rows, biases and relative residuals (NaN where
+    the points did not beat the estimate)."""
+    h = rows.shape[1]
+    d = prefix.layers[0][0].shape[1]
     argsets = []
     for j, anchor in enumerate(anchors):
-        n = 3 * (h1 + 1)
+        n = 3 * (h + 1)
         near = anchor[rng.integers(len(anchor), size=n - n // 2)]
         step = rng.standard_normal(near.shape)
-        room = np.min(np.abs(near @ w1.T + b1), axis=1) / np.linalg.norm(w1, axis=1).max()
+        room = np.min(prefix.distances(near), axis=1)
+        room = np.where(np.isfinite(room), room, 0.0)
         near = near + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
         far = rng.standard_normal((n // 2, d)) * 0.5 * scale  # where the lines start
-        p = _onto(np.concatenate([near, far]), w1, b1, rows[j], biases[j])
-        pre = p @ w1.T + b1
-        room = np.min(np.abs(pre), axis=1) / np.linalg.norm(w1, axis=1).max()
-        normal = ((pre > 0) * rows[j]) @ w1  # the local normal in input space
-        length = np.linalg.norm(normal, axis=1, keepdims=True)
-        unit = normal / np.where(length > 0, length, 1.0)
-        argsets.append((first, rows[j], float(biases[j]), p, unit, 0.3 * room + 1e-12 * scale))
-    done = _run_tasks(oracle, _next_task, argsets, 6 * 3 * (h1 + 1) * len(anchors), executor)
+        p, unit, radius = placed_on(prefix, rows[j], float(biases[j]),
+                                    np.concatenate([near, far]))
+        argsets.append((prefix, rows[j], float(biases[j]), p, unit, radius + 1e-12 * scale))
+    done = _run_tasks(oracle, _next_task, argsets, 6 * 3 * (h + 1) * len(anchors), executor)
     return (np.array([r[0] for r in done]).reshape(rows.shape), np.array([r[1] for r in done]),
             np.array([r[2] for r in done]))

@@ -20,12 +20,15 @@ from numpy.typing import NDArray
 from scipy.cluster.hierarchy import DisjointSet
 
 from .layers import plane_through
+from .prefix import Prefix
 
 Array = NDArray[np.float64]
 
-__all__ = ["Signatures", "next_layer"]
+__all__ = ["Signatures", "coefficients", "complete_rows", "next_layer"]
 
 _AGREE = 1e-10  # |1 - |cos|| of two partial signatures on their common units (>= 3)
+_SPAN = 1e-6  # relative residual of a normal that lies in the span of the basis
+_RANK = 1e-8  # smallest singular value of a basis, relative to its largest, still independent
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Signatures:
     known: NDArray[np.bool_]
     members: tuple[NDArray[np.int64], ...]
     residuals: Array
+
+    def subset(self, mask: NDArray[np.bool_]) -> Signatures:
+        """The neurons where ``mask`` ``(h,)`` is true."""
+        return Signatures(self.rows[mask], self.biases[mask], self.known[mask],
+                          tuple(m for m, keep in zip(self.members, mask, strict=True) if keep),
+                          self.residuals[mask])
 
 
 def _partials(below: Array, coef: Array) -> list[tuple[int, NDArray[np.bool_], Array]]:
@@ -84,6 +93,34 @@ def _join(parts: list[tuple[int, NDArray[np.bool_], Array]],
     return row, known
 
 
+def coefficients(prefix: Prefix, points: Array,
+                 normals: Array) -> tuple[Array, NDArray[np.bool_]]:
+    """Each critical point's normal in the basis of the gradients of the prefix's top units
+    active there: ``(m, h_T)`` coefficients (0 on inactive units), and which points have them.
+
+    A point of a neuron above the prefix has its normal in that span, with unique coefficients
+    when the active units' gradients are independent; points where they are not (more active
+    units than the layers below let through), or whose normal is outside the span (a point of
+    the prefix itself, or a bad measurement), are left out. ``points``, ``normals``: ``(m, d)``.
+    """
+    w1 = prefix.layers[0][0]
+    beta, *_ = np.linalg.lstsq(w1.T, normals.T, rcond=None)  # (h1, m): first-layer coordinates
+    ok = np.linalg.norm(w1.T @ beta - normals.T, axis=0) <= _SPAN
+    pres, jac = prefix.local(points)
+    coef = np.zeros((len(points), len(pres[-1][0]) if len(points) else 0))
+    for k in np.flatnonzero(ok):
+        active = pres[-1][k] > 0
+        basis = jac[-1][k][active]  # (a, h1)
+        s = np.linalg.svd(basis, compute_uv=False) if active.any() else np.zeros(1)
+        if not active.any() or s[-1] <= _RANK * s[0]:
+            ok[k] = False
+            continue
+        c, *_ = np.linalg.lstsq(basis.T, beta[:, k], rcond=None)
+        ok[k] = np.linalg.norm(basis.T @ c - beta[:, k]) <= _SPAN * np.linalg.norm(beta[:, k])
+        coef[k, active] = c
+    return coef, ok
+
+
 def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatures:
     """The neurons of the next layer from its critical points.
 
@@ -101,6 +138,13 @@ def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatu
         idx = np.array([parts[i][0] for i in group])
         acts = below[idx]
         bias = -float(np.median(acts @ row))
+        # A point of a neuron further up, where the only unit active in between is this one,
+        # has this neuron's normal but lies off its hyperplane: it is left out.
+        size = np.linalg.norm(acts, axis=1) * np.linalg.norm(row)
+        inlier = np.abs(acts @ row + bias) <= 1e-6 * size
+        idx, acts = idx[inlier], acts[inlier]
+        if len(idx) < 2:
+            continue
         residual = np.nan
         if seen.all() and len(idx) > acts.shape[1]:
             row, bias, residual = plane_through(acts, row)
@@ -113,3 +157,56 @@ def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatu
     return Signatures(np.array(rows).reshape(-1, h1), np.array(biases),
                       np.array(known, dtype=bool).reshape(-1, h1), tuple(groups),
                       np.array(residuals))
+
+
+def _fill(row: Array, known: NDArray[np.bool_], basis: Array, beta: Array,
+          active: NDArray[np.bool_]) -> Array | None:
+    """The entries of ``row`` unknown and active at one point, from its normal's first-layer
+    coordinates ``beta`` ``(h1,)`` and the gradients ``basis`` ``(h_T, h1)`` there, when the
+    point is one of this neuron's: ``basis[known]ᵀ row[known] + basis[new]ᵀ r = λ β`` is solved
+    for ``r`` and ``λ`` and must hold exactly with equations to spare; else ``None``."""
+    new, old = active & ~known, active & known
+    rank = np.linalg.matrix_rank(basis[active], tol=_RANK * np.abs(basis).max())
+    if not new.any() or not old.any() or rank < new.sum() + 2:
+        return None
+    lhs = np.hstack([basis[new].T, -beta[:, None]])
+    rhs = -basis[old].T @ row[old]
+    sol, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+    if np.linalg.norm(lhs @ sol - rhs) > _SPAN * np.linalg.norm(rhs) or abs(sol[-1]) == 0:
+        return None
+    out = row.copy()
+    out[new] = sol[:-1]
+    return out
+
+
+def complete_rows(layer: Signatures, prefix: Prefix, points: Array, normals: Array,
+                  candidates: NDArray[np.int64]) -> Signatures:
+    """Rows of ``layer`` completed from critical points whose own coefficients are not unique
+    (more units active in the top layer than the layers below let through: :func:`coefficients`
+    leaves them out): such a point still fixes the entries a partial row lacks, if its normal
+    is consistent with the entries the row has (CRYPTO 2020, §4.3, with the rank deficiency
+    solved against the known part). ``points``, ``normals``: every critical point ``(n, d)``;
+    ``candidates``: the indices to try. A row completed is refitted through its points."""
+    if not len(candidates) or layer.known.all():
+        return layer
+    w1 = prefix.layers[0][0]
+    beta, *_ = np.linalg.lstsq(w1.T, normals[candidates].T, rcond=None)
+    pres, jac = prefix.local(points[candidates])
+    active = pres[-1] > 0
+    rows, known, members = layer.rows.copy(), layer.known.copy(), list(layer.members)
+    biases, residuals = layer.biases.copy(), layer.residuals.copy()
+    for j in np.flatnonzero(~known.all(axis=1)):
+        added = []
+        for i in np.flatnonzero((active & ~known[j]).any(axis=1)):
+            filled = _fill(rows[j], known[j], jac[-1][i], beta[:, i], active[i])
+            if filled is not None:
+                rows[j], known[j] = filled, known[j] | active[i]
+                added.append(candidates[i])
+        if added:
+            members[j] = np.concatenate([members[j], added])
+            if known[j].all():
+                acts = np.maximum(prefix.preactivations(points[members[j]])[-1], 0.0)
+                rows[j], biases[j], residuals[j] = (
+                    plane_through(acts, rows[j]) if len(acts) > acts.shape[1]
+                    else (rows[j], -float(np.median(acts @ rows[j])), np.nan))
+    return Signatures(rows, biases, known, tuple(members), residuals)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import linprog
 
 from model_extraction.oracle import Oracle
 
+from .prefix import Prefix
+
 Array = NDArray[np.float64]
 
-__all__ = ["fit_last_layer", "signs_from_jacobians", "signs_from_next_layer",
-           "signs_from_nullspace"]
+__all__ = ["fit_last_layer", "signs_by_preimage", "signs_from_jacobians",
+           "signs_from_next_layer", "signs_from_nullspace"]
 
 
 def signs_from_jacobians(
@@ -111,3 +114,109 @@ def signs_from_next_layer(rows: Array, offsets: Array, points: Array,
     active = np.abs(coef) > 1e-6 * np.abs(coef).max(axis=0, keepdims=True)
     votes = np.sum(np.where(active, side, -side)[:, inside], axis=1)
     return np.where(votes >= 0, 1.0, -1.0), inside
+
+
+def _all_active(prefix: Prefix, rows: Array,
+                biases: Array) -> tuple[Array, Array, list[tuple[Array, Array]]]:
+    """Where every unit of ``prefix`` is active, its layers are affine in the first layer's
+    activations ``a``: layer ``l ≥ 2`` is ``M_l a + m_l`` (the ``constraints``) and the layer
+    ``rows``, ``biases`` on top of it is ``P a + q``. Returns ``P``, ``q``, the constraints."""
+    h1 = len(prefix.layers[0][1])
+    m_mat, m_vec, constraints = np.eye(h1), np.zeros(h1), []
+    for w, b in prefix.layers[1:]:
+        m_mat, m_vec = w @ m_mat, w @ m_vec + b
+        constraints.append((m_mat, m_vec))
+    return rows @ m_mat, rows @ m_vec + biases, constraints
+
+
+def _preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bound: float,
+              rng: np.random.Generator) -> tuple[Array, float] | None:
+    """First-layer activations ``a`` ``(h1,)`` in ``[0, bound]`` with ``p_row · a + q = 0`` and
+    every prefix unit active by a margin ``t``: the largest margin is found first, then a
+    random vertex with at least half of it (so that tries land in different places): ``(a, t)``,
+    or ``None`` when no such point exists."""
+    h1 = len(p_row)
+    upper = [np.hstack([-np.eye(h1), np.ones((h1, 1))])]
+    limits = [np.zeros(h1)]
+    for m_mat, m_vec in constraints:
+        upper.append(np.hstack([-m_mat, np.ones((len(m_vec), 1))]))
+        limits.append(m_vec)
+    problem = {"A_ub": np.vstack(upper), "b_ub": np.concatenate(limits),
+               "A_eq": np.append(p_row, 0.0)[None], "b_eq": [-q], "method": "highs"}
+    res = linprog(-np.eye(h1 + 1)[-1], bounds=[(0.0, bound)] * (h1 + 1), **problem)
+    if res.status != 0 or res.x[-1] <= 1e-6 * bound:
+        return None
+    tilt = np.append(rng.standard_normal(h1), 0.0)
+    res = linprog(tilt, bounds=[(0.0, bound)] * h1 + [(0.5 * res.x[-1], bound)], **problem)
+    return None if res.status != 0 else (res.x[:-1], float(res.x[-1]))
+
+
+def _side(y: Array) -> float:
+    """``+1`` or ``-1`` when exactly one side of the probe moved the logits (``y``: the answers
+    at ``x``, ``x ± εΔ``, ``x ± εΔ/16``), linearly in ``ε``; ``nan`` when both sides moved
+    linearly (a unit of the layer that the step did not hold still: one is missing); ``0``
+    when undecided (nothing moved, or not linearly: another kink within the step)."""
+    moved = np.linalg.norm(y[1:] - y[0], axis=1)  # up, down, up/16, down/16
+    tol = 1e-9 * (1.0 + np.abs(y).max())
+
+    def linear(big: float, small: float) -> bool:
+        return big > 1e3 * tol and abs(big / max(small, 1e-300) - 16.0) <= 0.16
+
+    for side, (big, small, big16, small16) in ((1.0, moved), (-1.0, moved[[1, 0, 3, 2]])):
+        if linear(big, big16) and small <= 1e-4 * big and small16 <= 1e-4 * big:
+            return side
+    return np.nan if linear(moved[0], moved[2]) and linear(moved[1], moved[3]) else 0.0
+
+
+def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
+                      rng: np.random.Generator, *, bound: float = 1.0,
+                      tries: int = 8) -> Array:
+    """Orientations of a middle layer (rows ``(h, h_{T})`` and biases ``(h,)`` on top of the
+    oriented ``prefix``) by preimages (Carlini et al., CRYPTO 2020, §4.4), exact and with no
+    search over ``2^h``.
+
+    For each unit ``j`` a linear program finds first-layer activations, all active, with every
+    prefix unit active too and unit ``j`` exactly at 0; in that region the layer is affine in
+    them (``P a + q``), so the step ``δ = P⁺ e_j`` moves unit ``j`` alone. Its input-space
+    preimage ``Δ`` (first layer: ``h_1 ≤ d``) is probed both ways at two lengths: only the side
+    where unit ``j`` is active moves the logits. A point where the unit's effect does not reach
+    the output is tried again elsewhere, ``tries`` times. ``bound`` caps the activations
+    (the spread of the queries). Costs 5 queries per unit and try.
+
+    Returns the signs ``(h,)``: 0 for a unit left undecided, ``nan`` for one whose probes moved
+    the logits on both sides at every point tried (a unit not in ``rows`` moved: the layer is
+    incomplete). Raises ``ValueError`` when the layer is wider than what the layers below let
+    through where all are active (``P`` has no right inverse: sign recovery there needs the
+    neuron wiggle of Canales-Martínez et al., EUROCRYPT 2024).
+    """
+    p_mat, q, constraints = _all_active(prefix, rows, biases)
+    delta, *_ = np.linalg.lstsq(p_mat, np.eye(len(rows)), rcond=None)  # (h1, h)
+    if np.abs(p_mat @ delta - np.eye(len(rows))).max() > 1e-8:
+        raise ValueError(f"a middle layer of {len(rows)} units on top of layers of widths "
+                         f"{prefix.widths}: sign recovery by preimages needs it contractive")
+    w1, b1 = prefix.layers[0]
+    back = np.linalg.pinv(w1)  # (d, h1): first-layer activations to inputs
+    signs = np.zeros(len(rows))
+    for _ in range(tries):
+        pending = np.flatnonzero((signs == 0) | np.isnan(signs))
+        probes, units = [], []
+        for j in pending:
+            found = _preimage(p_mat[j], float(q[j]), constraints, bound, rng)
+            if found is None:
+                continue
+            a, margin = found
+            reach = max([np.abs(delta[:, j]).max()]
+                        + [np.abs(m @ delta[:, j]).max() for m, _ in constraints])
+            eps = 0.25 * margin / reach
+            steps = np.array([0.0, eps, -eps, eps / 16, -eps / 16])
+            probes.append(((a - b1)[None] + steps[:, None] * delta[:, j]) @ back.T)
+            units.append(j)
+        if not units:
+            break
+        y = np.asarray(oracle(np.concatenate(probes)), dtype=np.float64).reshape(
+            len(units), 5, -1)
+        for j, answers in zip(units, y, strict=True):
+            signs[j] = _side(answers)
+        if np.all(np.abs(signs) == 1):
+            break
+    return signs

@@ -1,0 +1,103 @@
+"""The hidden layers extracted and oriented so far (a prefix of the victim) and their local
+geometry at any input: pre-activations, each unit's gradient, the distance to each unit's
+hyperplane, and points moved onto a next-layer hyperplane (Carlini et al., CRYPTO 2020, §4.3).
+
+Everything is computed from the extracted weights alone (no query). Gradients are kept in the
+coordinates of the first layer's pre-activations: the input-space gradient of unit ``k`` of
+layer ``l`` at ``x`` is ``J_l(x)[k] · W_1``, with ``J_l = W_l D_{l-1} ⋯ W_2 D_1`` (``D`` the
+diagonal activation patterns at ``x``), an ``(h_l, h_1)`` matrix. Since a contractive first
+layer has independent rows, any normal measured in input space has unique coordinates there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+__all__ = ["Prefix", "placed_on"]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Oriented hidden layers ``((W_1, b_1), …, (W_T, b_T))``, first to top: ``W_1`` is
+    ``(h_1, d)``, ``W_l`` is ``(h_l, h_{l-1})``; each is followed by a ReLU."""
+
+    layers: tuple[tuple[Array, Array], ...]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(len(b) for _, b in self.layers)
+
+    def then(self, weight: Array, bias: Array) -> Prefix:
+        """This prefix with one more layer on top."""
+        return Prefix((*self.layers, (weight, bias)))
+
+    def preactivations(self, x: Array) -> list[Array]:
+        """Every layer's pre-activations at ``x`` ``(n, d)``: ``(n, h_l)`` each."""
+        out, a = [], x
+        for w, b in self.layers:
+            out.append(a @ w.T + b)
+            a = np.maximum(out[-1], 0.0)
+        return out
+
+    def top(self, x: Array) -> Array:
+        """The top layer's activations ``(n, h_T)``."""
+        return np.maximum(self.preactivations(x)[-1], 0.0)
+
+    def local(self, x: Array) -> tuple[list[Array], list[Array]]:
+        """Pre-activations ``(n, h_l)`` and Jacobians ``J_l`` ``(n, h_l, h_1)`` of every layer
+        with respect to the first layer's pre-activations."""
+        pres = self.preactivations(x)
+        n, h1 = pres[0].shape
+        jac = [np.broadcast_to(np.eye(h1), (n, h1, h1))]
+        for (w, _), z in zip(self.layers[1:], pres[:-1], strict=False):
+            jac.append(np.einsum("kh,nhm->nkm", w, (z > 0)[:, :, None] * jac[-1]))
+        return pres, jac
+
+    def distances(self, x: Array) -> Array:
+        """The distance from each of ``x`` ``(n, d)`` to each unit's hyperplane, to first order
+        (``|z| / |∇z|``; ``inf`` where the unit does not depend on the input there):
+        ``(n, Σ h_l)``."""
+        w1 = self.layers[0][0]
+        gram = w1 @ w1.T
+        pres, jac = self.local(x)
+        out = []
+        for z, j in zip(pres, jac, strict=True):
+            norm = np.sqrt(np.maximum(np.einsum("nkh,hm,nkm->nk", j, gram, j), 0.0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(np.where(norm > 0, np.abs(z) / norm, np.inf))
+        return np.concatenate(out, axis=1)
+
+    def next_normals(self, x: Array, row: Array) -> tuple[Array, Array]:
+        """The value ``row · ReLU(z_T(x))`` ``(n,)`` and its input-space gradient ``(n, d)``:
+        a next-layer neuron with weights ``row`` (its bias aside)."""
+        pres, jac = self.local(x)
+        active = pres[-1] > 0
+        value = np.maximum(pres[-1], 0.0) @ row
+        return value, np.einsum("nk,nkh->nh", active * row, jac[-1]) @ self.layers[0][0]
+
+    def onto(self, p: Array, row: Array, bias: float, steps: int = 3) -> Array:
+        """``p`` ``(n, d)`` moved onto the estimated next-layer hyperplane
+        ``row · ReLU(z_T(x)) + bias = 0`` by Newton steps along its local normal (exact within
+        one region of the prefix)."""
+        for _ in range(steps):
+            value, normal = self.next_normals(p, row)
+            square = np.sum(normal * normal, axis=1)
+            p = p - ((value + bias) / np.where(square > 0, square, np.inf))[:, None] * normal
+        return p
+
+
+def placed_on(prefix: Prefix, row: Array, bias: float, p: Array) -> tuple[Array, Array, Array]:
+    """Points ``p`` ``(n, d)`` brought onto the estimated next-layer hyperplane, the unit local
+    normal there ``(n, d)`` and a segment radius ``(n,)`` that stays inside the prefix's
+    region (for :func:`crossings`)."""
+    p = prefix.onto(p, row, bias)
+    room = np.min(prefix.distances(p), axis=1)
+    _, normal = prefix.next_normals(p, row)
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    radius = np.where(np.isfinite(room), 0.3 * room, 0.0) + 1e-12
+    return p, normal / np.where(length > 0, length, 1.0), radius
