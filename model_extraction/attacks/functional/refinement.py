@@ -3,10 +3,11 @@ one 2-linearity test (Algorithm 1 of Jagielski et al. 2020, in 6 queries), and t
 refitted through all of them (Carlini et al., CRYPTO 2020, §4.5: so that errors do not compound
 with depth).
 
-A first-layer hyperplane is flat: points are placed anywhere on it. A second-layer one is flat
-only within a region of the first layer: points are placed near its known critical points, in
-their regions, and the fit is done in the space of first-layer activations, where the
-hyperplane ``v · a + b = 0`` is flat everywhere.
+A first-layer hyperplane is flat: points are placed anywhere on it. A deeper one is flat only
+within a region of the layers below: points are placed near its known critical points and
+anywhere (brought onto it by Newton steps through the :class:`~.prefix.Prefix`), and the fit is
+done in the space of the layer below's activations, where the hyperplane ``v · a + b = 0`` is
+flat everywhere.
 """
 
 from __future__ import annotations

@@ -11,8 +11,12 @@ Two drivers share that test:
 * :func:`search_line` tests all pending intervals of a line in one oracle batch per round
   (a grid first, then batched splits). Same test, far fewer oracle calls.
 
-Both are bounded: an interval is split at most ``max_depth`` times and a line never costs more than
-``max_queries``; what could not be resolved within those bounds is counted, never retried forever.
+:func:`crossings` applies the test once to many short segments at a time (where each segment
+is expected to hold one kink, as in the refinement and flatness tests of deep extraction).
+
+Both drivers are bounded: an interval is split at most ``max_depth`` times and a line never
+costs more than ``max_queries``; what could not be resolved within those bounds is counted,
+never retried forever.
 """
 
 from __future__ import annotations
