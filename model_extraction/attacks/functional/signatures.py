@@ -93,6 +93,20 @@ def _join(parts: list[tuple[int, NDArray[np.bool_], Array]],
     return row, known
 
 
+def _first_coordinates(prefix: Prefix, normals: Array) -> Array:
+    """Normals ``(m, d)`` in the basis of the first layer's rows: ``(h1, m)``."""
+    return np.linalg.lstsq(prefix.layers[0][0].T, normals.T, rcond=None)[0]
+
+
+def _fit_row(acts: Array, row: Array, seen: NDArray[np.bool_]) -> tuple[Array, float, float]:
+    """A completed row, its bias and plane-fit residual from its points' activations below
+    ``acts`` ``(m, h)``: the hyperplane through them when the row is known everywhere and there
+    are enough, else ``row`` with the median bias (residual NaN)."""
+    if seen.all() and len(acts) > acts.shape[1]:
+        return plane_through(acts, row)
+    return row, -float(np.median(acts @ row)), np.nan
+
+
 def coefficients(prefix: Prefix, points: Array,
                  normals: Array) -> tuple[Array, NDArray[np.bool_]]:
     """Each critical point's normal in the basis of the gradients of the prefix's top units
@@ -103,9 +117,8 @@ def coefficients(prefix: Prefix, points: Array,
     units than the layers below let through), or whose normal is outside the span (a point of
     the prefix itself, or a bad measurement), are left out. ``points``, ``normals``: ``(m, d)``.
     """
-    w1 = prefix.layers[0][0]
-    beta, *_ = np.linalg.lstsq(w1.T, normals.T, rcond=None)  # (h1, m): first-layer coordinates
-    ok = np.linalg.norm(w1.T @ beta - normals.T, axis=0) <= _SPAN
+    beta = _first_coordinates(prefix, normals)
+    ok = np.linalg.norm(prefix.layers[0][0].T @ beta - normals.T, axis=0) <= _SPAN
     pres, jac = prefix.local(points)
     coef = np.zeros((len(points), len(pres[-1][0]) if len(points) else 0))
     for k in np.flatnonzero(ok):
@@ -145,7 +158,7 @@ def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatu
         idx, acts = idx[inlier], acts[inlier]
         if len(idx) < 2:
             continue
-        residual = np.nan
+        residual = np.nan  # the median bias of all the group's points stands unless fitted
         if seen.all() and len(idx) > acts.shape[1]:
             row, bias, residual = plane_through(acts, row)
         rows.append(row)
@@ -189,8 +202,7 @@ def complete_rows(layer: Signatures, prefix: Prefix, points: Array, normals: Arr
     ``candidates``: the indices to try. A row completed is refitted through its points."""
     if not len(candidates) or layer.known.all():
         return layer
-    w1 = prefix.layers[0][0]
-    beta, *_ = np.linalg.lstsq(w1.T, normals[candidates].T, rcond=None)
+    beta = _first_coordinates(prefix, normals[candidates])
     pres, jac = prefix.local(points[candidates])
     active = pres[-1] > 0
     rows, known, members = layer.rows.copy(), layer.known.copy(), list(layer.members)
@@ -205,8 +217,6 @@ def complete_rows(layer: Signatures, prefix: Prefix, points: Array, normals: Arr
         if added:
             members[j] = np.concatenate([members[j], added])
             if known[j].all():
-                acts = np.maximum(prefix.preactivations(points[members[j]])[-1], 0.0)
-                rows[j], biases[j], residuals[j] = (
-                    plane_through(acts, rows[j]) if len(acts) > acts.shape[1]
-                    else (rows[j], -float(np.median(acts @ rows[j])), np.nan))
+                rows[j], biases[j], residuals[j] = _fit_row(
+                    prefix.top(points[members[j]]), rows[j], known[j])
     return Signatures(rows, biases, known, tuple(members), residuals)
