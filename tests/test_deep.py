@@ -48,11 +48,15 @@ def test_too_few_lines_or_too_deep_is_an_error_not_a_model():
         extract_deep(ModelOracle(rare), seed=0, max_lines=24)
 
 
-def test_budget():
-    oracle = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0), budget=5_000)
-    with pytest.raises(BudgetExhaustedError):
+@pytest.mark.parametrize("budget, where", [
+    (5_000, "phase 'critical points' of layer 1 .*no layer was finished"),
+    (120_000, r"of layer 2 .*the layers of widths \(10,\) were extracted and oriented"),
+])
+def test_a_budget_that_runs_out_says_which_layer_was_reached(budget, where):
+    oracle = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0), budget=budget)
+    with pytest.raises(BudgetExhaustedError, match=where):
         extract_deep(oracle, seed=0)
-    assert oracle.queries <= 5_000
+    assert oracle.queries <= budget
 
 
 def test_extract_functional_finds_the_depth_in_the_papers_setting():

@@ -24,14 +24,15 @@ Every query goes through the oracle and is counted; nothing reads the victim's w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from model_extraction.network import ReLUNetwork
-from model_extraction.oracle import Oracle, as_oracle
+from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
 from .lastlayer import orient_and_fit
@@ -40,7 +41,7 @@ from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult, PhaseCost
 from .search import Line
-from .selfcheck import self_check
+from .selfcheck import SelfCheck, self_check
 from .signatures import Signatures, coefficients, complete_rows, next_layer
 from .signs import signs_by_preimage, signs_from_next_layer
 
@@ -63,14 +64,17 @@ class _Incomplete(Exception):
         super().__init__(why)
         self.first = Prefix(prefix.layers[:1])
 class _Phases:
-    """Queries and seconds per phase, and the progress callback."""
+    """Queries and seconds per phase, the progress callback, and how far the attack got (the
+    phase, the layer it works on and the widths of the layers extracted and oriented so far)."""
 
     def __init__(self, oracle: Oracle, progress: Callable[..., None] | None) -> None:
         self.oracle, self.progress, self.costs = oracle, progress, {}
         self._mark: tuple[str, int, float] | None = None
+        self.phase, self.known = "critical points", ()
 
     def enter(self, name: str, units: int = 0) -> None:
         self.leave()
+        self.phase = name
         self._mark = (name, self.oracle.queries, time.perf_counter())
         if self.progress is not None:
             self.progress(name, self.oracle.queries, units, None)
@@ -82,6 +86,19 @@ class _Phases:
             cost.queries += self.oracle.queries - q
             cost.seconds += time.perf_counter() - t
             self._mark = None
+
+    @contextmanager
+    def budget(self, lines: list[Any]) -> Iterator[None]:
+        """Re-raise the oracle's :class:`BudgetExhaustedError` saying how far the attack got."""
+        try:
+            yield
+        except BudgetExhaustedError as err:
+            known = (f"the layers of widths {self.known} were extracted and oriented"
+                     if self.known else "no layer was finished yet")
+            where = (f"Deep extraction was in phase '{self.phase}' of layer "
+                     f"{len(self.known) + 1} ({len(lines)} lines searched); {known}.")
+            raise BudgetExhaustedError(err.budget, err.used, err.requested,
+                                       progress=where) from None
 
 
 def _on_planes(found: CriticalPoints, planes: Hyperplanes, scale: float) -> NDArray[np.bool_]:
@@ -171,6 +188,28 @@ def extract_deep(
     rng = np.random.default_rng(seed)
     reach = 4.0 * scale if reach is None else reach
     phases, lines = _Phases(oracle, progress), []
+    with phases.budget(lines):
+        network, residuals, check = _until_checked(
+            oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
+            (check_points, check_tolerance))
+    phases.leave()
+    if hidden is not None and tuple(hidden) != network.widths:
+        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
+    return ExtractionResult(
+        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
+        lines=len(lines), estimated_bits=np.array([_bits(r) for r in residuals]),
+        notes=[], check=check.as_dict())
+
+
+def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
+                   lines: list[Any], search: tuple[float, float, int],
+                   hidden: tuple[int, ...] | None, executor: Any, checking: tuple[int, float],
+                   ) -> tuple[ReLUNetwork, list[Array], SelfCheck]:
+    """The phases, with more lines each time a layer cannot be finished or the model fails its
+    self-check, until it passes (the network, each layer's refit residuals, the check) or
+    ``max_lines`` (:class:`~.result.ExtractionError`)."""
+    scale, reach, max_lines = search
+    check_points, check_tolerance = checking
     phases.enter("critical points")
     found = _search(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
@@ -179,8 +218,7 @@ def extract_deep(
         planes = _more_planes(oracle, found, planes, rng, scale)
         try:
             found, network, residuals, held = _layers(
-                oracle, found, planes, lines, rng, phases, (scale, reach, max_lines), hidden,
-                executor)
+                oracle, found, planes, lines, rng, phases, search, hidden, executor)
         except _Incomplete as stop:
             first, why = stop.first, str(stop)
         else:
@@ -200,13 +238,7 @@ def extract_deep(
         phases.enter("critical points")
         found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach,
                         (first, np.ones(first.widths[0], dtype=bool)))
-    phases.leave()
-    if hidden is not None and tuple(hidden) != network.widths:
-        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
-    return ExtractionResult(
-        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
-        lines=len(lines), estimated_bits=np.array([_bits(r) for r in residuals]),
-        notes=[], check=check.as_dict())
+    return network, residuals, check
 
 
 def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
@@ -247,10 +279,11 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     """Every layer above the first, one after the other, and the logit layer: the points
     found, the network, the refits' residuals per layer and the answers the logit layer was
     fitted to (held for the self-check)."""
-    scale = search[0]
+    scale, phases.known = search[0], ()
     phases.enter("refinement", len(planes.rows))
     prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor)
     residuals = [first_residuals]
+    phases.known = prefix.widths
     while True:
         found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
         if not len(layer.rows):
@@ -277,6 +310,7 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
         phases.enter("signs", len(v))
         prefix = _orient(oracle, prefix, v, b, rng, scale)
+        phases.known = prefix.widths
         residuals.append(res)
 
 
