@@ -5,7 +5,7 @@ whose true layers are given as the prefix, so that each phase is tested on its o
 import numpy as np
 import pytest
 
-from model_extraction.attacks.functional.layers import is_flat_above
+from model_extraction.attacks.functional.layers import flat_above
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
@@ -55,12 +55,12 @@ def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():
     victim = _victim(seed=2)
     oracle, prefix, rng = ModelOracle(victim), _prefix(victim, 1), np.random.default_rng(0)
     w2, b2 = victim.layers[1]
-    visible = [is_flat_above(oracle, prefix, w2[j], float(b2[j]), rng, scale=1.0)
-               for j in range(len(b2))]
-    assert sum(visible) >= len(b2) - 1  # a neuron may be invisible almost everywhere
     fake = rng.standard_normal(w2.shape[1])
-    assert not is_flat_above(oracle, prefix, fake, 0.1, rng, scale=1.0)
-    assert oracle.queries > 0
+    flat = flat_above(oracle, prefix, np.vstack([w2, fake]), np.append(b2, 0.1), rng,
+                      scale=1.0)
+    assert flat[:-1].sum() >= len(b2) - 1  # a neuron may be invisible almost everywhere
+    assert not flat[-1]
+    assert oracle.calls == 2 and 0 < oracle.queries <= 6 * 16 * (len(b2) + 1)  # one batch
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -13,7 +13,7 @@ The phases, one module each, layer after layer:
    points (:mod:`.signatures`), more lines until no batch finds a new neuron, then refined;
 4. if the logits are affine in that layer's activations, it is the last: its signs and the
    logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
-   flat in the space of the layer below are kept (:func:`.layers.is_flat_above`), oriented by
+   flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
    preimages (:func:`.signs.signs_by_preimage`) and added to the prefix, and step 3 repeats;
 5. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or more
    lines and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
@@ -36,7 +36,7 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
 from .lastlayer import orient_and_fit
-from .layers import Hyperplanes, first_layer, is_flat_above
+from .layers import Hyperplanes, first_layer, flat_above
 from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult, PhaseCost
@@ -368,7 +368,7 @@ def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any
           rng: np.random.Generator, phases: _Phases,
           search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures]:
     """The next layer's neurons: known on every unit below and flat in the space of the
-    prefix's top activations (:func:`.layers.is_flat_above`; a neuron further up, seen in one
+    prefix's top activations (:func:`.layers.flat_above`; a neuron further up, seen in one
     region, is not). More lines (half aimed where the units that partial rows lack are
     active) until a batch finds no new neuron and no partial row is left, or two batches find
     no new neuron, or ``max_lines``."""
@@ -381,10 +381,9 @@ def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any
         layer = next_layer(prefix.top(found.points[rest[ok]]), coef[ok], rest[ok])
         layer = complete_rows(layer, prefix, found.points, found.normals, rest[~ok])
         complete = layer.known.all(axis=1)
-        neurons = np.array([is_flat_above(oracle, prefix, r, float(c), rng, scale=scale)
-                            if full else False
-                            for r, c, full in zip(layer.rows, layer.biases, complete,
-                                                  strict=True)], dtype=bool)
+        neurons = complete.copy()
+        neurons[complete] = flat_above(oracle, prefix, layer.rows[complete],
+                                       layer.biases[complete], rng, scale=scale)
         stable = stable + 1 if neurons.sum() == before else 0
         if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
             return found, layer.subset(neurons)

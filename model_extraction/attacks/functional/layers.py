@@ -24,7 +24,7 @@ from .search import Line, crossings, search_line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Hyperplanes", "first_layer", "is_flat", "is_flat_above", "plane_through"]
+__all__ = ["Hyperplanes", "first_layer", "is_flat", "flat_above", "plane_through"]
 
 _SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
 _ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
@@ -103,27 +103,39 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
 
 
-def is_flat_above(oracle: Oracle, prefix: Prefix, row: Array, bias: float,
-                  rng: np.random.Generator, *, scale: float, tries: int = 16) -> bool:
-    """Whether a candidate neuron on top of ``prefix`` is one: its hyperplane
-    ``row · a_T + bias = 0`` must be flat in the space of the prefix's top activations ``a_T``.
+def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
+               rng: np.random.Generator, *, scale: float, tries: int = 16) -> NDArray[np.bool_]:
+    """Which candidate neurons ``rows`` ``(m, h_T)``, ``biases`` ``(m,)`` on top of ``prefix`` are
+    ones: a neuron's hyperplane ``row · a_T + bias = 0`` is flat in the space of the prefix's top
+    activations ``a_T``.
 
     A neuron of a layer further up, seen several times in one region of the layer in between,
-    looks like one there but not elsewhere. ``tries`` Gaussian points (standard deviation
-    ``scale / 2``) are brought onto the hyperplane and a crossing test (6 queries each) looks for
-    the kink there: at least half of them must find it on the hyperplane, and at most one in
-    four of the kinks found may lie elsewhere (a neuron further up is flat only where the layer
-    in between keeps one activation pattern, so most points find nothing or another kink).
+    looks like one there but not elsewhere. For each candidate, ``tries`` Gaussian points
+    (standard deviation ``scale / 2``) are brought onto its hyperplane and a crossing test looks
+    for the kink there (all candidates in one batch of ``6 · tries · m`` queries at most): at
+    least half of them must find it on the hyperplane, and at most one in four of the kinks
+    found may lie elsewhere (a neuron further up is flat only where the layer in between keeps
+    one activation pattern, so most points find nothing or another kink). Returns ``(m,)``
+    booleans.
     """
     d = prefix.layers[0][0].shape[1]
-    p, unit, radius = placed_on(prefix, row, bias, rng.standard_normal((tries, d)) * 0.5 * scale)
-    value, normal = prefix.next_normals(p, row)
-    placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
-    if placed.sum() < 2:
-        return False
-    pts = crossings(oracle, p[placed], unit[placed], radius[placed])
-    seen = np.isfinite(pts[:, 0])
-    acts = prefix.top(np.nan_to_num(pts))
-    on = seen & (np.abs(acts @ row + bias)
-                 <= 1e-5 * (np.linalg.norm(acts, axis=1) + abs(bias)))
-    return bool(on.sum() >= max(2, placed.sum() // 2) and on.sum() >= 4 * (seen & ~on).sum())
+    tests = []
+    for row, bias in zip(rows, biases, strict=True):
+        p, unit, radius = placed_on(prefix, row, float(bias),
+                                    rng.standard_normal((tries, d)) * 0.5 * scale)
+        value, normal = prefix.next_normals(p, row)
+        placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
+        tests.append((p[placed], unit[placed], radius[placed]))
+    counts = [len(p) for p, _, _ in tests]
+    if not sum(counts):
+        return np.zeros(len(rows), dtype=bool)
+    pts = crossings(oracle, *(np.concatenate(parts) for parts in zip(*tests, strict=True)))
+    flat = np.zeros(len(rows), dtype=bool)
+    for j, part in enumerate(np.split(pts, np.cumsum(counts)[:-1])):
+        seen = np.isfinite(part[:, 0])
+        acts = prefix.top(np.nan_to_num(part))
+        on = seen & (np.abs(acts @ rows[j] + biases[j])
+                     <= 1e-5 * (np.linalg.norm(acts, axis=1) + abs(biases[j])))
+        flat[j] = (counts[j] >= 2 and on.sum() >= max(2, counts[j] // 2)
+                   and on.sum() >= 4 * (seen & ~on).sum())
+    return flat

@@ -33,17 +33,17 @@ _NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
 def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float, float]:
     """The hyperplane through ``points`` ``(m, d)``, if it beats ``(row, offset)``.
 
-    The points are split in two halves: a plane fitted on one (after dropping points far off
+    The points are split in two interleaved halves (the callers list points of one kind, then
+    another: each half holds both): a plane fitted on one (after dropping points far off
     it: kinks of other neurons that passed the tests) must predict the other better than the
     current estimate does, else the estimate is kept (also when the points lie in a subspace
     that leaves the hyperplane undetermined). Returns row, offset and the relative
     residual of the kept plane on the held-out half (NaN when the estimate was kept)."""
     d = points.shape[1]
-    half = len(points) // 2
-    if half <= d:
+    fit, held = points[::2], points[1::2]
+    if len(held) <= d:
         return row, offset, np.nan
-    fit, held = points[:half], points[half:]
-    s = np.linalg.svd(np.hstack([fit, np.ones((half, 1))]), compute_uv=False)
+    s = np.linalg.svd(np.hstack([fit, np.ones((len(fit), 1))]), compute_uv=False)
     if s[-2] < 1e-6 * s[0]:
         return row, offset, np.nan  # the points do not pin down one hyperplane
     for _ in range(2):
