@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/deep.py --json deep.json   # 10-10-10-1, 40-20-10-1, 80-40-20-1, 100-20-40-10
     python benchmarks/deep.py --quick            # one random 10-10-10-1 victim, under a minute
-    python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2
+    python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2 --log   # phases as they go
     MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \
         --reach 40 --victim-dir victims                     # a trained 784-32-32-10 victim
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from model_extraction.sweep import (
 )
 
 SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1", "100-20-40-10"]
+log = logging.getLogger("deep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    p.add_argument("--log", action="store_true",
+                   help="print each phase of each extraction as it starts (seconds, queries)")
     add_sweep_options(p)
     return p
 
@@ -82,8 +86,13 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
                  "test_accuracy": victim.metadata.get("test_accuracy")}
+
+    def phase(phase: str, queries: int, units: int, _: object) -> None:
+        log.info("%s seed %d: %7.1f s, %d queries: %s (%d units)", name, seed,
+                 time.perf_counter() - started, queries, phase, units)
+
     try:
-        result = extract_deep(oracle, seed=0, reach=reach)
+        result = extract_deep(oracle, seed=0, reach=reach, progress=phase)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
@@ -142,6 +151,8 @@ def _line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.log:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         args.shapes, args.mnist, args.seeds = ["10-10-10-1"], [], [0]
     with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
