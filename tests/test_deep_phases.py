@@ -5,6 +5,7 @@ whose true layers are given as the prefix, so that each phase is tested on its o
 import numpy as np
 import pytest
 
+from model_extraction.attacks.functional.critical import find_critical_points, random_line
 from model_extraction.attacks.functional.layers import flat_above
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
@@ -32,6 +33,21 @@ def test_onto_and_distances_follow_the_true_next_layer():
     w1, b1 = victim.layers[0]
     np.testing.assert_allclose(dist, np.abs(x @ w1.T + b1) / np.linalg.norm(w1, axis=1),
                                rtol=1e-12)
+
+
+def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix():
+    victim = _victim(seed=1)
+    prefix, rng = _prefix(victim, 2), np.random.default_rng(3)
+    lines = [random_line(rng, 12, 1.0) for _ in range(6)]
+    measured_by, known_by = ModelOracle(victim), ModelOracle(victim)
+    measured = find_critical_points(measured_by, lines)
+    known = find_critical_points(known_by, lines, known=lambda x: prefix.normals_on(x, 1e-7))
+    np.testing.assert_allclose(known.points, measured.points, atol=1e-12)
+    same = np.abs(np.sum(known.normals * measured.normals, axis=1))
+    assert np.all(np.abs(same - 1) < 1e-6)  # equal up to sign
+    on = np.isfinite(prefix.normals_on(measured.points, 1e-7)[:, 0])
+    assert 0 < on.sum() < len(on)  # the third layer's points are still measured
+    assert known_by.queries < measured_by.queries - 2 * (2 * 12 + 1) * (on.sum() - 1)
 
 
 def test_coefficients_are_the_next_layers_weights_on_active_units():

@@ -12,6 +12,7 @@ estimates disagree crossed another hyperplane, and is measured again with a smal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +85,7 @@ def _normal(oracle: Oracle, x: Array, along: Array, room: float) -> Array | None
             break
     else:
         return None
-    _, s, vt = np.linalg.svd(jac[1] - jac[0])
+    _, s, vt = np.linalg.svd(jac[1] - jac[0], full_matrices=False)
     if s[0] == 0 or (len(s) > 1 and s[1] > _RANK_ONE * s[0]):
         return None
     return vt[0]
@@ -92,23 +93,28 @@ def _normal(oracle: Oracle, x: Array, along: Array, room: float) -> Array | None
 
 def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int = 0,
                          t_range: tuple[float, float] = (-4.0, 3.3),
-                         grid: int = 512) -> CriticalPoints:
+                         grid: int = 512,
+                         known: Callable[[Array], Array] | None = None) -> CriticalPoints:
     """Search each of ``lines`` for critical points and measure each one's normal.
 
     Costs the line searches plus ``2 (2d + 1)`` queries per critical point (more when a
     Jacobian must be measured again with a smaller step). Points whose normal cannot be measured
     cleanly are left out. ``first_line`` numbers the lines (for :attr:`CriticalPoints.line`).
+    ``known(points (m, d)) → (m, d)``: the normals of the points that lie on a hyperplane
+    already extracted (NaN rows for the others), which are then taken from it, with no query.
     """
     d = len(lines[0].origin) if lines else 0
     found = CriticalPoints.empty(d)
     for i, line in enumerate(lines):
         kinks, _ = search_line(oracle, line, t_range, grid=grid)
         ts = np.array([k.t for k in kinks])
+        xs = line.at(ts) if len(ts) else np.zeros((0, d))
+        given = known(xs) if known is not None else np.full(xs.shape, np.nan)
         pts, normals = [], []
-        for j, t in enumerate(ts):
+        for j, (t, x) in enumerate(zip(ts, xs, strict=True)):
             gap = np.min(np.abs(np.delete(ts, j) - t)) if len(ts) > 1 else 1.0
-            x = line.at(np.array([t]))[0]
-            normal = _normal(oracle, x, line.direction, min(0.3 * gap, 1e-2))
+            normal = given[j] if np.isfinite(given[j]).all() else \
+                _normal(oracle, x, line.direction, min(0.3 * gap, 1e-2))
             if normal is not None:
                 pts.append(x)
                 normals.append(normal)

@@ -126,17 +126,24 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
     """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
-    units, which partial signatures lack)."""
+    units, which partial signatures lack), and the normals of the points on the prefix's
+    hyperplanes are taken from it instead of measured (``2 (2d + 1)`` queries saved each)."""
     d = found.points.shape[1]
     more = [random_line(rng, d, scale) for _ in range(count)]
     if aim is not None and aim[1].any():
         origins = _aimed_origins(*aim, rng, count // 2, scale)
         more[: len(origins)] = [Line(o, line.direction)
                                for o, line in zip(origins, more[: len(origins)], strict=True)]
+    known = None if aim is None else _known(aim[0], scale)
     found = found.join(find_critical_points(oracle, more, first_line=len(lines),
-                                            t_range=_t_range(reach)))
+                                            t_range=_t_range(reach), known=known))
     lines += more
     return found
+
+
+def _known(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
+    """The normals of points on the prefix's hyperplanes (as :func:`_grow` tells them)."""
+    return lambda x: prefix.normals_on(x, 1e-7 * scale)
 
 
 def _aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Generator,
@@ -422,5 +429,6 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                           2.0 * float(np.linalg.norm(moved - x)) + 0.05 * scale))
     for line, reach in lines:
         found = found.join(find_critical_points(oracle, [line], first_line=-1,
-                                                t_range=(-reach, 0.83 * reach)))
+                                                t_range=(-reach, 0.83 * reach),
+                                                known=_known(prefix, scale)))
     return found

@@ -44,7 +44,7 @@ def plane_through(points: Array, hint: Array) -> tuple[Array, float, float]:
     """The hyperplane ``n · x + c = 0`` through ``points`` ``(m, d)``, ``m > d``: the smallest
     right singular vector of ``[points, 1]``, oriented like ``hint``. Returns ``n`` (unit), ``c``
     and the relative residual (smallest over largest singular value)."""
-    _, s, vt = np.linalg.svd(np.hstack([points, np.ones((len(points), 1))]))
+    _, s, vt = np.linalg.svd(np.hstack([points, np.ones((len(points), 1))]), full_matrices=False)
     nc = vt[-1] / np.linalg.norm(vt[-1][:-1])
     if nc[:-1] @ hint < 0:
         nc = -nc

@@ -72,6 +72,18 @@ class Prefix:
                 out.append(np.where(norm > 0, np.abs(z) / norm, np.inf))
         return np.concatenate(out, axis=1)
 
+    def normals_on(self, x: Array, tolerance: float) -> Array:
+        """The unit input-space normal ``(n, d)`` of the hyperplane each of ``x`` ``(n, d)``
+        lies on, to within ``tolerance`` (the nearest unit's local gradient); NaN rows for the
+        points on none (for :func:`~.critical.find_critical_points`: no query for these)."""
+        dist = self.distances(x)
+        _, jac = self.local(x)
+        nearest = np.argmin(dist, axis=1)
+        grads = np.concatenate(jac, axis=1)[np.arange(len(x)), nearest] @ self.layers[0][0]
+        length = np.linalg.norm(grads, axis=1, keepdims=True)
+        on = (dist[np.arange(len(x)), nearest] <= tolerance)[:, None] & (length > 0)
+        return np.where(on, grads / np.where(length > 0, length, 1.0), np.nan)
+
     def next_normals(self, x: Array, row: Array) -> tuple[Array, Array]:
         """The value ``row · ReLU(z_T(x))`` ``(n,)`` and its input-space gradient ``(n, d)``:
         a next-layer neuron with weights ``row`` (its bias aside)."""
