@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.cluster.hierarchy import DisjointSet
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .layers import plane_through
 from .prefix import Prefix
@@ -28,6 +29,7 @@ __all__ = ["Signatures", "coefficients", "complete_rows", "next_layer"]
 
 _AGREE = 1e-10  # |1 - |cos|| of two partial signatures on their common units (>= 3)
 _SPAN = 1e-6  # relative residual of a normal that lies in the span of the basis
+_BLOCK = 512  # partial signatures compared with all others at once
 _RANK = 1e-8  # smallest singular value of a basis, relative to its largest, still independent
 
 
@@ -62,18 +64,27 @@ def _partials(below: Array, coef: Array) -> list[tuple[int, NDArray[np.bool_], A
 
 
 def _groups(parts: list[tuple[int, NDArray[np.bool_], Array]]) -> list[list[int]]:
-    """Partial signatures that agree up to scale on at least three common units, joined."""
-    sets = DisjointSet(range(len(parts)))
-    for i, (_, pi, ai) in enumerate(parts):
-        for j in range(i + 1, len(parts)):
-            common = pi & parts[j][1]
-            if common.sum() < 3:
-                continue
-            x, y = ai[common], parts[j][2][common]
-            cos = x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
-            if abs(abs(cos) - 1) < _AGREE:
-                sets.merge(i, j)
-    return [sorted(g) for g in sets.subsets()]
+    """Partial signatures that agree up to scale on at least three common units, joined (all
+    pairs compared by matrix products, ``_BLOCK`` rows at a time)."""
+    if not parts:
+        return []
+    act = np.array([p for _, p, _ in parts], dtype=np.float64)  # (n, h) indicators
+    vec = np.array([a for _, _, a in parts])  # zero off each one's active units
+    square = vec * vec
+    pairs = []
+    for start in range(0, len(parts), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        common = act[block] @ act.T
+        # on the common units: a_i · a_j, |a_i|², |a_j|²
+        dot, mine, theirs = vec[block] @ vec.T, square[block] @ act.T, act[block] @ square.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cos = dot / np.sqrt(mine * theirs)
+        i, j = np.nonzero((common >= 3) & (np.abs(np.abs(cos) - 1) < _AGREE))
+        pairs.append(np.stack([i + start, j])[:, i + start < j])
+    i, j = np.concatenate(pairs, axis=1)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(parts), len(parts)))
+    _, labels = connected_components(graph, directed=False)
+    return [np.flatnonzero(labels == g).tolist() for g in np.unique(labels)]
 
 
 def _join(parts: list[tuple[int, NDArray[np.bool_], Array]],
