@@ -220,12 +220,13 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     phases.enter("critical points")
     found = _search(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
+    refined: dict[int, tuple[Array, float, float]] = {}
     while True:
         phases.enter("first layer")
         planes = _more_planes(oracle, found, planes, rng, scale)
         try:
             found, network, residuals, held = _layers(
-                oracle, found, planes, lines, rng, phases, search, hidden, executor)
+                oracle, found, planes, lines, rng, phases, search, hidden, executor, refined)
         except _Incomplete as stop:
             first, why = stop.first, str(stop)
         else:
@@ -268,27 +269,35 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
 
 
 def _first(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rng: np.random.Generator,
-           scale: float, executor: Any) -> tuple[Prefix, Array]:
-    """The first layer oriented (every deeper critical point votes) and refined."""
+           scale: float, executor: Any, refined: dict[int, tuple[Array, float, float]],
+           ) -> tuple[Prefix, Array]:
+    """The first layer oriented (every deeper critical point votes) and refined: ``refined``
+    holds each plane refined on an earlier pass (by index, in the plane's own orientation), so
+    that only new planes are refined again."""
     rest = np.flatnonzero(~_on_planes(found, planes, scale))
     signs, _ = signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
                                      found.normals[rest])
+    new = [i for i in range(len(planes.rows)) if i not in refined]
     rows, offsets, residuals = refit_first_layer(
-        oracle, planes.rows * signs[:, None], planes.offsets * signs, rng, scale=scale,
-        executor=executor)
-    return Prefix(((rows, offsets),)), residuals
+        oracle, planes.rows[new], planes.offsets[new], rng, scale=scale, executor=executor)
+    refined.update({i: (r, float(c), float(e))
+                    for i, r, c, e in zip(new, rows, offsets, residuals, strict=True)})
+    kept = [refined[i] for i in range(len(planes.rows))]
+    rows, offsets = np.array([r for r, _, _ in kept]), np.array([c for _, c, _ in kept])
+    return Prefix(((rows * signs[:, None], offsets * signs),)), np.array([e for *_, e in kept])
 
 
 def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
             rng: np.random.Generator, phases: _Phases, search: tuple[float, float, int],
             hidden: tuple[int, ...] | None, executor: Any,
+            refined: dict[int, tuple[Array, float, float]],
             ) -> tuple[CriticalPoints, ReLUNetwork, list[Array], tuple[Array, Array]]:
-    """Every layer above the first, one after the other, and the logit layer: the points
-    found, the network, the refits' residuals per layer and the answers the logit layer was
-    fitted to (held for the self-check)."""
+    """The first layer (see :func:`_first` for ``refined``), every layer above it, one after
+    the other, and the logit layer: the points found, the network, the refits' residuals per
+    layer and the answers the logit layer was fitted to (held for the self-check)."""
     scale, phases.known = search[0], ()
     phases.enter("refinement", len(planes.rows))
-    prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor)
+    prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor, refined)
     residuals = [first_residuals]
     phases.known = prefix.widths
     while True:

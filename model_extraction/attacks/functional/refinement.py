@@ -46,11 +46,14 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     s = np.linalg.svd(np.hstack([fit, np.ones((len(fit), 1))]), compute_uv=False)
     if s[-2] < 1e-6 * s[0]:
         return row, offset, np.nan  # the points do not pin down one hyperplane
-    for _ in range(2):
-        n, c, _ = plane_through(fit, row)
-        off = np.abs(fit @ n + c)
-        fit = fit[off <= 10 * np.median(off) + 1e-300] if len(fit) > d + 1 else fit
     n, c, _ = plane_through(fit, row)
+    for _ in range(2):
+        off = np.abs(fit @ n + c)
+        inlier = off <= 10 * np.median(off) + 1e-300
+        if inlier.all() or inlier.sum() <= d + 1:
+            break
+        fit = fit[inlier]
+        n, c, _ = plane_through(fit, row)
     scale = np.abs(held).max() + 1.0
     new, old = np.median(np.abs(held @ n + c)), np.median(np.abs(held @ row + offset))
     if not new < old:
