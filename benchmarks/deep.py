@@ -12,7 +12,8 @@ Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim train
 way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
 ``model_extraction.attacks.functional.extract_deep`` through its float64 logit oracle; queries
 (log2), wall time, self-check error, fidelity on 10,000 uniform points of ``[-2, 2]^d`` and the
-bits of precision of each hidden layer (worst unit), measured against the victim afterwards;
+bits of precision of each hidden layer (worst unit found; a width found below the victim's
+means units were not found), measured against the victim afterwards;
 an MNIST victim's fidelity is also measured on its 10,000 test images.
 """
 

@@ -140,7 +140,7 @@ def compare_networks(
             if err.size else 0.0,
         }
     )
-    if victim.depth > 1 and victim.widths == extracted.widths:
+    if victim.depth > 1 and victim.depth == extracted.depth:
         out["layers"] = layer_precision(victim, extracted)
     return out
 
@@ -150,17 +150,21 @@ def layer_precision(victim: ReLUNetwork, extracted: ReLUNetwork) -> list[dict[st
 
     Units are matched by the cosine of their rows, then each victim row is carried into the
     extracted model's coordinates of the layer below (each unit there equals a positive multiple
-    of a victim unit) and compared with its match as unit-norm rows. Per hidden layer: units
-    matched, wrong orientations, and bits (``-log2`` of the worst and of the mean absolute error
-    of a unit-norm row entry). Raises ``ValueError`` when the widths differ.
+    of a victim unit; a victim unit with no match there is left out of the rows above, an
+    extracted unit with none gets weight 0) and compared with its match as unit-norm rows. Per
+    hidden layer: units matched (fewer than the victim's width when units were not found),
+    wrong orientations, and bits (``-log2`` of the worst and of the mean absolute error of a
+    unit-norm row entry, over the matched units). Raises ``ValueError`` when the depths differ.
     """
-    if victim.widths != extracted.widths:
-        raise ValueError(f"widths differ: victim {victim.widths}, extracted {extracted.widths}")
+    if victim.depth != extracted.depth:
+        raise ValueError(f"depths differ: victim {victim.widths}, extracted {extracted.widths}")
     out = []
-    perm, scale = np.arange(victim.input_dim), np.ones(victim.input_dim)
+    below = (np.arange(victim.input_dim), np.arange(victim.input_dim),
+             np.ones(victim.input_dim))
     for (wv, _), (we, _) in zip(victim.layers[:-1], extracted.layers[:-1], strict=True):
-        carried = np.zeros_like(wv)
-        carried[:, perm] = wv * scale  # the victim's rows on the extracted units below
+        mine, theirs, scale = below
+        carried = np.zeros((len(wv), we.shape[1]))
+        carried[:, theirs] = wv[:, mine] * scale  # the victim's rows on the extracted units below
         a = carried / np.linalg.norm(carried, axis=1, keepdims=True)
         b = we / np.linalg.norm(we, axis=1, keepdims=True)
         cos = a @ b.T
@@ -169,8 +173,6 @@ def layer_precision(victim: ReLUNetwork, extracted: ReLUNetwork) -> list[dict[st
         out.append({"units_matched": len(rows), "wrong_signs": int(np.sum(cos[rows, cols] < 0)),
                     "worst_bits": float(-np.log2(max(err.max(), 2.0**-80))),
                     "mean_bits": float(-np.log2(max(err.mean(), 2.0**-80)))})
-        perm = np.empty(len(rows), dtype=np.int64)
-        perm[rows] = cols
-        scale = np.empty(len(rows))
-        scale[rows] = np.linalg.norm(carried[rows], axis=1) / np.linalg.norm(we[cols], axis=1)
+        below = (rows, cols, np.linalg.norm(carried[rows], axis=1)
+                 / np.linalg.norm(we[cols], axis=1))
     return out

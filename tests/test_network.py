@@ -88,3 +88,31 @@ def test_deep_victims_are_evaluated_and_refused_by_the_one_layer_attack():
     with pytest.raises(OracleMismatchError, match="not a one-hidden-layer"):
         extract_functional(oracle, seed=0)
     assert 0 < oracle.queries < 5000  # refused early, not after the budget of a full attack
+
+
+def _rebuilt(layers, out):
+    (w0, b0), *rest = layers
+    return ReLUNetwork(w0, b0, *out, {}, hidden_layers=tuple(rest))
+
+
+def test_layer_precision_aligns_units_and_reports_units_not_found():
+    victim = ReLUNetwork.random(12, (8, 6, 5), 2, seed=1)
+    rng = np.random.default_rng(0)
+    layers, prev_perm, prev_scale = [], np.arange(12), np.ones(12)
+    for w, b in victim.layers[:-1]:  # the same network, units permuted and rescaled
+        perm, scale = rng.permutation(len(b)), rng.uniform(0.5, 2.0, len(b))
+        layers.append((w[perm][:, prev_perm] / prev_scale * scale[:, None], b[perm] * scale))
+        prev_perm, prev_scale = perm, scale
+    w_out, b_out = victim.layers[-1]
+    out = (w_out[:, prev_perm] / prev_scale, b_out)
+    same = _rebuilt(layers, out)
+    x = rng.standard_normal((50, 12))
+    np.testing.assert_allclose(same.logits(x), victim.logits(x), rtol=1e-12, atol=1e-12)
+    exact = compare_networks(victim, same)["layers"]
+    assert [layer["units_matched"] for layer in exact] == [8, 6, 5]
+    assert all(layer["worst_bits"] > 45 and layer["wrong_signs"] == 0 for layer in exact)
+    (w2, b2), (w3, b3) = layers[1], layers[2]
+    missing = _rebuilt([layers[0], (w2[1:], b2[1:]), (w3[:, 1:], b3)], out)
+    partial = compare_networks(victim, missing)["layers"]
+    assert [layer["units_matched"] for layer in partial] == [8, 5, 5]
+    assert all(layer["worst_bits"] > 45 for layer in partial)  # the rest is still exact
