@@ -58,11 +58,13 @@ _MAX_DEPTH = 8
 
 class _Incomplete(Exception):
     """A layer could not be finished with the critical points at hand (more lines may help);
-    ``first``: the oriented first layer, where the next lines are aimed."""
+    ``first``: the oriented first layer, where the next lines are aimed; ``found``: every
+    critical point found so far (set by :func:`_layers`)."""
 
     def __init__(self, why: str, prefix: Prefix) -> None:
         super().__init__(why)
         self.first = Prefix(prefix.layers[:1])
+        self.found: CriticalPoints | None = None
 class _Phases:
     """Queries and seconds per phase, the progress callback, and how far the attack got (the
     phase, the layer it works on and the widths of the layers extracted and oriented so far)."""
@@ -221,14 +223,15 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     found = _search(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
+    examined = 0
     while True:
         phases.enter("first layer")
-        planes = _more_planes(oracle, found, planes, rng, scale)
+        planes, examined = _more_planes(oracle, found, planes, rng, scale, examined), len(found)
         try:
             found, network, residuals, held = _layers(
                 oracle, found, planes, lines, rng, phases, search, hidden, executor, refined)
         except _Incomplete as stop:
-            first, why = stop.first, str(stop)
+            first, why, found = stop.first, str(stop), stop.found or found
         else:
             phases.enter("self-check", sum(network.widths))
             fresh = rng.standard_normal((check_points, d)) * scale
@@ -250,10 +253,11 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
 
 
 def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
-                 rng: np.random.Generator, scale: float) -> Hyperplanes:
-    """``planes`` plus the first-layer hyperplanes among the points not on one of them."""
+                 rng: np.random.Generator, scale: float, examined: int) -> Hyperplanes:
+    """``planes`` plus the first-layer hyperplanes among the points not on one of them (a new
+    one has a point beyond the first ``examined``, those of the earlier passes)."""
     free = np.flatnonzero(~_on_planes(found, planes, scale))
-    new = first_layer(oracle, found.subset(free), rng, scale=scale)
+    new = first_layer(oracle, found.subset(free), rng, scale=scale, seeds=free >= examined)
     if len(planes.rows) and len(new.rows):  # one already known, seen again far away
         same = np.abs(np.abs(new.rows @ planes.rows.T) - 1) < 1e-6
         near = np.abs(np.abs(new.offsets)[:, None] - np.abs(planes.offsets)[None]) < 1e-6 * scale
@@ -300,34 +304,39 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor, refined)
     residuals = [first_residuals]
     phases.known = prefix.widths
-    while True:
-        found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
-        if not len(layer.rows):
-            why = f"no neuron found above the layers of widths {prefix.widths} " \
-                  f"({oracle.queries} queries)"
-            if len(prefix.widths) == 1:
-                raise ExtractionError(why + ": a one-hidden-layer network is extracted by "
-                                      "extract_functional")
-            raise _Incomplete(why, prefix)
-        phases.enter("refinement", len(layer.rows))
-        v, b, res = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
-                                     [found.points[m] for m in layer.members], rng,
-                                     scale=scale, executor=executor)
-        phases.enter("last layer", len(v))
-        x_fit = rng.standard_normal((4 * (sum(prefix.widths) + len(v) + 1), prefix.layers[0][0]
-                                     .shape[1])) * scale
-        y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
-        v_o, b_o, a, a0, fit = orient_and_fit(prefix.top(x_fit), v, b, y_fit)
-        if _is_last(found, prefix.then(v, b), fit, hidden, scale):
-            network = ReLUNetwork(*prefix.layers[0], a, a0, {"extracted_by": "functional/deep"},
-                                  hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
-            return found, network, [*residuals, res], (x_fit, y_fit)
-        if len(prefix.widths) >= _MAX_DEPTH:
-            raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
-        phases.enter("signs", len(v))
-        prefix = _orient(oracle, prefix, v, b, rng, scale)
-        phases.known = prefix.widths
-        residuals.append(res)
+    try:
+        while True:
+            found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
+            if not len(layer.rows):
+                why = f"no neuron found above the layers of widths {prefix.widths} " \
+                      f"({oracle.queries} queries)"
+                if len(prefix.widths) == 1:
+                    raise ExtractionError(why + ": a one-hidden-layer network is extracted by "
+                                          "extract_functional")
+                raise _Incomplete(why, prefix)
+            phases.enter("refinement", len(layer.rows))
+            v, b, res = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
+                                         [found.points[m] for m in layer.members], rng,
+                                         scale=scale, executor=executor)
+            phases.enter("last layer", len(v))
+            x_fit = rng.standard_normal((4 * (sum(prefix.widths) + len(v) + 1),
+                                         prefix.layers[0][0].shape[1])) * scale
+            y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
+            v_o, b_o, a, a0, fit = orient_and_fit(prefix.top(x_fit), v, b, y_fit)
+            if _is_last(found, prefix.then(v, b), fit, hidden, scale):
+                network = ReLUNetwork(*prefix.layers[0], a, a0,
+                                      {"extracted_by": "functional/deep"},
+                                      hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
+                return found, network, [*residuals, res], (x_fit, y_fit)
+            if len(prefix.widths) >= _MAX_DEPTH:
+                raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
+            phases.enter("signs", len(v))
+            prefix = _orient(oracle, prefix, v, b, rng, scale)
+            phases.known = prefix.widths
+            residuals.append(res)
+    except _Incomplete as stop:  # the points found stay found
+        stop.found = found
+        raise
 
 
 def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,

@@ -76,14 +76,17 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
 
 
 def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator, *,
-                scale: float, min_lines: int = 3) -> Hyperplanes:
+                scale: float, min_lines: int = 3,
+                seeds: NDArray[np.bool_] | None = None) -> Hyperplanes:
     """The first layer's hyperplanes among ``found``: groups of critical points with one normal
-    and one offset, seen on at least ``min_lines`` lines, that pass :func:`is_flat`."""
+    and one offset, seen on at least ``min_lines`` lines, that pass :func:`is_flat`. ``seeds``
+    ``(m,)``: the points a group may start from (default all; the points already examined on
+    an earlier pass need not start one again), its members are taken from all."""
     pts, normals = found.points, found.normals
     offsets = -np.sum(normals * pts, axis=1)
     free = np.ones(len(pts), dtype=bool)
     rows, cs, members = [], [], []
-    for i in range(len(pts)):
+    for i in np.flatnonzero(np.ones(len(pts), dtype=bool) if seeds is None else seeds):
         if not free[i]:
             continue
         same = np.abs(np.abs(normals @ normals[i]) - 1) < _SAME
