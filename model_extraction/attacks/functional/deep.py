@@ -426,10 +426,12 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
     critical points is moved by Newton steps (on the prefix, no query) until one unit it lacks
     is active, and a line along its normal through the new point looks for it again there (a
     neuron whose hyperplane lines seldom cross where that unit is active is completed this
-    way). One line per partial row."""
+    way). One line per partial row, for the ``_MORE_LINES`` rows seen at the most points (a
+    deeper layer's points, seen in this layer's basis, make partial rows of a few points)."""
     w1 = prefix.layers[0][0]
     lines = []
-    for known, members in zip(partial.known, partial.members, strict=True):
+    most = np.argsort([-len(m) for m in partial.members], kind="stable")[:_MORE_LINES]
+    for known, members in ((partial.known[i], partial.members[i]) for i in most):
         k = int(rng.choice(members))
         u = int(rng.choice(np.flatnonzero(~known)))
         x = moved = found.points[k]
