@@ -16,7 +16,8 @@ The phases, one module each, layer after layer:
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
    preimages (:func:`.signs.signs_by_preimage`) and added to the prefix, and step 3 repeats;
 5. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or more
-   lines and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
+   lines (half of them through the points it failed on, where a neuron it lacks is active)
+   and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
 
 Every query goes through the oracle and is counted; nothing reads the victim's weights.
 """
@@ -124,18 +125,25 @@ def _bits(residuals: Array) -> float:
 
 def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
             count: int, scale: float, reach: float,
-            aim: tuple[Prefix, NDArray[np.bool_]] | None = None) -> CriticalPoints:
+            aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
+            through: Array | None = None) -> CriticalPoints:
     """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
     units, which partial signatures lack), and the normals of the points on the prefix's
-    hyperplanes are taken from it instead of measured (``2 (2d + 1)`` queries saved each)."""
+    hyperplanes are taken from it instead of measured (``2 (2d + 1)`` queries saved each);
+    with ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
+    active there), the other half pass through those points."""
     d = found.points.shape[1]
     more = [random_line(rng, d, scale) for _ in range(count)]
     if aim is not None and aim[1].any():
         origins = _aimed_origins(*aim, rng, count // 2, scale)
         more[: len(origins)] = [Line(o, line.direction)
                                for o, line in zip(origins, more[: len(origins)], strict=True)]
+    if through is not None and len(through):
+        picked = through[rng.choice(len(through), min(len(through), count // 2), replace=False)]
+        more[count - len(picked):] = [Line(o, line.direction) for o, line in
+                                      zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else _known(aim[0], scale)
     found = found.join(find_critical_points(oracle, more, first_line=len(lines),
                                             t_range=_t_range(reach), known=known))
@@ -231,13 +239,14 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
             found, network, residuals, held = _layers(
                 oracle, found, planes, lines, rng, phases, search, hidden, executor, refined)
         except _Incomplete as stop:
-            first, why, found = stop.first, str(stop), stop.found or found
+            first, why, found, failed = stop.first, str(stop), stop.found or found, None
         else:
             phases.enter("self-check", sum(network.widths))
             fresh = rng.standard_normal((check_points, d)) * scale
-            check, _, _ = self_check(oracle, network, fresh, *held, check_tolerance)
+            check, _, errors = self_check(oracle, network, fresh, *held, check_tolerance)
             if check.passed:
                 break
+            failed = np.concatenate([fresh, held[0]])[errors > check_tolerance]
             first = Prefix(((network.weight0, network.bias0),))
             why = (f"the extracted {d}-{'-'.join(map(str, network.widths))}-"
                    f"{network.num_outputs} network misses the oracle by a relative "
@@ -248,7 +257,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
                 "More lines (max_lines=) or a wider reach (reach=) may help.")
         phases.enter("critical points")
         found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach,
-                        (first, np.ones(first.widths[0], dtype=bool)))
+                        (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
 
 
