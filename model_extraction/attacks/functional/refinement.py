@@ -28,6 +28,8 @@ Array = NDArray[np.float64]
 __all__ = ["better_plane", "refit_first_layer", "refit_next_layer"]
 
 _NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
+_SUPPORT = 8  # a coordinate non-zero at fewer points than this is not fitted
+_NEXT_POINTS = 8  # points per unknown of a deeper hyperplane (3 left some 24 bits precise)
 
 
 def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float, float]:
@@ -38,7 +40,25 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     it: kinks of other neurons that passed the tests) must predict the other better than the
     current estimate does, else the estimate is kept (also when the points lie in a subspace
     that leaves the hyperplane undetermined). Returns row, offset and the relative
-    residual of the kept plane on the held-out half (NaN when the estimate was kept)."""
+    residual of the kept plane on the held-out half (NaN when the estimate was kept).
+
+    Coordinates that are zero at all but a few points (a deeper layer's points, where a unit
+    of the layer below is seldom active) are not fitted: the points where they are not zero
+    are set aside, and the row keeps its entries there (the fit, on the other coordinates, is
+    rescaled to agree with the estimate on them)."""
+    support = np.count_nonzero(points, axis=0)
+    if np.any(support < _SUPPORT):
+        live = support >= _SUPPORT
+        if not live.any():
+            return row, offset, np.nan
+        clean = ~np.any(points[:, ~live], axis=1)
+        n, c, residual = better_plane(points[clean][:, live], row[live], offset)
+        if not np.isfinite(residual):
+            return row, offset, np.nan
+        lam = float(n @ row[live]) / float(n @ n)
+        out = row.copy()
+        out[live] = lam * n
+        return out, lam * c, residual
     d = points.shape[1]
     fit, held = points[::2], points[1::2]
     if len(held) <= d:
@@ -83,10 +103,7 @@ def _next_task(oracle: Oracle, prefix: Prefix, row: Array, bias: float, p: Array
     near = np.isfinite(pts[:, 0]) & (np.abs(acts @ row + bias)
                                      < _NEAR * np.linalg.norm(acts, axis=1))
     acts = acts[near]  # a kink of another neuron, or none: dropped
-    spent = oracle.queries - before
-    if not np.all(acts.any(axis=0) | (row == 0)):
-        return row, bias, np.nan, spent
-    return (*better_plane(acts, row, bias), spent)
+    return (*better_plane(acts, row, bias), oracle.queries - before)
 
 
 def _run_tasks(oracle: Oracle, task: Any, argsets: list[tuple[Any, ...]], queries: int,
@@ -125,17 +142,17 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                      anchors: list[Array], rng: np.random.Generator, *, scale: float,
                      executor: Any = None) -> tuple[Array, Array, Array]:
     """Each next-layer hyperplane ``rows[j] · a_T + biases[j] = 0`` refitted, in the space of the
-    prefix's top activations ``a_T``, through points placed on it: half near its critical points
-    ``anchors[j]`` ``(m_j, d)`` (moved off the anchor within its region), half anywhere (for
-    regions far apart, which pin the hyperplane down in every direction), each brought onto the
-    estimate along its local normal and then located by a crossing test (one task per neuron,
-    as :func:`refit_first_layer`). Returns the rows, biases and relative residuals (NaN where
-    the points did not beat the estimate)."""
+    prefix's top activations ``a_T``, through ``8 (h_T + 1)`` points placed on it: half near its
+    critical points ``anchors[j]`` ``(m_j, d)`` (moved off the anchor within its region), half
+    anywhere (for regions far apart, which pin the hyperplane down in every direction), each
+    brought onto the estimate along its local normal and then located by a crossing test (one
+    task per neuron, as :func:`refit_first_layer`). Returns the rows, biases and relative
+    residuals (NaN where the points did not beat the estimate)."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
     argsets = []
     for j, anchor in enumerate(anchors):
-        n = 3 * (h + 1)
+        n = _NEXT_POINTS * (h + 1)
         near = anchor[rng.integers(len(anchor), size=n - n // 2)]
         step = rng.standard_normal(near.shape)
         room = np.min(prefix.distances(near), axis=1)
@@ -145,6 +162,7 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         p, unit, radius = placed_on(prefix, rows[j], float(biases[j]),
                                     np.concatenate([near, far]))
         argsets.append((prefix, rows[j], float(biases[j]), p, unit, radius + 1e-12 * scale))
-    done = _run_tasks(oracle, _next_task, argsets, 6 * 3 * (h + 1) * len(anchors), executor)
+    done = _run_tasks(oracle, _next_task, argsets, 6 * _NEXT_POINTS * (h + 1) * len(anchors),
+                      executor)
     return (np.array([r[0] for r in done]).reshape(rows.shape), np.array([r[1] for r in done]),
             np.array([r[2] for r in done]))
