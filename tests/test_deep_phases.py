@@ -105,3 +105,20 @@ def test_signs_by_preimage_refuses_an_expansive_middle_layer():
     with pytest.raises(ValueError, match="contractive"):
         signs_by_preimage(ModelOracle(victim), _prefix(victim, 1), w2, b2,
                           np.random.default_rng(0))
+
+
+def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():
+    from model_extraction.attacks.functional.refinement import better_plane
+
+    rng = np.random.default_rng(4)
+    true = rng.standard_normal(6)
+    points = np.abs(rng.standard_normal((80, 6)))  # activations: non-negative
+    points[:, 5] = 0.0
+    points[:2, 5] = 1.0  # a unit active at two points only: its weight is not determined here
+    points[:, 0] = -(points[:, 1:] @ true[1:] + 0.3) / true[0]  # every point on the plane
+    estimate = true + 1e-6 * rng.standard_normal(6)
+    row, bias, residual = better_plane(points, estimate, 0.3)
+    assert np.isfinite(residual) and row[5] == estimate[5]
+    scale = row[0] / true[0]
+    assert np.abs(row[:5] / scale - true[:5]).max() < 1e-12 * np.abs(true).max()
+    assert abs(bias / scale - 0.3) < 1e-12
