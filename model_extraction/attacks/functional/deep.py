@@ -66,6 +66,8 @@ class _Incomplete(Exception):
         super().__init__(why)
         self.first = Prefix(prefix.layers[:1])
         self.found: CriticalPoints | None = None
+
+
 class _Phases:
     """Queries and seconds per phase, the progress callback, and how far the attack got (the
     phase, the layer it works on and the widths of the layers extracted and oriented so far)."""
@@ -194,7 +196,8 @@ def extract_deep(
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for an expansive first
     layer (``h1 > d``) or middle layer (sign recovery by neuron wiggle is not implemented);
-    and the oracle's errors (budget, precision).
+    and the oracle's errors (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError`
+    that says the phase and layer reached and the widths already extracted).
     """
     oracle = as_oracle(oracle, input_dim=input_dim)
     d = input_dim if input_dim is not None else oracle.input_dim
