@@ -101,7 +101,7 @@ class _Phases:
             known = (f"the layers of widths {self.known} were extracted and oriented"
                      if self.known else "no layer was finished yet")
             where = (f"Deep extraction was in phase '{self.phase}' of layer "
-                     f"{len(self.known) + 1} ({len(lines)} lines searched); {known}.")
+                     f"{len(self.known) + 1} ({len(lines)} lines drawn); {known}.")
             raise BudgetExhaustedError(err.budget, err.used, err.requested,
                                        progress=where) from None
 
@@ -147,10 +147,10 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
         more[count - len(picked):] = [Line(o, line.direction) for o, line in
                                       zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else _known(aim[0], scale)
-    found = found.join(find_critical_points(oracle, more, first_line=len(lines),
-                                            t_range=_t_range(reach), known=known))
-    lines += more
-    return found
+    first = len(lines)
+    lines += more  # counted from now on (a budget error says how many were drawn)
+    return found.join(find_critical_points(oracle, more, first_line=first,
+                                           t_range=_t_range(reach), known=known))
 
 
 def _known(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
@@ -188,7 +188,8 @@ def extract_deep(
     ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
     ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
-    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound;
+    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound,
+    checked between batches of lines (a run stops within one batch of 16 beyond it);
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
