@@ -35,6 +35,10 @@ def test_refuses_what_it_cannot_extract():
     with pytest.raises(ExtractionError, match="not the"):
         extract_deep(ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0)), seed=0,
                      hidden=(10, 9))
+    shallow = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
+    with pytest.raises(ExtractionError, match="has 2 hidden layers, not the 3"):
+        extract_deep(shallow, seed=0, hidden=(10, 10, 10))
+    assert shallow.queries < 400_000  # refused at once, not after max_lines
     with pytest.raises(ExtractionError, match="one-hidden-layer"):
         extract_deep(ModelOracle(ReLUNetwork.random(10, 6, 2, seed=0)), seed=0, max_lines=24)
 

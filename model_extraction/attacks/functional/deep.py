@@ -356,8 +356,15 @@ def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
              hidden: tuple[int, ...] | None, scale: float) -> bool:
     """Whether the top layer of ``prefix`` is the last hidden layer: the depth given, or the
     logits affine in its activations, or (a layer missing neurons) no share of the critical
-    points left on no known hyperplane."""
+    points left on no known hyperplane. Raises :class:`~.result.ExtractionError` when the
+    logits are affine in the activations of a layer that ``hidden`` says is not the last (the
+    victim is shallower than ``hidden``: refused now, not after ``max_lines``)."""
     if hidden is not None:
+        if fit <= _LAST_FIT and len(prefix.widths) < len(hidden):
+            raise ExtractionError(
+                f"the logits are affine in the activations of layer {len(prefix.widths)} "
+                f"(found widths {prefix.widths}): the victim has {len(prefix.widths)} hidden "
+                f"layers, not the {len(hidden)} of hidden={tuple(hidden)}")
         return len(prefix.widths) >= len(hidden)
     if fit <= _LAST_FIT:
         return True
