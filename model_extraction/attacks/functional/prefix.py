@@ -62,9 +62,12 @@ class Prefix:
         """The distance from each of ``x`` ``(n, d)`` to each unit's hyperplane, to first order
         (``|z| / |∇z|``; ``inf`` where the unit does not depend on the input there):
         ``(n, Σ h_l)``."""
+        return self._distances(*self.local(x))
+
+    def _distances(self, pres: list[Array], jac: list[Array]) -> Array:
+        """:meth:`distances` from :meth:`local`'s pre-activations and Jacobians."""
         w1 = self.layers[0][0]
         gram = w1 @ w1.T
-        pres, jac = self.local(x)
         out = []
         for z, j in zip(pres, jac, strict=True):
             norm = np.sqrt(np.maximum(np.einsum("nkh,hm,nkm->nk", j, gram, j), 0.0))
@@ -76,8 +79,8 @@ class Prefix:
         """The unit input-space normal ``(n, d)`` of the hyperplane each of ``x`` ``(n, d)``
         lies on, to within ``tolerance`` (the nearest unit's local gradient); NaN rows for the
         points on none (for :func:`~.critical.find_critical_points`: no query for these)."""
-        dist = self.distances(x)
-        _, jac = self.local(x)
+        pres, jac = self.local(x)
+        dist = self._distances(pres, jac)
         nearest = np.argmin(dist, axis=1)
         grads = np.concatenate(jac, axis=1)[np.arange(len(x)), nearest] @ self.layers[0][0]
         length = np.linalg.norm(grads, axis=1, keepdims=True)
