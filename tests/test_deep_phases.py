@@ -122,3 +122,40 @@ def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():
     scale = row[0] / true[0]
     assert np.abs(row[:5] / scale - true[:5]).max() < 1e-12 * np.abs(true).max()
     assert abs(bias / scale - 0.3) < 1e-12
+
+
+def test_the_logit_fit_sets_aside_the_points_where_a_missing_neuron_is_active():
+    from model_extraction.attacks.functional.lastlayer import orient_and_fit
+
+    rng = np.random.default_rng(5)
+    below = np.abs(rng.standard_normal((400, 8)))
+    rows, biases = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    a, a0 = rng.standard_normal((3, 5)), rng.standard_normal(3)
+    rare = np.zeros(400)
+    rare[[7, 150, 333]] = [0.5, 1.0, 2.0]  # a neuron active at three points, not among rows
+    y = np.maximum(below @ rows.T + biases, 0) @ a.T + a0 + rare[:, None] * [1.0, -2.0, 0.5]
+    signs = np.where(rng.random(5) < 0.5, -1.0, 1.0)
+    r, b, weight, bias, residual = orient_and_fit(below, rows * signs[:, None], biases * signs, y)
+    assert residual < 1e-10  # over the points kept: the three are set aside
+    np.testing.assert_allclose(r, rows, rtol=1e-10)
+    np.testing.assert_allclose(weight, a, rtol=1e-8)
+    np.testing.assert_allclose(bias, a0, rtol=1e-8)
+    errors = np.abs(np.maximum(below @ r.T + b, 0) @ weight.T + bias - y).max(axis=1)
+    assert set(np.flatnonzero(errors > 1e-8)) == {7, 150, 333}
+
+
+def test_a_point_is_moved_along_a_rows_hyperplane_until_a_unit_it_lacks_is_active():
+    from model_extraction.attacks.functional.deep import _into
+
+    victim = _victim(seed=2)
+    prefix, rng = _prefix(victim, 1), np.random.default_rng(1)
+    (w2, b2) = victim.layers[1]
+    x = prefix.onto(rng.standard_normal((1, 12)), w2[0], float(b2[0]), steps=8)[0]
+    lacking = int(np.flatnonzero(prefix.preactivations(x[None])[0][0] <= 0)[0])
+    line = _into(prefix, x, w2[0], float(b2[0]), lacking, 0.05)
+    assert line is not None
+    z1 = prefix.preactivations(line.origin[None])[0][0]
+    assert z1[lacking] > 0
+    assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
+    along = prefix.local(line.origin[None])[1][0][0, lacking] @ prefix.layers[0][0]
+    assert abs(line.direction @ along) < 1e-10 * np.linalg.norm(along)

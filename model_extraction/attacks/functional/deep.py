@@ -143,7 +143,7 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
         more[: len(origins)] = [Line(o, line.direction)
                                for o, line in zip(origins, more[: len(origins)], strict=True)]
     if through is not None and len(through):
-        picked = through[rng.choice(len(through), min(len(through), count // 2), replace=False)]
+        picked = through[rng.choice(len(through), count // 2)]  # a few points: several each
         more[count - len(picked):] = [Line(o, line.direction) for o, line in
                                       zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else _known(aim[0], scale)
@@ -443,32 +443,54 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                     partial: Signatures, rng: np.random.Generator,
                     scale: float) -> CriticalPoints:
     """``found`` plus critical points aimed at what partial rows lack: for each, one of its
-    critical points is moved by Newton steps (on the prefix, no query) until one unit it lacks
-    is active, and a line along its normal through the new point looks for it again there (a
-    neuron whose hyperplane lines seldom cross where that unit is active is completed this
-    way). One line per partial row, for the ``_MORE_LINES`` rows seen at the most points (a
-    deeper layer's points, seen in this layer's basis, make partial rows of a few points)."""
-    w1 = prefix.layers[0][0]
+    critical points is moved (by :func:`_into`, on the prefix, no query) along the row's
+    estimated hyperplane until one unit it lacks is active, and a short line across the
+    hyperplane there, along which that unit stays active, looks for the neuron again (a unit
+    active on a tiny share of inputs is active only near such a point). One line per partial
+    row, for ``_MORE_LINES`` rows drawn in proportion to the points each was seen at (a deeper
+    layer's points, seen in this layer's basis, make many partial rows of a few points; a rare
+    neuron's row has few points too, and its turn comes)."""
+    if not len(partial.members):
+        return found
+    seen = np.array([len(m) for m in partial.members], dtype=np.float64)
+    picked = rng.choice(len(seen), min(len(seen), _MORE_LINES), replace=False, p=seen / seen.sum())
     lines = []
-    most = np.argsort([-len(m) for m in partial.members], kind="stable")[:_MORE_LINES]
-    for known, members in ((partial.known[i], partial.members[i]) for i in most):
-        k = int(rng.choice(members))
-        u = int(rng.choice(np.flatnonzero(~known)))
-        x = moved = found.points[k]
-        for _ in range(4):
-            pres, jac = prefix.local(moved[None])
-            if pres[-1][0, u] > 0:
-                break
-            grad = jac[-1][0, u] @ w1
-            square = float(grad @ grad)
-            if square == 0:
-                break
-            moved = moved + ((0.05 * scale - pres[-1][0, u]) / square) * grad
-        if prefix.preactivations(moved[None])[-1][0, u] > 0:
-            lines.append((Line(moved, found.normals[k]),
-                          2.0 * float(np.linalg.norm(moved - x)) + 0.05 * scale))
-    for line, reach in lines:
-        found = found.join(find_critical_points(oracle, [line], first_line=-1,
-                                                t_range=(-reach, 0.83 * reach),
-                                                known=_known(prefix, scale)))
-    return found
+    for i in picked:
+        k = int(rng.choice(partial.members[i]))
+        u = int(rng.choice(np.flatnonzero(~partial.known[i])))
+        line = _into(prefix, found.points[k], partial.rows[i], float(partial.biases[i]), u,
+                     0.05 * scale)
+        if line is not None:
+            lines.append(line)
+    if not lines:
+        return found
+    reach = 0.2 * scale
+    return found.join(find_critical_points(oracle, lines, first_line=-1,
+                                           t_range=(-reach, 0.83 * reach),
+                                           known=_known(prefix, scale)))
+
+
+def _into(prefix: Prefix, x: Array, row: Array, bias: float, unit: int,
+          target: float) -> Line | None:
+    """A line through a point near ``x`` ``(d,)`` on the next-layer hyperplane ``row ·
+    ReLU(z_T) + bias = 0`` (as far as ``row`` is known) where the top layer's ``unit`` has
+    pre-activation ``target``, across the hyperplane and along the unit's level set; ``None``
+    when Newton steps on both equations at once (minimum-norm, on the prefix) do not get
+    there."""
+    w1 = prefix.layers[0][0]
+    for _ in range(6):
+        pres, jac = prefix.local(x[None])
+        value, normal = prefix.next_normals(x[None], row)
+        grads = np.stack([normal[0], jac[-1][0, unit] @ w1])
+        miss = np.array([-(value[0] + bias), target - pres[-1][0, unit]])
+        if np.linalg.matrix_rank(grads) < 2:
+            return None
+        x = x + grads.T @ np.linalg.solve(grads @ grads.T, miss)
+    pres, jac = prefix.local(x[None])
+    along = jac[-1][0, unit] @ w1
+    across = prefix.next_normals(x[None], row)[1][0]
+    across = across - (across @ along) / (along @ along) * along
+    length = float(np.linalg.norm(across))
+    if pres[-1][0, unit] <= 0 or length == 0:
+        return None
+    return Line(x, across / length)

@@ -19,10 +19,24 @@ Array = NDArray[np.float64]
 __all__ = ["orient_and_fit"]
 
 
+_OUTLIER = 10.0  # a residual this many times the median stands out
+_FLOOR = 1e-9  # relative residuals below this never stand out (float64 round-off)
+_TRIM = 0.05  # the largest share of points dropped
+
+
 def _fit(features: Array, y: Array) -> tuple[Array, float]:
-    coef, *_ = np.linalg.lstsq(features, y, rcond=None)
-    residual = float(np.max(np.abs(features @ coef - y)) / max(1.0, np.max(np.abs(y))))
-    return coef, residual
+    """Least squares, trimmed of the points that stand out; the coefficients and the largest
+    relative residual over the points kept."""
+    scale = max(1.0, float(np.max(np.abs(y))))
+    kept = np.ones(len(y), dtype=bool)
+    for _ in range(4):
+        coef, *_ = np.linalg.lstsq(features[kept], y[kept], rcond=None)
+        residuals = np.max(np.abs(features @ coef - y), axis=1) / scale
+        out = residuals > max(_OUTLIER * float(np.median(residuals[kept])), _FLOOR)
+        if not (out & kept).any() or out.sum() > _TRIM * len(y):
+            break
+        kept = ~out
+    return coef, float(residuals[kept].max())
 
 
 def orient_and_fit(below: Array, rows: Array, biases: Array,
