@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="one random 10-10-10-1 victim, seed 0 (a smoke run)")
     p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
+    p.add_argument("--max-lines", type=int, default=256,
+                   help="lines searched before a victim is refused (extract_deep's max_lines)")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -82,7 +84,7 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
-            test: np.ndarray | None = None) -> dict:
+            test: np.ndarray | None = None, max_lines: int = 256) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
@@ -93,7 +95,7 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
                  time.perf_counter() - started, queries, phase, units)
 
     try:
-        result = extract_deep(oracle, seed=0, reach=reach, progress=phase)
+        result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines, progress=phase)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
@@ -112,7 +114,7 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
-    return run_one(c["victim"], victim, c["seed"], c["reach"], test)
+    return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256))
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
@@ -122,13 +124,14 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
     for shape in args.shapes:
         d, *widths, k = (int(s) for s in shape.split("-"))
         for seed in args.seeds:
-            cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach})
+            cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach,
+                         "max_lines": args.max_lines})
             cells.append(cell)
             inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None)
     for widths in args.mnist:
         for seed in args.seeds:
             cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
-                         "reach": args.reach})
+                         "reach": args.reach, "max_lines": args.max_lines})
             cells.append(cell)
             victim, test = mnist_victim(widths, seed, args.victim_dir)
             inputs[cell.key] = (executor.put(victim), executor.put(test))

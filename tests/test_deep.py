@@ -15,6 +15,7 @@ from model_extraction.oracle import BudgetExhaustedError, ModelOracle
     (10, (10, 10), 1, 0), (12, (8, 6), 3, 2),
     (30, (8, 16), 3, 0),  # expansive second layer: its signs come from the logit layer
     (40, (20, 10, 10), 1, 1),  # three hidden layers: the middle one oriented by preimages
+    (10, (10, 8, 6), 1, 2),  # a last-layer neuron joined into two rows: kept once
 ])
 def test_extracts_a_deep_network(d, widths, k, seed):
     victim = ReLUNetwork.random(d, widths, k, seed=seed)

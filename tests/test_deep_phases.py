@@ -159,3 +159,78 @@ def test_a_point_is_moved_along_a_rows_hyperplane_until_a_unit_it_lacks_is_activ
     assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
     along = prefix.local(line.origin[None])[1][0][0, lacking] @ prefix.layers[0][0]
     assert abs(line.direction @ along) < 1e-10 * np.linalg.norm(along)
+
+
+def test_a_neuron_found_twice_or_a_deeper_one_seen_in_one_region_is_not_kept():
+    from model_extraction.attacks.functional.signatures import distinct_neurons
+
+    w2, b2 = _victim(seed=1).layers[1]  # 8 neurons on 10 units: contractive
+    c = np.array([0.7, 0, 0, -0.4, 0, 0.2, 0, 0])  # a deeper neuron, where these three are active
+    rows = np.vstack([w2, -3 * w2[2], c @ w2])
+    biases = np.concatenate([b2, [-3 * b2[2], c @ b2 + 0.3]])
+    seen = np.array([40, 35, 50, 30, 45, 38, 41, 36, 20, 5])
+    np.testing.assert_array_equal(distinct_neurons(rows, biases, seen), np.arange(8))
+    wide = np.random.default_rng(0).standard_normal((14, 10))  # expansive: all dependent
+    kept = distinct_neurons(np.vstack([wide, 2 * wide[3]]), np.zeros(15), np.full(15, 9))
+    np.testing.assert_array_equal(kept, np.arange(14))
+
+
+def test_the_logit_fit_holds_points_where_each_neuron_is_active_however_rare():
+    from model_extraction.attacks.functional.deep import _fit_inputs
+    from model_extraction.attacks.functional.lastlayer import orient_and_fit
+
+    base = _victim(seed=3, widths=(10, 8))
+    (w1, b1), (w2, b2), (a, a0) = base.layers
+    prefix, rng = Prefix(((w1, b1),)), np.random.default_rng(0)
+    gauss = rng.standard_normal((100_000, 12))
+    b2 = b2 - np.where(np.arange(8) == 5, np.quantile(prefix.top(gauss) @ w2[5] + b2[5], 0.9995), 0)
+    victim = ReLUNetwork(w1, b1, a, a0, {}, hidden_layers=((w2, b2),))  # unit 5: active on 0.05%
+    critical = [prefix.onto(rng.standard_normal((4, 12)), w, float(c), steps=8)
+                for w, c in zip(w2, b2, strict=True)]
+    x = _fit_inputs(prefix, w2, critical, rng, 1.0)
+    z = prefix.top(x) @ w2.T + b2
+    assert not (z[: 4 * (10 + 8 + 1), 5] > 0).any()  # the Gaussian points alone never see it
+    assert (z > 0).any(axis=0).all()
+    flips = np.where(np.arange(8) % 3 == 0, -1.0, 1.0)
+    *_, weight, bias, residual = orient_and_fit(prefix.top(x), w2 * flips[:, None], b2 * flips,
+                                                victim.logits(x))
+    np.testing.assert_allclose(weight, a, rtol=1e-8)
+    np.testing.assert_allclose(bias, a0, rtol=1e-8)
+
+
+def test_points_of_one_signature_on_parallel_hyperplanes_make_one_candidate_each():
+    from model_extraction.attacks.functional.signatures import next_layer
+
+    rng = np.random.default_rng(0)
+    row, bias, deeper = rng.standard_normal(6), 0.3, -0.8  # a neuron, and one further up
+    below, coef = [], []
+    while len(below) < 8:  # 3 points of the neuron, 5 of the one further up seen through it
+        active = (rng.uniform(size=6) < 0.8) | (np.arange(6) < 3)
+        a = np.where(active, rng.uniform(0.1, 1.0, 6), 0.0)
+        a[2] -= ((bias if len(below) < 3 else deeper) + a @ row) / row[2]  # onto the plane
+        if a[2] > 0.05:
+            below.append(a)
+            coef.append(np.where(active, row, 0.0) * rng.uniform(0.5, 2.0))
+    layer = next_layer(np.array(below), np.array(coef), np.arange(8) + 100)
+    assert sorted(map(sorted, layer.members)) == [[100, 101, 102], [103, 104, 105, 106, 107]]
+    for r, b, m in zip(layer.rows, layer.biases, layer.members, strict=True):
+        scale = r @ row / (row @ row)
+        np.testing.assert_allclose(r, scale * row, rtol=1e-9)
+        np.testing.assert_allclose(b, scale * (bias if m[0] == 100 else deeper), rtol=1e-9)
+
+
+def test_a_neuron_with_a_gradient_on_a_sliver_is_tested_from_near_its_critical_points():
+    (w1, b1), (w2, b2), (a, a0) = _victim(seed=4, widths=(10, 8)).layers
+    rng = np.random.default_rng(0)
+    gauss = rng.standard_normal((100_000, 12)) * 0.5
+    b1, w2, b2 = b1.copy(), w2.copy(), b2.copy()
+    b1[3] -= np.quantile(gauss @ w1[3] + b1[3], 0.999)  # first-layer unit 3: on 0.1% of inputs
+    w2[5], b2[5] = np.eye(10)[3], -0.01  # unit 5 reads unit 3 alone: a gradient only there
+    oracle = ModelOracle(ReLUNetwork(w1, b1, a, a0, {}, hidden_layers=((w2, b2),)))
+    prefix = Prefix(((w1, b1),))
+    starts = [gauss[(gauss @ w1[3] + b1[3]) > 0.02][:10] if j == 5 else gauss[:10]
+              for j in range(8)]
+    near = [prefix.onto(s, w, float(c), steps=8) for s, w, c in zip(starts, w2, b2, strict=True)]
+    anywhere = flat_above(oracle, prefix, w2, b2, rng, scale=1.0)
+    assert anywhere.sum() == 7 and not anywhere[5]
+    assert flat_above(oracle, prefix, w2, b2, rng, scale=1.0, near=near).all()

@@ -43,7 +43,7 @@ from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult, PhaseCost
 from .search import Line
 from .selfcheck import SelfCheck, self_check
-from .signatures import Signatures, coefficients, complete_rows, next_layer
+from .signatures import Signatures, coefficients, complete_rows, distinct_neurons, next_layer
 from .signs import signs_by_preimage, signs_from_next_layer
 
 Array = NDArray[np.float64]
@@ -176,7 +176,7 @@ def _aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Gen
 def extract_deep(
     oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, ...] | None = None,
     scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
-    check_points: int = 256,
+    check_points: int = 4096,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
     executor: Any = None,
 ) -> ExtractionResult:
@@ -190,6 +190,9 @@ def extract_deep(
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
     ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound,
     checked between batches of lines (a run stops within one batch of 16 beyond it);
+    ``check_points``: the fresh Gaussian queries of each self-check (a neuron active on a
+    share ``p`` of them goes unseen with probability ``(1 - p)^check_points``: 1.7% for
+    ``p = 0.1%`` at the default), ``check_tolerance``: the relative error it allows;
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
@@ -331,9 +334,11 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             v, b, res = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                          [found.points[m] for m in layer.members], rng,
                                          scale=scale, executor=executor)
+            keep = distinct_neurons(v, b, np.array([len(m) for m in layer.members]))
+            v, b, res = v[keep], b[keep], res[keep]
             phases.enter("last layer", len(v))
-            x_fit = rng.standard_normal((4 * (sum(prefix.widths) + len(v) + 1),
-                                         prefix.layers[0][0].shape[1])) * scale
+            x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
+                                scale)
             y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
             v_o, b_o, a, a0, fit = orient_and_fit(prefix.top(x_fit), v, b, y_fit)
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
@@ -350,6 +355,25 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
         raise
+
+
+def _fit_inputs(prefix: Prefix, rows: Array, critical: list[Array], rng: np.random.Generator,
+                scale: float) -> Array:
+    """Where the logits are fitted on a new layer ``rows`` ``(h, h_T)`` on top of ``prefix``:
+    ``4 (Σ widths + h + 1)`` Gaussian points, and a point on either side of each neuron's
+    hyperplane (``0.01 scale`` along its normal) at two of its ``critical`` points ``(m_i, d)``,
+    so that a neuron active on a sliver of the Gaussian region is active at some of them (its
+    logit weights are undetermined otherwise, and the self-check fails where it is active)."""
+    d = prefix.layers[0][0].shape[1]
+    gauss = rng.standard_normal((4 * (sum(prefix.widths) + len(rows) + 1), d)) * scale
+    sides = []
+    for row, points in zip(rows, critical, strict=True):
+        x = points[rng.choice(len(points), min(2, len(points)), replace=False)]
+        normal = prefix.next_normals(x, row)[1]
+        length = np.linalg.norm(normal, axis=1, keepdims=True)
+        step = 0.01 * scale * normal / np.where(length > 0, length, np.inf)
+        sides += [x + step, x - step]
+    return np.vstack([gauss, *sides])
 
 
 def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
@@ -378,7 +402,6 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     :class:`_Incomplete` when the probes show that a neuron of the layer is still missing, or
     when a sign is undecided."""
     layer = len(prefix.widths) + 1
-    rows, biases = _distinct(rows, biases)
     if len(rows) > min(prefix.widths):
         raise ValueError(f"layer {layer} has at least {len(rows)} neurons on top of layers of "
                          f"widths {prefix.widths}: sign recovery by preimages needs a "
@@ -395,18 +418,6 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         raise _Incomplete(f"the signs of {int(np.sum(signs == 0))} of the {len(rows)} neurons "
                           f"of layer {layer} could not be decided", prefix)
     return prefix.then(rows * signs[:, None], biases * signs)
-
-
-def _distinct(rows: Array, biases: Array) -> tuple[Array, Array]:
-    """One of each set of neurons equal up to a positive or negative scale (one neuron whose
-    partial signatures were not joined)."""
-    both = np.hstack([rows, biases[:, None]])
-    unit = both / np.linalg.norm(both, axis=1, keepdims=True)
-    keep: list[int] = []
-    for i in range(len(unit)):
-        if all(abs(unit[i] @ unit[j]) < 1 - 1e-9 for j in keep):
-            keep.append(i)
-    return rows[keep], biases[keep]
 
 
 def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
@@ -427,8 +438,9 @@ def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any
         layer = complete_rows(layer, prefix, found.points, found.normals, rest[~ok])
         complete = layer.known.all(axis=1)
         neurons = complete.copy()
-        neurons[complete] = flat_above(oracle, prefix, layer.rows[complete],
-                                       layer.biases[complete], rng, scale=scale)
+        neurons[complete] = flat_above(
+            oracle, prefix, layer.rows[complete], layer.biases[complete], rng, scale=scale,
+            near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c])
         stable = stable + 1 if neurons.sum() == before else 0
         if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
             return found, layer.subset(neurons)
@@ -446,14 +458,16 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
     critical points is moved (by :func:`_into`, on the prefix, no query) along the row's
     estimated hyperplane until one unit it lacks is active, and a short line across the
     hyperplane there, along which that unit stays active, looks for the neuron again (a unit
-    active on a tiny share of inputs is active only near such a point). One line per partial
-    row, for ``_MORE_LINES`` rows drawn in proportion to the points each was seen at (a deeper
-    layer's points, seen in this layer's basis, make many partial rows of a few points; a rare
-    neuron's row has few points too, and its turn comes)."""
+    active on a tiny share of inputs is active only near such a point). ``_MORE_LINES`` lines,
+    each for a partial row drawn in proportion to the points it was seen at, from one of them
+    and for one unit it lacks, drawn anew each time (a deeper layer's points, seen in this
+    layer's basis, make many partial rows of a few points; a rare neuron's row has few points
+    too, and its turn comes; a last partial row gets every line).
+    """
     if not len(partial.members):
         return found
     seen = np.array([len(m) for m in partial.members], dtype=np.float64)
-    picked = rng.choice(len(seen), min(len(seen), _MORE_LINES), replace=False, p=seen / seen.sum())
+    picked = rng.choice(len(seen), _MORE_LINES, p=seen / seen.sum())
     lines = []
     for i in picked:
         k = int(rng.choice(partial.members[i]))

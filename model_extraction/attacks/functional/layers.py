@@ -106,8 +106,17 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
 
 
+def _placed(prefix: Prefix, row: Array, bias: float, starts: Array) -> tuple[Array, Array, Array]:
+    """:func:`.prefix.placed_on`, keeping the points that Newton's steps got onto the plane."""
+    p, unit, radius = placed_on(prefix, row, bias, starts)
+    value, normal = prefix.next_normals(p, row)
+    placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
+    return p[placed], unit[placed], radius[placed]
+
+
 def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
-               rng: np.random.Generator, *, scale: float, tries: int = 16) -> NDArray[np.bool_]:
+               rng: np.random.Generator, *, scale: float, tries: int = 16,
+               near: list[Array] | None = None) -> NDArray[np.bool_]:
     """Which candidate neurons ``rows`` ``(m, h_T)``, ``biases`` ``(m,)`` on top of ``prefix`` are
     ones: a neuron's hyperplane ``row · a_T + bias = 0`` is flat in the space of the prefix's top
     activations ``a_T``.
@@ -118,17 +127,23 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     for the kink there (all candidates in one batch of ``6 · tries · m`` queries at most): at
     least half of them must find it on the hyperplane, and at most one in four of the kinks
     found may lie elsewhere (a neuron further up is flat only where the layer in between keeps
-    one activation pattern, so most points find nothing or another kink). Returns ``(m,)``
-    booleans.
+    one activation pattern, so most points find nothing or another kink). With ``near``, each
+    candidate's critical points ``(m_i, d)``: a candidate that fewer than ``tries / 4`` of the
+    Gaussian points could be brought onto (a neuron active on a sliver of the region has a
+    gradient only there) is tested from ``tries`` points within ``0.05 scale`` per
+    coordinate of those instead; that test cannot tell a neuron further up seen in that one
+    region (the self-check can). Returns ``(m,)`` booleans.
     """
     d = prefix.layers[0][0].shape[1]
     tests = []
-    for row, bias in zip(rows, biases, strict=True):
-        p, unit, radius = placed_on(prefix, row, float(bias),
-                                    rng.standard_normal((tries, d)) * 0.5 * scale)
-        value, normal = prefix.next_normals(p, row)
-        placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
-        tests.append((p[placed], unit[placed], radius[placed]))
+    for j, (row, bias) in enumerate(zip(rows, biases, strict=True)):
+        p, unit, radius = _placed(prefix, row, float(bias),
+                                  rng.standard_normal((tries, d)) * 0.5 * scale)
+        if near is not None and len(p) < tries // 4:
+            seeds = near[j][rng.choice(len(near[j]), tries)]
+            p, unit, radius = _placed(prefix, row, float(bias),
+                                      seeds + rng.standard_normal(seeds.shape) * 0.05 * scale)
+        tests.append((p, unit, radius))
     counts = [len(p) for p, _, _ in tests]
     if not sum(counts):
         return np.zeros(len(rows), dtype=bool)

@@ -25,7 +25,7 @@ from .prefix import Prefix
 
 Array = NDArray[np.float64]
 
-__all__ = ["Signatures", "coefficients", "complete_rows", "next_layer"]
+__all__ = ["Signatures", "coefficients", "complete_rows", "distinct_neurons", "next_layer"]
 
 _AGREE = 1e-10  # |1 - |cos|| of two partial signatures on their common units (>= 3)
 _SPAN = 1e-6  # relative residual of a normal that lies in the span of the basis
@@ -145,6 +145,20 @@ def coefficients(prefix: Prefix, points: Array,
     return coef, ok
 
 
+def _by_offset(below: Array, row: Array, idx: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+    """The points ``idx`` of one joined signature ``row``, split by offset ``row · a`` into
+    parallel hyperplanes, those of two points or more. A point of a neuron further up, where
+    the only unit it reads that is active in between is this one, has this neuron's normal
+    but lies on a parallel hyperplane: such points may outnumber the neuron's own (a unit
+    active almost everywhere is seldom crossed), and each hyperplane is a candidate of its
+    own (the flatness test then tells the neuron)."""
+    value = below[idx] @ row
+    tol = 1e-6 * np.linalg.norm(below[idx], axis=1) * np.linalg.norm(row)
+    order = np.argsort(value)
+    cut = np.flatnonzero(np.diff(value[order]) > np.maximum(tol[order][1:], tol[order][:-1]))
+    return [idx[part] for part in np.split(order, cut + 1) if len(part) >= 2]
+
+
 def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatures:
     """The neurons of the next layer from its critical points.
 
@@ -158,25 +172,18 @@ def next_layer(below: Array, coef: Array, members: NDArray[np.int64]) -> Signatu
     for group in _groups(parts):
         if len(group) < 2:
             continue
-        row, seen = _join(parts, group)
-        idx = np.array([parts[i][0] for i in group])
-        acts = below[idx]
-        bias = -float(np.median(acts @ row))
-        # A point of a neuron further up, where the only unit active in between is this one,
-        # has this neuron's normal but lies off its hyperplane: it is left out.
-        size = np.linalg.norm(acts, axis=1) * np.linalg.norm(row)
-        inlier = np.abs(acts @ row + bias) <= 1e-6 * size
-        idx, acts = idx[inlier], acts[inlier]
-        if len(idx) < 2:
-            continue
-        residual = np.nan  # the median bias of all the group's points stands unless fitted
-        if seen.all() and len(idx) > acts.shape[1]:
-            row, bias, residual = plane_through(acts, row)
-        rows.append(row)
-        biases.append(bias)
-        known.append(seen)
-        groups.append(members[idx])
-        residuals.append(residual)
+        joined, seen = _join(parts, group)
+        for idx in _by_offset(below, joined, np.array([parts[i][0] for i in group])):
+            acts, row = below[idx], joined
+            bias = -float(np.median(acts @ row))
+            residual = np.nan  # the median bias stands unless the plane is fitted
+            if seen.all() and len(idx) > acts.shape[1]:
+                row, bias, residual = plane_through(acts, row)
+            rows.append(row)
+            biases.append(bias)
+            known.append(seen)
+            groups.append(members[idx])
+            residuals.append(residual)
     h1 = below.shape[1]
     return Signatures(np.array(rows).reshape(-1, h1), np.array(biases),
                       np.array(known, dtype=bool).reshape(-1, h1), tuple(groups),
@@ -231,3 +238,35 @@ def complete_rows(layer: Signatures, prefix: Prefix, points: Array, normals: Arr
                 rows[j], biases[j], residuals[j] = _fit_row(
                     prefix.top(points[members[j]]), rows[j], known[j])
     return Signatures(rows, biases, known, tuple(members), residuals)
+
+
+def distinct_neurons(rows: Array, biases: Array, seen: Array) -> NDArray[np.int64]:
+    """The indices of the rows ``(m, h)``, biases ``(m,)`` (a layer's neurons, refined) that are
+    neurons, ``seen`` ``(m,)`` times each (their critical points):
+
+    - one of each set of rows equal up to a positive or negative scale (one neuron whose
+      partial signatures were joined into two rows: one hyperplane is one neuron to any query);
+    - where the layer is contractive (``m ≤ h``), none that is a linear combination of the
+      others: a neuron's weights are independent of its layer's other neurons, while a neuron
+      further up, seen in one region where the units it reads are all in one state, is a
+      combination of those units' rows there and passes for flat. Of the rows of each
+      dependency, the one seen least often is dropped (the deeper neuron shows only in that
+      region; the neurons it reads show everywhere).
+
+    An expansive layer (``m > h``) is left as it is: its rows are dependent anyway.
+    """
+    both = np.hstack([rows, biases[:, None]])
+    unit = both / np.linalg.norm(both, axis=1, keepdims=True)
+    keep: list[int] = []
+    for i in range(len(unit)):
+        if all(abs(unit[i] @ unit[j]) < 1 - 1e-9 for j in keep):
+            keep.append(i)
+    while 1 < len(keep) <= rows.shape[1]:
+        direction = rows[keep] / np.linalg.norm(rows[keep], axis=1, keepdims=True)
+        left, sv, _ = np.linalg.svd(direction)
+        if sv[-1] >= _RANK * sv[0]:
+            break
+        weight = np.abs(left[:, -1])  # the combination of rows that vanishes
+        involved = np.flatnonzero(weight > 1e-3 * weight.max())
+        keep.pop(int(involved[np.argmin(np.asarray(seen)[np.array(keep)[involved]])]))
+    return np.array(keep, dtype=np.int64)
