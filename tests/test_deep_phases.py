@@ -234,3 +234,33 @@ def test_a_neuron_with_a_gradient_on_a_sliver_is_tested_from_near_its_critical_p
     anywhere = flat_above(oracle, prefix, w2, b2, rng, scale=1.0)
     assert anywhere.sum() == 7 and not anywhere[5]
     assert flat_above(oracle, prefix, w2, b2, rng, scale=1.0, near=near).all()
+
+
+def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_jointly():
+    from model_extraction.attacks.functional.joint import joint_rows
+    from model_extraction.attacks.functional.signatures import Signatures
+
+    victim = ReLUNetwork.random(12, (6, 14, 3), 1, seed=0)  # more units above than below
+    prefix, rng = _prefix(victim, 2), np.random.default_rng(0)
+    w3, b3 = victim.layers[2]
+    points, normals = [], []
+    for row, bias in zip(w3[:2], b3[:2], strict=True):
+        p = prefix.onto(rng.standard_normal((40, 12)), row, float(bias), steps=8)
+        value, normal = prefix.next_normals(p, row)
+        on = (np.abs(value + bias) < 1e-12) & normal.any(axis=1)
+        points.append(p[on][:12])
+        normals.append(normal[on][:12] / np.linalg.norm(normal[on][:12], axis=1, keepdims=True))
+    points, normals = np.vstack(points), np.vstack(normals)
+    _, unique = coefficients(prefix, points, normals)
+    assert not unique.any()  # no point's own coefficients are unique
+    empty = Signatures(np.zeros((0, 14)), np.zeros(0), np.zeros((0, 14), dtype=bool), (),
+                       np.zeros(0))
+    layer = joint_rows(empty, prefix, points, normals, np.arange(len(points)), rng)
+    assert len(layer.rows) == 2
+    for row, bias, known, members in zip(layer.rows, layer.biases, layer.known, layer.members,
+                                         strict=True):
+        j = int(members[0] >= 12)
+        assert ((members >= 12) == bool(j)).all() and known.sum() >= 8 and len(members) >= 6
+        truth = np.append(w3[j], b3[j]) * np.append(known, True)
+        found = np.append(row, bias) * np.append(known, True)
+        np.testing.assert_allclose(found, truth * (found @ truth) / (truth @ truth), atol=1e-9)

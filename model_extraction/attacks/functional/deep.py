@@ -10,7 +10,8 @@ The phases, one module each, layer after layer:
    first layer, ``h1 ≤ d``) and refined (:mod:`.refinement`);
 3. each next layer: its signatures in the basis of the active units of the layers extracted so
    far (the :class:`.prefix.Prefix`), joined across regions and refitted through their critical
-   points (:mod:`.signatures`), more lines until no batch finds a new neuron, then refined;
+   points (:mod:`.signatures`; solved jointly across points where one point's are not unique,
+   :mod:`.joint`), more lines until no batch finds a new neuron, then refined;
 4. if the logits are affine in that layer's activations, it is the last: its signs and the
    logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
@@ -36,6 +37,7 @@ from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
+from .joint import joint_rows
 from .lastlayer import orient_and_fit
 from .layers import Hyperplanes, first_layer, flat_above
 from .prefix import Prefix
@@ -435,6 +437,7 @@ def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any
         rest = np.flatnonzero(np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale)
         coef, ok = coefficients(prefix, found.points[rest], found.normals[rest])
         layer = next_layer(prefix.top(found.points[rest[ok]]), coef[ok], rest[ok])
+        layer = joint_rows(layer, prefix, found.points, found.normals, rest[~ok], rng)
         layer = complete_rows(layer, prefix, found.points, found.normals, rest[~ok])
         complete = layer.known.all(axis=1)
         neurons = complete.copy()

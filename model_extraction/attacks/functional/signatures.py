@@ -104,7 +104,7 @@ def _join(parts: list[tuple[int, NDArray[np.bool_], Array]],
     return row, known
 
 
-def _first_coordinates(prefix: Prefix, normals: Array) -> Array:
+def first_coordinates(prefix: Prefix, normals: Array) -> Array:
     """Normals ``(m, d)`` in the basis of the first layer's rows: ``(h1, m)``."""
     return np.linalg.lstsq(prefix.layers[0][0].T, normals.T, rcond=None)[0]
 
@@ -128,7 +128,7 @@ def coefficients(prefix: Prefix, points: Array,
     units than the layers below let through), or whose normal is outside the span (a point of
     the prefix itself, or a bad measurement), are left out. ``points``, ``normals``: ``(m, d)``.
     """
-    beta = _first_coordinates(prefix, normals)
+    beta = first_coordinates(prefix, normals)
     ok = np.linalg.norm(prefix.layers[0][0].T @ beta - normals.T, axis=0) <= _SPAN
     pres, jac = prefix.local(points)
     coef = np.zeros((len(points), len(pres[-1][0]) if len(points) else 0))
@@ -220,7 +220,7 @@ def complete_rows(layer: Signatures, prefix: Prefix, points: Array, normals: Arr
     ``candidates``: the indices to try. A row completed is refitted through its points."""
     if not len(candidates) or layer.known.all():
         return layer
-    beta = _first_coordinates(prefix, normals[candidates])
+    beta = first_coordinates(prefix, normals[candidates])
     pres, jac = prefix.local(points[candidates])
     active = pres[-1] > 0
     rows, known, members = layer.rows.copy(), layer.known.copy(), list(layer.members)
