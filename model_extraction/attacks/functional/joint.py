@@ -41,7 +41,7 @@ def _systems(prefix: Prefix, points: Array, normals: Array) -> tuple[list[Array]
     acts = np.maximum(pres[-1], 0.0)
     out = []
     for i in range(len(points)):
-        b = beta[:, i] / np.linalg.norm(beta[:, i])
+        b = beta[:, i] / max(float(np.linalg.norm(beta[:, i])), 1e-300)
         grads = (jac[-1][i] * active[i][:, None]).T  # (h1, h_T): v ↦ Σ v_k g_k
         off = grads - np.outer(b, b @ grads)  # its component off the measured normal
         u, s, vt = np.linalg.svd(off, full_matrices=False)
