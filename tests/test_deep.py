@@ -33,9 +33,14 @@ def test_extracts_a_deep_network(d, widths, k, seed):
 def test_refuses_what_it_cannot_extract():
     with pytest.raises(ValueError, match="contractive"):
         extract_deep(ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0)), seed=0)
-    with pytest.raises(ExtractionError, match="not the"):
+    with pytest.raises(ExtractionError, match="not the .* queries.*omit hidden="):
         extract_deep(ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0)), seed=0,
                      hidden=(10, 9))
+    unchecked = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
+    for bad in ({"check_points": 0}, {"check_points": -5}, {"check_tolerance": 0.0}):
+        with pytest.raises(ValueError, match="self-check needs"):
+            extract_deep(unchecked, seed=0, **bad)
+    assert unchecked.queries == 0
     shallow = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
     with pytest.raises(ExtractionError, match="has 2 hidden layers, not the 3"):
         extract_deep(shallow, seed=0, hidden=(10, 10, 10))

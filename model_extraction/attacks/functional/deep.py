@@ -200,7 +200,8 @@ def extract_deep(
     the oracle (it must be picklable), with the same results and the same query count.
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
-    finished or the widths found differ from ``hidden``; ``ValueError`` for an expansive first
+    finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
+    1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
     layer (``h1 > d``) or middle layer (sign recovery by neuron wiggle is not implemented);
     and the oracle's errors (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError`
     that says the phase and layer reached and the widths already extracted).
@@ -211,6 +212,9 @@ def extract_deep(
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
     if hidden is not None and (len(hidden) < 2 or min(hidden) < 1):
         raise ValueError(f"hidden={hidden}: extract_deep needs two or more positive widths")
+    if check_points < 1 or not 0 < check_tolerance < 1:
+        raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
+                         "self-check needs at least one fresh point and a tolerance in (0, 1)")
     rng = np.random.default_rng(seed)
     reach = 4.0 * scale if reach is None else reach
     phases, lines = _Phases(oracle, progress), []
@@ -220,7 +224,9 @@ def extract_deep(
             (check_points, check_tolerance))
     phases.leave()
     if hidden is not None and tuple(hidden) != network.widths:
-        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given")
+        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
+                              f"({oracle.queries} queries): omit hidden= to have the widths "
+                              "found, or check the victim's architecture")
     return ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=np.array([_bits(r) for r in residuals]),
