@@ -10,8 +10,9 @@ Each point still gives linear equations in ``(v, b)``: the normal's component of
 vanish, and the point lies on the hyperplane, ``v · a_T(x) + b = 0``. A few points of one
 neuron together fix ``(v, b)`` on the units active at any of them. Which points belong
 together is not known: random triples are solved (RANSAC), and a triple whose system has a
-one-dimensional null space is a candidate; the points consistent with it join, and the row is
-solved again from all of them.
+one-dimensional null space is a candidate; the points consistent with it join (four or more,
+with twice as many equations as unknowns between them), and the row is solved again from all
+of them. A candidate that agrees with a row already known, where both are known, extends it.
 """
 
 from __future__ import annotations
