@@ -5,8 +5,8 @@ Usage::
     python benchmarks/deep.py --json deep.json   # 10-10-10-1, 40-20-10-1, 80-40-20-1, 100-20-40-10
     python benchmarks/deep.py --quick            # one random 10-10-10-1 victim, under a minute
     python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2 --log   # phases as they go
-    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \
-        --reach 40 --victim-dir victims                     # a trained 784-32-32-10 victim
+    MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \\
+        --reach 40 --max-lines 1024 --victim-dir victims    # a trained 784-32-32-10 victim
 
 Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim trained the paper's
 way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
