@@ -45,7 +45,7 @@ def _systems(prefix: Prefix, points: Array, normals: Array) -> tuple[list[Array]
         b = beta[:, i] / max(float(np.linalg.norm(beta[:, i])), 1e-300)
         grads = (jac[-1][i] * active[i][:, None]).T  # (h1, h_T): v ↦ Σ v_k g_k
         off = grads - np.outer(b, b @ grads)  # its component off the measured normal
-        u, s, vt = np.linalg.svd(off, full_matrices=False)
+        _, s, vt = np.linalg.svd(off, full_matrices=False)
         rows = vt[s > 1e-9 * max(s[0], 1e-300)]
         plane = np.append(acts[i], 1.0)
         out.append(np.vstack([np.hstack([rows, np.zeros((len(rows), 1))]),
