@@ -21,6 +21,21 @@ def test_extract_command_on_embedded_digits(tmp_path):
     assert (tmp_path / "x.safetensors").exists()
 
 
+def test_extract_command_reports_every_layer_of_a_deep_victim(tmp_path):
+    from model_extraction.network import ReLUNetwork
+
+    saved = tmp_path / "victim.safetensors"
+    ReLUNetwork.random(10, (10, 10), 1, seed=0).save(saved)
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["extract", "--victim", str(saved), "--unbounded",
+                                   "--no-progress", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "layer 2, bits" in res.output  # measured against the victim's copy
+    report = json.loads(out.read_text())
+    assert report["attack"]["mode"] == "deep" and report["evaluation"]["fidelity_uniform"] == 1
+    assert [layer["units_matched"] for layer in report["evaluation"]["layers"]] == [10, 10]
+
+
 def test_budget_error_exit_code():
     res = CliRunner().invoke(
         app, ["extract", "--hidden", "16", "--epochs", "1", "--budget", "300", "--no-progress"]

@@ -2,6 +2,7 @@
 shapes, several outputs, a layer wider than the one before it, three hidden layers, and every
 way it must refuse instead of returning a wrong model."""
 
+import numpy as np
 import pytest
 
 from model_extraction.attacks.functional import ExtractionError, OracleMismatchError
@@ -28,6 +29,10 @@ def test_extracts_a_deep_network(d, widths, k, seed):
     assert [layer["units_matched"] for layer in metrics["layers"]] == list(widths)
     assert all(layer["worst_bits"] >= 30 for layer in metrics["layers"])
     assert all(layer["wrong_signs"] == 0 for layer in metrics["layers"])
+    # the attack's own estimate: the first layer's rows only (a deeper layer's fit residuals do
+    # not see the errors carried up from below)
+    assert result.estimated_bits.shape == (widths[0],)
+    assert np.isfinite(result.estimated_bits).all() and result.estimated_bits.min() > 25
 
 
 def test_refuses_what_it_cannot_extract():

@@ -35,6 +35,25 @@ def test_onto_and_distances_follow_the_true_next_layer():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [2, 4])
+def test_onto_brings_far_points_onto_a_rare_neurons_hyperplane(seed):
+    # a third-layer neuron active on 0.3% of the region: from most Gaussian points its
+    # hyperplane is several regions of the layers below away, and three Newton steps (the
+    # refinement's placement once) leave most of them off it; its refit then had only points
+    # near its few critical points
+    victim = ReLUNetwork.random(20, (16, 12, 8), 1, seed=seed)
+    prefix, (w3, _) = _prefix(victim, 2), victim.layers[2]
+    rng = np.random.default_rng(0)
+    bias = -float(np.quantile(prefix.top(rng.standard_normal((20000, 20)) * 0.5) @ w3[0], 0.997))
+    starts = rng.standard_normal((100, 20)) * 0.5
+
+    def placed(x):
+        return np.mean(np.abs(prefix.top(x) @ w3[0] + bias) < 1e-9)
+
+    assert placed(prefix.onto(starts, w3[0], bias, steps=3)) < 0.5
+    assert placed(prefix.onto(starts, w3[0], bias)) > 0.85
+
+
 def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix():
     victim = _victim(seed=1)
     prefix, rng = _prefix(victim, 2), np.random.default_rng(3)

@@ -277,9 +277,12 @@ def _evaluation_rows(t: Table, a: dict[str, Any], e: dict[str, Any]) -> None:
     t.add_row("fidelity, uniform inputs", f"{100 * e['fidelity_uniform']:.2f}% of 10,000")
     t.add_row("first layer, max |error|", f"{e['max_abs_weight_error']:.2e} (unit-norm rows)")
     t.add_row("first layer, mean |error|", f"{e['mean_abs_weight_error']:.2e}")
-    t.add_row("bits of precision", f"{_fmt_bits(e['mean_bits'])} mean, "
+    t.add_row("first layer, bits", f"{_fmt_bits(e['mean_bits'])} mean, "
               f"{_fmt_bits(e['worst_unit_bits'])} worst unit "
               f"(attack's own estimate: {_fmt_bits(a['estimated_bits_mean'])} / "
               f"{_fmt_bits(a['estimated_bits_min'])})")
+    for i, layer in enumerate(e.get("layers", [])[1:], start=2):
+        t.add_row(f"layer {i}, bits", f"{_fmt_bits(layer['worst_bits'])} worst entry, "
+                  f"{layer['units_matched']} units matched (not estimated by the attack)")
     t.add_row("max logit error", f"2^{e['log2_max_logit_error']:.1f}")
     t.add_row("wrong row signs", str(e["wrong_signs"]))

@@ -122,11 +122,6 @@ def _t_range(reach: float) -> tuple[float, float]:
     return -reach, 0.83 * reach
 
 
-def _bits(residuals: Array) -> float:
-    r = residuals[np.isfinite(residuals)]
-    return float(-np.log2(max(float(r.max()), 2.0**-60))) if r.size else float("nan")
-
-
 def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
             count: int, scale: float, reach: float,
             aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
@@ -229,7 +224,7 @@ def extract_deep(
                               "found, or check the victim's architecture")
     return ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
-        lines=len(lines), estimated_bits=np.array([_bits(r) for r in residuals]),
+        lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
         notes=[], check=check.as_dict())
 
 
@@ -238,7 +233,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
                    hidden: tuple[int, ...] | None, executor: Any, checking: tuple[int, float],
                    ) -> tuple[ReLUNetwork, list[Array], SelfCheck]:
     """The phases, with more lines each time a layer cannot be finished or the model fails its
-    self-check, until it passes (the network, each layer's refit residuals, the check) or
+    self-check, until it passes (the network, the first layer's refit residuals, the check) or
     ``max_lines`` (:class:`~.result.ExtractionError`)."""
     scale, reach, max_lines = search
     check_points, check_tolerance = checking
@@ -270,8 +265,9 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
             raise ExtractionError(
                 f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
                 "More lines (max_lines=) or a wider reach (reach=) may help.")
-        phases.enter("critical points")
-        found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach,
+        phases.enter("critical points")  # twice as many lines where the check failed: a
+        more = _MORE_LINES * (1 if failed is None else 2)  # pass costs far more than a line
+        found = _search(oracle, found, lines, rng, more, scale, reach,
                         (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
 
@@ -321,12 +317,12 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             refined: dict[int, tuple[Array, float, float]],
             ) -> tuple[CriticalPoints, ReLUNetwork, list[Array], tuple[Array, Array]]:
     """The first layer (see :func:`_first` for ``refined``), every layer above it, one after
-    the other, and the logit layer: the points found, the network, the refits' residuals per
-    layer and the answers the logit layer was fitted to (held for the self-check)."""
+    the other, and the logit layer: the points found, the network, the first layer's refit
+    residuals (not a deeper layer's: they do not see the errors carried up from the layers
+    below) and the answers the logit layer was fitted to (held for the self-check)."""
     scale, phases.known = search[0], ()
     phases.enter("refinement", len(planes.rows))
-    prefix, first_residuals = _first(oracle, found, planes, rng, scale, executor, refined)
-    residuals = [first_residuals]
+    prefix, residuals = _first(oracle, found, planes, rng, scale, executor, refined)
     phases.known = prefix.widths
     try:
         while True:
@@ -339,11 +335,11 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                                           "extract_functional")
                 raise _Incomplete(why, prefix)
             phases.enter("refinement", len(layer.rows))
-            v, b, res = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
+            v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                          [found.points[m] for m in layer.members], rng,
                                          scale=scale, executor=executor)
             keep = distinct_neurons(v, b, np.array([len(m) for m in layer.members]))
-            v, b, res = v[keep], b[keep], res[keep]
+            v, b = v[keep], b[keep]
             phases.enter("last layer", len(v))
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
@@ -353,13 +349,12 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                 network = ReLUNetwork(*prefix.layers[0], a, a0,
                                       {"extracted_by": "functional/deep"},
                                       hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
-                return found, network, [*residuals, res], (x_fit, y_fit)
+                return found, network, residuals, (x_fit, y_fit)
             if len(prefix.widths) >= _MAX_DEPTH:
                 raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
             phases.enter("signs", len(v))
             prefix = _orient(oracle, prefix, v, b, rng, scale)
             phases.known = prefix.widths
-            residuals.append(res)
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
         raise

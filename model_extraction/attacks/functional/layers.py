@@ -107,8 +107,10 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
 
 
 def _placed(prefix: Prefix, row: Array, bias: float, starts: Array) -> tuple[Array, Array, Array]:
-    """:func:`.prefix.placed_on`, keeping the points that Newton's steps got onto the plane."""
-    p, unit, radius = placed_on(prefix, row, bias, starts)
+    """:func:`.prefix.placed_on` by three Newton steps, keeping the points they got onto the
+    plane (where a neuron has a gradient on a sliver of the region only, few are: it is then
+    tested from near its critical points)."""
+    p, unit, radius = placed_on(prefix, row, bias, starts, steps=3)
     value, normal = prefix.next_normals(p, row)
     placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
     return p[placed], unit[placed], radius[placed]

@@ -95,22 +95,31 @@ class Prefix:
         value = np.maximum(pres[-1], 0.0) @ row
         return value, np.einsum("nk,nkh->nh", active * row, jac[-1]) @ self.layers[0][0]
 
-    def onto(self, p: Array, row: Array, bias: float, steps: int = 3) -> Array:
+    def onto(self, p: Array, row: Array, bias: float, steps: int = 20) -> Array:
         """``p`` ``(n, d)`` moved onto the estimated next-layer hyperplane
-        ``row · ReLU(z_T(x)) + bias = 0`` by Newton steps along its local normal (exact within
-        one region of the prefix)."""
+        ``row · ReLU(z_T(x)) + bias = 0`` by Newton steps along its local normal, up to
+        ``steps`` (one is exact within a region of the prefix; a point that starts far off,
+        where the neuron is rarely active, crosses regions on the way), each point until it
+        is on the plane to rounding."""
+        p = p.copy()
+        moving = np.arange(len(p))
         for _ in range(steps):
-            value, normal = self.next_normals(p, row)
+            value, normal = self.next_normals(p[moving], row)
+            miss = value + bias
             square = np.sum(normal * normal, axis=1)
-            p = p - ((value + bias) / np.where(square > 0, square, np.inf))[:, None] * normal
+            p[moving] -= (miss / np.where(square > 0, square, np.inf))[:, None] * normal
+            moving = moving[np.abs(miss) > 1e-14 * (np.abs(value) + abs(bias))]
+            if not len(moving):
+                break
         return p
 
 
-def placed_on(prefix: Prefix, row: Array, bias: float, p: Array) -> tuple[Array, Array, Array]:
-    """Points ``p`` ``(n, d)`` brought onto the estimated next-layer hyperplane, the unit local
-    normal there ``(n, d)`` and a segment radius ``(n,)`` that stays inside the prefix's
-    region (for :func:`crossings`)."""
-    p = prefix.onto(p, row, bias)
+def placed_on(prefix: Prefix, row: Array, bias: float, p: Array,
+              steps: int = 20) -> tuple[Array, Array, Array]:
+    """Points ``p`` ``(n, d)`` brought onto the estimated next-layer hyperplane (by up to
+    ``steps`` Newton steps, :meth:`Prefix.onto`), the unit local normal there ``(n, d)`` and a
+    segment radius ``(n,)`` that stays inside the prefix's region (for :func:`crossings`)."""
+    p = prefix.onto(p, row, bias, steps)
     room = np.min(prefix.distances(p), axis=1)
     _, normal = prefix.next_normals(p, row)
     length = np.linalg.norm(normal, axis=1, keepdims=True)

@@ -40,7 +40,7 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     it: kinks of other neurons that passed the tests) must predict the other better than the
     current estimate does, else the estimate is kept (also when the points lie in a subspace
     that leaves the hyperplane undetermined). Returns row, offset and the relative
-    residual of the kept plane on the held-out half (NaN when the estimate was kept).
+    residual of the kept plane on the held-out half (NaN when there are too few points).
 
     Coordinates that are zero at all but a few points (a deeper layer's points, where a unit
     of the layer below is seldom active) are not fitted: the points where they are not zero
@@ -64,8 +64,10 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     if len(held) <= d:
         return row, offset, np.nan
     s = np.linalg.svd(np.hstack([fit, np.ones((len(fit), 1))]), compute_uv=False)
+    scale = np.abs(held).max() + 1.0
+    old = np.median(np.abs(held @ row + offset))
     if s[-2] < 1e-6 * s[0]:
-        return row, offset, np.nan  # the points do not pin down one hyperplane
+        return row, offset, float(old / scale)  # the points do not pin down one hyperplane
     n, c, _ = plane_through(fit, row)
     for _ in range(2):
         off = np.abs(fit @ n + c)
@@ -74,10 +76,9 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
             break
         fit = fit[inlier]
         n, c, _ = plane_through(fit, row)
-    scale = np.abs(held).max() + 1.0
-    new, old = np.median(np.abs(held @ n + c)), np.median(np.abs(held @ row + offset))
+    new = np.median(np.abs(held @ n + c))
     if not new < old:
-        return row, offset, np.nan
+        return row, offset, float(old / scale)
     both = np.concatenate([fit, held[np.abs(held @ n + c) <= 10 * new + 1e-300]])
     n, c, _ = plane_through(both, n)
     return n, c, float(new / scale)
@@ -125,8 +126,9 @@ def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.rando
                       *, scale: float, executor: Any = None) -> tuple[Array, Array, Array]:
     """Each first-layer hyperplane refitted through ``3 (d + 1)`` points placed on it (one
     independent task per neuron: ``executor`` runs them in parallel, with the same results
-    and query count). Returns the rows, offsets and the relative residual of each fit (NaN
-    where the points did not beat the estimate: the hyperplane is then kept as it was)."""
+    and query count). Returns the rows, offsets and the relative residual of each row kept on
+    the held-out points (see :func:`better_plane`: where the points did not beat the estimate,
+    the hyperplane is kept as it was; NaN where too few points were located)."""
     h, d = rows.shape
     argsets = []
     for i in range(h):
@@ -147,7 +149,7 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     anywhere (for regions far apart, which pin the hyperplane down in every direction), each
     brought onto the estimate along its local normal and then located by a crossing test (one
     task per neuron, as :func:`refit_first_layer`). Returns the rows, biases and relative
-    residuals (NaN where the points did not beat the estimate)."""
+    residuals, as :func:`refit_first_layer` does."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
     argsets = []

@@ -28,9 +28,12 @@ class PhaseCost:
 class ExtractionResult:
     """The extracted network and the cost of getting it.
 
-    ``estimated_bits`` is the attack's own estimate of the precision of each recovered row
-    (from the residual of the rank-one fits; no access to the victim's weights), so it can be
-    reported against a real API where the true weights are unknown. ``check`` is what the
+    ``estimated_bits`` is the attack's own estimate of the precision of each recovered row of
+    the first hidden layer (from the residuals of its fits; no access to the victim's
+    weights), so it can be reported against a real API where the true weights are unknown;
+    NaN for a row it cannot estimate. A deeper layer's rows are not estimated: the residuals
+    of their fits do not see the errors carried up from the layers below, and can claim
+    several bits more than the layer has (``docs/deep.md``). ``check`` is what the
     self-check measured before the model was returned (fresh in-domain ``points`` and held
     ``answers`` compared, ``max_error`` relative to the answers' scale, its ``tolerance``).
     """
@@ -51,7 +54,7 @@ class ExtractionResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary."""
-        bits = self.estimated_bits
+        bits = self.estimated_bits[np.isfinite(self.estimated_bits)]
         return {
             "mode": self.mode,
             "hidden": self.network.hidden,
