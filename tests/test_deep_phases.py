@@ -51,7 +51,16 @@ def test_onto_brings_far_points_onto_a_rare_neurons_hyperplane(seed):
         return np.mean(np.abs(prefix.top(x) @ w3[0] + bias) < 1e-9)
 
     assert placed(prefix.onto(starts, w3[0], bias, steps=3)) < 0.5
-    assert placed(prefix.onto(starts, w3[0], bias)) > 0.85
+    x = prefix.onto(starts, w3[0], bias)
+    assert placed(x) > 0.85
+    on = np.abs(prefix.top(x) @ w3[0] + bias) < 1e-9  # spread: they pin the hyperplane down
+    acts = prefix.top(x[on])
+    live = acts.any(axis=0)  # [a, 1] has one null direction: the plane's own
+    assert np.linalg.matrix_rank(np.hstack([acts[:, live], np.ones((on.sum(), 1))]),
+                                 tol=1e-8) == live.sum()
+    assert np.median(np.linalg.norm(x - starts, axis=1)) < 3  # most stay where they were
+    again = prefix.onto(x[on], w3[0], bias)
+    assert np.abs(again - x[on]).max() < 1e-8  # a point on the plane stays there
 
 
 def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix():
@@ -141,6 +150,10 @@ def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():
     scale = row[0] / true[0]
     assert np.abs(row[:5] / scale - true[:5]).max() < 1e-12 * np.abs(true).max()
     assert abs(bias / scale - 0.3) < 1e-12
+    kept = better_plane(points, row, bias)  # nothing better to find: kept, its residual told
+    np.testing.assert_allclose(np.append(kept[0], kept[1]), np.append(row, bias), rtol=1e-13)
+    assert 0 <= kept[2] < 1e-14
+    assert np.isnan(better_plane(points[:8], estimate, 0.3)[2])  # too few points to tell
 
 
 def test_the_logit_fit_sets_aside_the_points_where_a_missing_neuron_is_active():

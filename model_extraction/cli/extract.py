@@ -281,8 +281,10 @@ def _evaluation_rows(t: Table, a: dict[str, Any], e: dict[str, Any]) -> None:
               f"{_fmt_bits(e['worst_unit_bits'])} worst unit "
               f"(attack's own estimate: {_fmt_bits(a['estimated_bits_mean'])} / "
               f"{_fmt_bits(a['estimated_bits_min'])})")
-    for i, layer in enumerate(e.get("layers", [])[1:], start=2):
+    widths = e["hidden"] if "layers" in e else []  # a deep victim: every layer measured
+    for i, (layer, width) in enumerate(zip(e.get("layers", []), widths, strict=True), 1):
         t.add_row(f"layer {i}, bits", f"{_fmt_bits(layer['worst_bits'])} worst entry, "
-                  f"{layer['units_matched']} units matched (not estimated by the attack)")
+                  f"{_fmt_bits(layer['mean_bits'])} mean; {layer['units_matched']} of {width} "
+                  "units matched" + ("" if i == 1 else " (not estimated by the attack)"))
     t.add_row("max logit error", f"2^{e['log2_max_logit_error']:.1f}")
     t.add_row("wrong row signs", str(e["wrong_signs"]))

@@ -186,7 +186,8 @@ def extract_deep(
     ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
     ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound,
-    checked between batches of lines (a run stops within one batch of 16 beyond it);
+    checked between batches of lines (a run stops within one batch beyond it: 16 lines, 32
+    after a failed self-check);
     ``check_points``: the fresh Gaussian queries of each self-check (a neuron active on a
     share ``p`` of them goes unseen with probability ``(1 - p)^check_points``: 1.7% for
     ``p = 0.1%`` at the default), ``check_tolerance``: the relative error it allows;
@@ -231,7 +232,7 @@ def extract_deep(
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
                    lines: list[Any], search: tuple[float, float, int],
                    hidden: tuple[int, ...] | None, executor: Any, checking: tuple[int, float],
-                   ) -> tuple[ReLUNetwork, list[Array], SelfCheck]:
+                   ) -> tuple[ReLUNetwork, Array, SelfCheck]:
     """The phases, with more lines each time a layer cannot be finished or the model fails its
     self-check, until it passes (the network, the first layer's refit residuals, the check) or
     ``max_lines`` (:class:`~.result.ExtractionError`)."""
@@ -265,8 +266,9 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
             raise ExtractionError(
                 f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
                 "More lines (max_lines=) or a wider reach (reach=) may help.")
-        phases.enter("critical points")  # twice as many lines where the check failed: a
-        more = _MORE_LINES * (1 if failed is None else 2)  # pass costs far more than a line
+        phases.enter("critical points")
+        # twice as many lines after a failed check: a pass of the phases costs far more
+        more = _MORE_LINES * (1 if failed is None else 2)
         found = _search(oracle, found, lines, rng, more, scale, reach,
                         (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
@@ -315,7 +317,7 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             rng: np.random.Generator, phases: _Phases, search: tuple[float, float, int],
             hidden: tuple[int, ...] | None, executor: Any,
             refined: dict[int, tuple[Array, float, float]],
-            ) -> tuple[CriticalPoints, ReLUNetwork, list[Array], tuple[Array, Array]]:
+            ) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
     """The first layer (see :func:`_first` for ``refined``), every layer above it, one after
     the other, and the logit layer: the points found, the network, the first layer's refit
     residuals (not a deeper layer's: they do not see the errors carried up from the layers
@@ -336,8 +338,8 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                 raise _Incomplete(why, prefix)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
-                                         [found.points[m] for m in layer.members], rng,
-                                         scale=scale, executor=executor)
+                                       [found.points[m] for m in layer.members], rng,
+                                       scale=scale, executor=executor)
             keep = distinct_neurons(v, b, np.array([len(m) for m in layer.members]))
             v, b = v[keep], b[keep]
             phases.enter("last layer", len(v))

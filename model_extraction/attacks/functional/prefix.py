@@ -101,14 +101,15 @@ class Prefix:
         ``steps`` (one is exact within a region of the prefix; a point that starts far off,
         where the neuron is rarely active, crosses regions on the way), each point until it
         is on the plane to rounding."""
-        p = p.copy()
+        p = np.array(p, dtype=np.float64)
         moving = np.arange(len(p))
         for _ in range(steps):
             value, normal = self.next_normals(p[moving], row)
             miss = value + bias
             square = np.sum(normal * normal, axis=1)
             p[moving] -= (miss / np.where(square > 0, square, np.inf))[:, None] * normal
-            moving = moving[np.abs(miss) > 1e-14 * (np.abs(value) + abs(bias))]
+            off = (np.abs(miss) > 1e-14 * (np.abs(value) + abs(bias))) & (square > 0)
+            moving = moving[off]  # on the plane, or with no gradient: done
             if not len(moving):
                 break
         return p

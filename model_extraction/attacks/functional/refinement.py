@@ -36,11 +36,14 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     """The hyperplane through ``points`` ``(m, d)``, if it beats ``(row, offset)``.
 
     The points are split in two interleaved halves (the callers list points of one kind, then
-    another: each half holds both): a plane fitted on one (after dropping points far off
-    it: kinks of other neurons that passed the tests) must predict the other better than the
+    another: each half holds both): a plane fitted on one (after dropping the points far off
+    it, the worst first and refitting each time, since one far off pulls the fit toward itself
+    and hides the others; kinks of other neurons that passed the tests, or crossings located
+    poorly) must predict the other better than the
     current estimate does, else the estimate is kept (also when the points lie in a subspace
-    that leaves the hyperplane undetermined). Returns row, offset and the relative
-    residual of the kept plane on the held-out half (NaN when there are too few points).
+    that leaves the hyperplane undetermined). Returns row, offset and the relative residual on
+    the held-out half of the plane fitted on the other half, or of the estimate when it is
+    kept (NaN when there are too few points).
 
     Coordinates that are zero at all but a few points (a deeper layer's points, where a unit
     of the layer below is seldom active) are not fitted: the points where they are not zero
@@ -53,8 +56,8 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
             return row, offset, np.nan
         clean = ~np.any(points[:, ~live], axis=1)
         n, c, residual = better_plane(points[clean][:, live], row[live], offset)
-        if not np.isfinite(residual):
-            return row, offset, np.nan
+        if not np.isfinite(residual) or not n @ n > 0:
+            return row, offset, residual
         lam = float(n @ row[live]) / float(n @ n)
         out = row.copy()
         out[live] = lam * n
@@ -69,12 +72,12 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     if s[-2] < 1e-6 * s[0]:
         return row, offset, float(old / scale)  # the points do not pin down one hyperplane
     n, c, _ = plane_through(fit, row)
-    for _ in range(2):
+    for _ in range(16):  # the worst first: a point far off pulls the fit, and hides the others
         off = np.abs(fit @ n + c)
-        inlier = off <= 10 * np.median(off) + 1e-300
-        if inlier.all() or inlier.sum() <= d + 1:
+        worst = off > max(10 * float(np.median(off)), 0.5 * float(off.max()))
+        if not worst.any() or len(fit) - worst.sum() <= d + 1:
             break
-        fit = fit[inlier]
+        fit = fit[~worst]
         n, c, _ = plane_through(fit, row)
     new = np.median(np.abs(held @ n + c))
     if not new < old:
