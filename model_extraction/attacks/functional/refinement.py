@@ -39,11 +39,10 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     another: each half holds both): a plane fitted on one (after dropping the points far off
     it, the worst first and refitting each time, since one far off pulls the fit toward itself
     and hides the others; kinks of other neurons that passed the tests, or crossings located
-    poorly) must predict the other better than the
-    current estimate does, else the estimate is kept (also when the points lie in a subspace
-    that leaves the hyperplane undetermined). Returns row, offset and the relative residual on
-    the held-out half of the plane fitted on the other half, or of the estimate when it is
-    kept (NaN when there are too few points).
+    poorly) must predict the other better than the current estimate does, else the estimate
+    is kept (also when the points lie in a subspace that leaves the hyperplane undetermined).
+    Returns row, offset and the relative residual on the held-out half of the plane fitted on
+    the other half, or of the estimate when it is kept (NaN when there are too few points).
 
     Coordinates that are zero at all but a few points (a deeper layer's points, where a unit
     of the layer below is seldom active) are not fitted: the points where they are not zero
