@@ -7,9 +7,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model_extraction import ReLUNetwork
-from model_extraction.attacks.functional.extract import FunctionalExtraction, _Run
+from model_extraction.attacks.functional.extract import FunctionalExtraction
 from model_extraction.attacks.functional.jacobian import jacobians
-from model_extraction.attacks.functional.polish import polish_layers
+from model_extraction.attacks.functional.onelayer.lines import classify, critical_points
+from model_extraction.attacks.functional.onelayer.polish import polish_layers, polish_units
+from model_extraction.attacks.functional.onelayer.regions import plan_regions
+from model_extraction.attacks.functional.onelayer.run import start
+from model_extraction.attacks.functional.onelayer.state import Units
+from model_extraction.attacks.functional.onelayer.weights import recover_on_line
 from model_extraction.attacks.functional.search import Line, search_line
 from model_extraction.oracle import as_oracle
 
@@ -34,7 +39,7 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
     between them is the region's true Jacobian."""
     net = ReLUNetwork.random(12, 8, k, seed=seed)
     oracle = as_oracle(net)
-    run = _Run(FunctionalExtraction(stay_in_bounds=False), oracle, 12, None)
+    _, units, _ = start(FunctionalExtraction(stay_in_bounds=False), oracle, 12)
     rows, biases, outs = _true_units(net)
     rng = np.random.default_rng(seed)
     line = Line(rng.uniform(0.25, 0.75, 12), rng.standard_normal(12) * 3)
@@ -57,11 +62,11 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
     for i in range(len(kinks)):
         if i not in new:
             j = int(nearest[i])
-            run.units.add(rows[j], float(biases[j]), outs[j], line.at(ts[i : i + 1])[0], 1e-15)
-    match = run._classify(kinks, line)
+            units.add(rows[j], float(biases[j]), outs[j], line.at(ts[i : i + 1])[0], 1e-15)
+    match = classify(units, kinks, line)
     match[new] = -1
     edges = np.concatenate([[-1.0], ts, [1.0]])
-    measured, plan = run._plan_regions(line, edges, new, match)
+    measured, plan = plan_regions(units, line, edges, new, match)
     assert set(plan) == {s for i in new for s in (i, i + 1)}
     assert set(measured) == {w for w, _, _ in plan.values()}
     for s, (w, offset, spread) in plan.items():
@@ -72,17 +77,18 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
         np.testing.assert_allclose(derived, _true_jacobian(net, at_s), rtol=0, atol=1e-9)
 
 
-def _line_run(net: ReLUNetwork, line: Line, **options: float) -> tuple[_Run, list, int]:
-    """A fresh attack on ``net`` that knows no unit yet, with the critical points of ``line``."""
+def _line_run(net: ReLUNetwork, line: Line, **options: float) -> tuple[tuple, list, int]:
+    """A fresh attack on ``net`` that knows no unit yet (its run, units and measurements),
+    with the critical points of ``line``."""
     oracle = as_oracle(net)
-    run = _Run(FunctionalExtraction(stay_in_bounds=False, **options), oracle, net.input_dim, None)
+    state = start(FunctionalExtraction(stay_in_bounds=False, **options), oracle, net.input_dim)
     kinks, _ = search_line(oracle, line, grid=64)
-    return run, kinks, oracle.queries
+    return state, kinks, oracle.queries
 
 
-def _assert_units_match(run: _Run, net: ReLUNetwork, atol: float) -> None:
+def _assert_units_match(units: Units, net: ReLUNetwork, atol: float) -> None:
     rows, _, _ = _true_units(net)
-    for row in run.units.rows:
+    for row in units.rows:
         assert np.abs(np.abs(rows @ row) - 1).min() < atol
 
 
@@ -102,14 +108,15 @@ def test_merged_critical_point_is_skipped_without_costing_its_neighbours() -> No
     net = ReLUNetwork(w0, b0, base.weight1, base.bias1)
     # Steps small enough that no probe crosses a hyperplane: only the merged critical point's
     # rank-two difference can make columns look suspect.
-    run, kinks, _ = _line_run(net, line, step_fraction=1e-3)
+    (run, units, measured), kinks, _ = _line_run(net, line, step_fraction=1e-3)
     assert len(kinks) == h - 1
     new = list(range(len(kinks)))
     q0 = run.oracle.queries
-    added = run._recover_on_line(line, kinks, new, np.full(len(kinks), -1), (-1.0, 1.0))
+    added = recover_on_line(run, units, measured, line, kinks, new, np.full(len(kinks), -1),
+                            (-1.0, 1.0))
     assert added == h - 2
     assert sum("not a single ReLU" in n for n in run.notes) == 1
-    _assert_units_match(run, net, 1e-12)
+    _assert_units_match(units, net, 1e-12)
     # One Jacobian per region, the values of nothing derived, 3 queries per cross-check, and
     # no column measured again.
     assert run.oracle.queries - q0 == (len(kinks) + 1) * (d + 1) + 3 * (h - 2)
@@ -125,15 +132,16 @@ def test_clean_fit_outweighs_a_wrong_slope_from_the_line_search() -> None:
         net = ReLUNetwork.random(d, 5, k, seed=11)
         rng = np.random.default_rng(1)
         line = Line(rng.uniform(0.25, 0.75, d), rng.standard_normal(d) * 2)
-        run, kinks, _ = _line_run(net, line, step_fraction=1e-3)
+        (run, units, measured), kinks, _ = _line_run(net, line, step_fraction=1e-3)
         assert len(kinks) >= 2
         wrong = [type(kk)(kk.t, kk.slope_change * 1.5) if i == 0 else kk
                  for i, kk in enumerate(kinks)]
         q0 = run.oracle.queries
         new = list(range(len(kinks)))
-        added = run._recover_on_line(line, wrong, new, np.full(len(kinks), -1), (-1.0, 1.0))
+        added = recover_on_line(run, units, measured, line, wrong, new,
+                                np.full(len(kinks), -1), (-1.0, 1.0))
         assert added == len(kinks) - (not kept)
-        _assert_units_match(run, net, 1e-12)
+        _assert_units_match(units, net, 1e-12)
         if kept:  # after measuring both Jacobians again once (2d), no more
             assert run.oracle.queries - q0 == (len(kinks) + 1) * (d + 1) + 2 * d + 3 * added
 
@@ -178,17 +186,17 @@ def test_polish_keeps_a_unit_whose_error_it_does_not_improve() -> None:
     steps = 1e-2 * rng.choice([-1, 1], (len(points), d))
     oracle = as_oracle(net)
     _, jacs = jacobians(oracle, points, steps)
-    run = _Run(FunctionalExtraction(stay_in_bounds=False), oracle, d, None)
-    run.jac_points, run.jacs, run.jac_steps = list(points), list(jacs), list(steps)
+    run, units, measured = start(FunctionalExtraction(stay_in_bounds=False), oracle, d)
+    measured.add_jacobians(points, jacs, steps)
     noisy = rows + 1e-7 * rng.standard_normal(rows.shape)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
     exact = 0  # this unit's estimate claims 1e-20: nothing can beat it
     for i in range(h):
         row, error = (rows[i], 1e-20) if i == exact else (noisy[i], 1e-7)
-        run.units.add(row, float(biases[i]), outs[i], points[0], error)
-    before = np.array(run.units.rows)
-    run._polish()
-    after = np.array(run.units.rows)
+        units.add(row, float(biases[i]), outs[i], points[0], error)
+    before = np.array(units.rows)
+    polish_units(run, units, measured)
+    after = np.array(units.rows)
     np.testing.assert_array_equal(after[exact], before[exact])
     assert any("did not improve the estimated error of 1 rows" in n for n in run.notes)
     sides = (points @ rows.T + biases > 0).sum(axis=0)
@@ -210,20 +218,20 @@ def test_outer_stretch_is_searched_only_when_the_centre_shows_nothing_new() -> N
     w0 = base.weight0
     net = ReLUNetwork(w0, -np.einsum("hd,hd->h", w0, line.at(at)), base.weight1, base.bias1)
     rows, biases, outs = _true_units(net)
-    run = _Run(FunctionalExtraction(stay_in_bounds=False), as_oracle(net), d, None)
-    kinks, match, t_range = run._critical_points(line)
+    run, units, measured = start(FunctionalExtraction(stay_in_bounds=False), as_oracle(net), d)
+    kinks, match, t_range = critical_points(run, units, line)
     assert t_range == (-1.0, 1.0)
     np.testing.assert_allclose([k.t for k in kinks], [-0.52, 0.31], atol=1e-9)
     assert list(match) == [-1, -1]
     for i in (0, 1):
-        run.units.add(rows[i], float(biases[i]), outs[i], line.at(at[i : i + 1])[0], 1e-15)
-    kinks, match, t_range = run._critical_points(line)
+        units.add(rows[i], float(biases[i]), outs[i], line.at(at[i : i + 1])[0], 1e-15)
+    kinks, match, t_range = critical_points(run, units, line)
     assert t_range == (-8.0, 8.0)
     np.testing.assert_allclose([k.t for k in kinks], [-5.27, -0.52, 0.31, 3.13], atol=1e-9)
     assert list(match) == [-1, 0, 1, -1]
-    added = run._recover_on_line(line, kinks, [0, 3], match, t_range)
+    added = recover_on_line(run, units, measured, line, kinks, [0, 3], match, t_range)
     assert added == 2
-    _assert_units_match(run, net, 1e-10)
+    _assert_units_match(units, net, 1e-10)
 
 
 def test_search_with_known_critical_points_finds_every_one_for_less() -> None:

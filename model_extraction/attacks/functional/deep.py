@@ -25,7 +25,6 @@ Every query goes through the oracle and is counted; nothing reads the victim's w
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,9 +39,10 @@ from .critical import CriticalPoints, find_critical_points, random_line
 from .joint import joint_rows
 from .lastlayer import orient_and_fit
 from .layers import Hyperplanes, first_layer, flat_above
+from .phases import PhaseLog
 from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
-from .result import ExtractionError, ExtractionResult, PhaseCost
+from .result import ExtractionError, ExtractionResult
 from .search import Line
 from .selfcheck import SelfCheck, self_check
 from .signatures import Signatures, coefficients, complete_rows, distinct_neurons, next_layer
@@ -70,29 +70,13 @@ class _Incomplete(Exception):
         self.found: CriticalPoints | None = None
 
 
-class _Phases:
-    """Queries and seconds per phase, the progress callback, and how far the attack got (the
-    phase, the layer it works on and the widths of the layers extracted and oriented so far)."""
+class _Phases(PhaseLog):
+    """:class:`~.phases.PhaseLog` that also knows how far the attack got (the layer it works on
+    and the widths of the layers extracted and oriented so far)."""
 
     def __init__(self, oracle: Oracle, progress: Callable[..., None] | None) -> None:
-        self.oracle, self.progress, self.costs = oracle, progress, {}
-        self._mark: tuple[str, int, float] | None = None
-        self.phase, self.known = "critical points", ()
-
-    def enter(self, name: str, units: int = 0) -> None:
-        self.leave()
-        self.phase = name
-        self._mark = (name, self.oracle.queries, time.perf_counter())
-        if self.progress is not None:
-            self.progress(name, self.oracle.queries, units, None)
-
-    def leave(self) -> None:
-        if self._mark is not None:
-            name, q, t = self._mark
-            cost = self.costs.setdefault(name, PhaseCost())
-            cost.queries += self.oracle.queries - q
-            cost.seconds += time.perf_counter() - t
-            self._mark = None
+        super().__init__(oracle, progress, phase="critical points")
+        self.known: tuple[int, ...] = ()
 
     @contextmanager
     def budget(self, lines: list[Any]) -> Iterator[None]:

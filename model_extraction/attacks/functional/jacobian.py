@@ -46,11 +46,17 @@ def jacobians(oracle: Oracle, points: Array, steps: Array) -> tuple[Array, Array
     """Full Jacobians at each of ``points`` (``(m, d)``).
 
     ``steps`` is one step per point (``(m,)``) or one per point and coordinate (``(m, d)``; a
-    negative step probes backwards). Costs ``m (d + 1)`` queries. Returns
+    negative step probes backwards). Costs ``m (d + 1)`` queries, in batches of at most
+    ``16384 // (d + 1)`` points. Returns
     ``(values (m, K), jacobians (m, K, d))``.
     """
     m, d = points.shape
     steps = np.asarray(steps, dtype=np.float64)
+    chunk = max(1, _MAX_ROWS // (d + 1))  # points per batch of probes
+    if m > chunk:
+        parts = [jacobians(oracle, points[s : s + chunk], steps[s : s + chunk])
+                 for s in range(0, m, chunk)]
+        return (np.concatenate([v for v, _ in parts]), np.concatenate([j for _, j in parts]))
     steps = np.repeat(steps, d) if steps.ndim == 1 else steps.reshape(-1)
     values = _call(oracle, points)
     cols = np.stack(np.meshgrid(np.arange(m), np.arange(d), indexing="ij"), -1).reshape(-1, 2)

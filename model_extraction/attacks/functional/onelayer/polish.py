@@ -35,11 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .jacobian import room_from
+from ..jacobian import room_from
+from .state import Measured, Run, Units
 
 Array = NDArray[np.float64]
 
-__all__ = ["Polished", "polish_layers"]
+__all__ = ["Polished", "polish_layers", "polish_units"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,37 @@ def polish_layers(
     errors[free] = np.sqrt(2 / np.pi) * np.sqrt(var)
     return Polished(rows=all_rows, outs=all_outs, errors=errors, used=int(present.sum()),
                     missing=int((~present).sum()))
+
+
+def polish_units(run: Run, units: Units, measured: Measured) -> None:
+    """Re-fit all rows and output vectors jointly from every Jacobian measured
+    (:func:`polish_layers`, no query). A unit keeps its estimate if the polished row moved
+    further than its estimated error allows (a wrong activation pattern, say), or if the polish
+    does not claim a smaller error for it: with hundreds of units the joint fit has not
+    converged for every unit after its ten iterations."""
+    rows, biases = np.array(units.rows), np.array(units.biases)
+    try:
+        got = polish_layers(np.array(measured.jac_points), np.array(measured.jacs),
+                            np.array(measured.jac_steps), rows, biases, np.array(units.outs))
+    except np.linalg.LinAlgError:
+        run.notes.append("the joint polish was skipped: too few Jacobians for its system")
+        return
+    moved = np.abs(got.rows - rows).mean(axis=1)
+    kept = unimproved = 0
+    for i in range(len(units)):
+        if not (moved[i] <= max(1e-8, 64 * units.errors[i]) and np.isfinite(got.errors[i])):
+            kept += 1
+            continue
+        if not got.errors[i] < units.errors[i]:
+            unimproved += 1
+            continue
+        units.rows[i] = got.rows[i]
+        units.outs[i] = got.outs[i]
+        units.biases[i] = -float(got.rows[i] @ units.points[i])
+        units.errors[i] = float(got.errors[i])
+    if kept:
+        run.notes.append(f"the joint polish moved {kept} rows too far; they kept their "
+                         "first estimate")
+    if unimproved:
+        run.notes.append(f"the joint polish did not improve the estimated error of "
+                         f"{unimproved} rows; they kept their first estimate")
