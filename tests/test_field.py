@@ -128,6 +128,21 @@ def test_label_oracle_over_one_dimensional_outputs():
     np.testing.assert_array_equal(labels[:, 0], (net.logits(x)[:, 0] > 0).astype(int))
 
 
+def test_a_victim_affine_on_the_box_is_extracted_with_every_query_counted():
+    """No unit changes state inside the box: the model is the affine map, measured by one
+    Jacobian at the centre, and those queries are in the result's count too."""
+    rng = np.random.default_rng(0)
+    victim = ReLUNetwork(rng.standard_normal((3, 5)), np.full(3, -100.0),
+                         rng.standard_normal((2, 3)), rng.standard_normal(2))
+    oracle = ModelOracle(victim)
+    result = extract_functional(oracle, max_lines=8)
+    assert result.check["passed"] and result.network.hidden == 0
+    assert any("affine on the domain" in note for note in result.notes)
+    assert result.queries == oracle.queries == sum(p.queries for p in result.phases.values())
+    x = rng.uniform(size=(100, 5))
+    np.testing.assert_allclose(result.network.logits(x), victim.logits(x), rtol=1e-9, atol=1e-9)
+
+
 def test_affine_model_converts_saves_and_runs_in_torch(tmp_path):
     import torch
 

@@ -27,8 +27,10 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
     number found is not ``hidden=``, or (paper mode) when the rows are linearly dependent.
     """
     _check_units(run, units)
-    if not len(units):
+    if not len(units):  # its queries are the last layer's
+        run.log.enter("last layer", 0)
         _measure_affine(run, measured)
+        run.log.leave(0)
     rows = np.array(units.rows).reshape(-1, run.d)
     biases = np.array(units.biases)
     k = np.asarray(measured.y[0]).shape[1]
