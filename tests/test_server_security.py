@@ -221,7 +221,7 @@ def test_evaluation_runs_off_the_event_loop_in_bounded_chunks(victim):
         y = answer(c.post(INFER, json=body(x)), "logits")  # 400 kB: parsed in a process
         small = answer(c.post(INFER, json=body(x[:3])), "logits")  # parsed in a thread
     np.testing.assert_allclose(y, victim.logits(x), rtol=1e-13, atol=1e-13)
-    np.testing.assert_array_equal(small, y[:3])
+    np.testing.assert_allclose(small, y[:3], rtol=1e-13, atol=1e-13)  # other batch shape
     assert [n for _, n in model.calls] == [100] * 10 + [3]
     assert "uvicorn" not in {name for name, _ in model.calls}  # the event loop's thread
 
