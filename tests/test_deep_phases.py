@@ -143,6 +143,7 @@ def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():
     points = np.abs(rng.standard_normal((80, 6)))  # activations: non-negative
     points[:, 5] = 0.0
     points[:2, 5] = 1.0  # a unit active at two points only: its weight is not determined here
+    points[6:, 4] = 0.0  # one active at six: few points, but they determine its weight
     points[:, 0] = -(points[:, 1:] @ true[1:] + 0.3) / true[0]  # every point on the plane
     estimate = true + 1e-6 * rng.standard_normal(6)
     row, bias, residual = better_plane(points, estimate, 0.3)

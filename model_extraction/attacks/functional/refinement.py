@@ -28,7 +28,7 @@ Array = NDArray[np.float64]
 __all__ = ["better_plane", "refit_first_layer", "refit_next_layer"]
 
 _NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
-_SUPPORT = 8  # a coordinate non-zero at fewer points than this is not fitted
+_SUPPORT = 4  # a coordinate non-zero at fewer points than this is not fitted
 _NEXT_POINTS = 8  # points per unknown of a deeper hyperplane (3 left some 24 bits precise)
 
 
