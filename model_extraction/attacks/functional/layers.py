@@ -28,6 +28,7 @@ __all__ = ["Hyperplanes", "first_layer", "is_flat", "flat_above", "plane_through
 
 _SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
 _ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
+_BLOCK = 64  # starts of a group compared with every point in one matrix product
 
 
 @dataclass(frozen=True)
@@ -86,22 +87,27 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
     offsets = -np.sum(normals * pts, axis=1)
     free = np.ones(len(pts), dtype=bool)
     rows, cs, members = [], [], []
-    for i in np.flatnonzero(np.ones(len(pts), dtype=bool) if seeds is None else seeds):
-        if not free[i]:
-            continue
-        same = np.abs(np.abs(normals @ normals[i]) - 1) < _SAME
-        on = np.abs(pts @ normals[i] + offsets[i]) < _SAME * (scale + abs(offsets[i]))
-        group = np.flatnonzero(same & on & free)
-        if len(set(found.line[group].tolist())) < min_lines:
-            continue
-        n, c = normals[i], float(offsets[i])
-        if len(group) > pts.shape[1]:
-            n, c, _ = plane_through(pts[group], normals[i])
-        if is_flat(oracle, n, c, rng, scale=scale):
-            free[group] = False
-            rows.append(n)
-            cs.append(c)
-            members.append(group)
+    starts = np.flatnonzero(np.ones(len(pts), dtype=bool) if seeds is None else seeds)
+    for first in range(0, len(starts), _BLOCK):
+        block = starts[first : first + _BLOCK]
+        # every point against a block of starts at once (a matrix product, not one per start)
+        cosines, heights = normals @ normals[block].T, pts @ normals[block].T
+        for k, i in enumerate(block):
+            if not free[i]:
+                continue
+            same = np.abs(np.abs(cosines[:, k]) - 1) < _SAME
+            on = np.abs(heights[:, k] + offsets[i]) < _SAME * (scale + abs(offsets[i]))
+            group = np.flatnonzero(same & on & free)
+            if len(set(found.line[group].tolist())) < min_lines:
+                continue
+            n, c = normals[i], float(offsets[i])
+            if len(group) > pts.shape[1]:
+                n, c, _ = plane_through(pts[group], normals[i])
+            if is_flat(oracle, n, c, rng, scale=scale):
+                free[group] = False
+                rows.append(n)
+                cs.append(c)
+                members.append(group)
     d = pts.shape[1]
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
 
