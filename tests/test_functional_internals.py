@@ -9,13 +9,18 @@ from hypothesis import strategies as st
 from model_extraction import ReLUNetwork
 from model_extraction.attacks.functional.extract import FunctionalExtraction
 from model_extraction.attacks.functional.jacobian import jacobians
-from model_extraction.attacks.functional.onelayer.lines import classify, critical_points
+from model_extraction.attacks.functional.onelayer.build import build_network
+from model_extraction.attacks.functional.onelayer.lines import (
+    classify,
+    critical_points,
+    search_lines,
+)
 from model_extraction.attacks.functional.onelayer.polish import polish_layers, polish_units
 from model_extraction.attacks.functional.onelayer.regions import plan_regions
 from model_extraction.attacks.functional.onelayer.run import start
-from model_extraction.attacks.functional.onelayer.state import Units
+from model_extraction.attacks.functional.onelayer.state import Measured, Run, Units
 from model_extraction.attacks.functional.onelayer.weights import recover_on_line
-from model_extraction.attacks.functional.search import Line, search_line
+from model_extraction.attacks.functional.search import Kink, Line, search_line
 from model_extraction.oracle import as_oracle
 
 
@@ -77,7 +82,8 @@ def test_derived_regions_match_true_jacobians(seed: int, k: int) -> None:
         np.testing.assert_allclose(derived, _true_jacobian(net, at_s), rtol=0, atol=1e-9)
 
 
-def _line_run(net: ReLUNetwork, line: Line, **options: float) -> tuple[tuple, list, int]:
+def _line_run(net: ReLUNetwork, line: Line, **options: float
+              ) -> tuple[tuple[Run, Units, Measured], list[Kink], int]:
     """A fresh attack on ``net`` that knows no unit yet (its run, units and measurements),
     with the critical points of ``line``."""
     oracle = as_oracle(net)
@@ -254,3 +260,22 @@ def test_search_with_known_critical_points_finds_every_one_for_less() -> None:
     # The plain search finds them too, except two 1.6e-4 apart that it merges into one.
     assert len(plain) == len(inside) - 1
     assert stats.queries < plain_stats.queries and stats.rounds < plain_stats.rounds
+
+
+def test_the_last_layer_samples_many_answers_and_keeps_the_jacobians_picked_for_the_signs():
+    """With more answers held than the last layer's fit takes (``20 (h + 1) + 2000``), a sample
+    of them is fitted, together with the Jacobians picked for the signs (the sample of answers
+    once indexed the Jacobians: IndexError)."""
+    d, h = 12, 6
+    net = ReLUNetwork.random(d, h, 3, seed=0)
+    run, units, measured = start(FunctionalExtraction(stay_in_bounds=False), as_oracle(net), d)
+    search_lines(run, units, measured)
+    assert len(units) == h
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # answers the attacker holds, 250 at a time (each batch kept whole)
+        x = rng.uniform(-1, 2, (250, d))
+        measured.remember(x, net.logits(x))
+    assert len(measured.answers()[0]) > 20 * (h + 1) + 2000 > len(measured.jacs)
+    network = build_network(run, units, measured)
+    x = rng.uniform(-1, 2, (500, d))
+    np.testing.assert_allclose(network.logits(x), net.logits(x), rtol=1e-9, atol=1e-9)

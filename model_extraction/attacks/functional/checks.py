@@ -3,6 +3,8 @@
 §6.1 assumes the adversary sees the raw logits as 64-bit floats, of a network that is piecewise
 linear (ReLU). Each violated assumption would otherwise turn into a silently wrong model, so each
 is refused here with a message saying what was seen and what to do. Costs about 50 queries.
+A smooth victim that the check let through is refused once a line search shows it
+(:func:`refuse_curved`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import InsufficientPrecisionError, Oracle, OutputKind
 
+from .search import LineSearchStats
+
 __all__ = ["BentHyperplanesError", "OracleMismatchError", "OraclePrecisionError",
-           "check_logit_oracle"]
+           "check_logit_oracle", "refuse_curved"]
 
 
 class OracleMismatchError(ValueError):
@@ -122,3 +126,18 @@ def check_logit_oracle(
             "with a smooth defence (such as reverse sigmoid)."
         )
     return k
+
+
+def refuse_curved(stats: LineSearchStats, line: int) -> None:
+    """Raise if the line search along the ``line``-th line saw a smooth, not
+    piecewise-linear, output."""
+    if stats.curved:
+        raise OracleMismatchError(
+            f"the victim is not piecewise linear: along line {line} the search "
+            f"rejected {stats.rejected} intervals as curved for {stats.kinks} critical "
+            f"points ({stats.queries} queries), where a ReLU network needs a few "
+            "halvings per critical point. Functionally-equivalent extraction "
+            "applies to ReLU networks that return raw logits (§6.1); a smooth activation "
+            "(tanh, sigmoid), or a smooth output defence such as reverse sigmoid, defeats "
+            "it. Use a learning-based attack."
+        )

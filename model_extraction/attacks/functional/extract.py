@@ -67,8 +67,8 @@ class FunctionalExtraction:
         Fresh in-domain queries of the self-check (plus the answers already held).
     check_tolerance:
         Largest error the self-check accepts, relative to ``max(1, max |answer|)``; a model that
-        misses it is repaired (lines through the points it failed on) up to ``_REPAIRS`` times,
-        then refused with :class:`ExtractionError`.
+        misses it is repaired (lines through the points it failed on) up to 3 times, then
+        refused with :class:`ExtractionError`.
     seed:
         Seed of the random lines.
     max_lines:
@@ -88,7 +88,7 @@ class FunctionalExtraction:
         on the least precise units first.
     polish:
         Default mode: finally fit all rows and output vectors jointly to every Jacobian measured
-        (:func:`~model_extraction.attacks.functional.polish.polish_layers`; no query, about
+        (:func:`~model_extraction.attacks.functional.onelayer.polish.polish_layers`; no query, about
         1.5 s at ``h = 128`` and up to a minute at ``h = 512`` on a 2-core CPU).
     """
 

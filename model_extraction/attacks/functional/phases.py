@@ -17,8 +17,9 @@ ProgressFn = Callable[[str, int, int, int | None], None]
 class PhaseLog:
     """The cost of each phase (:class:`~.result.PhaseCost`) and the phase the attack is in.
 
-    ``progress(phase, queries, units, hidden)`` is called when a phase starts, and by
-    :meth:`tick`; ``hidden`` is the number of units the caller expects (``None``: unknown).
+    ``progress(phase, queries, units, hidden)`` is called when a phase starts, when one ends
+    with ``units`` given, and by :meth:`tick`; ``hidden`` is the number of units the caller
+    expects (``None``: unknown).
     """
 
     def __init__(self, oracle: Oracle, progress: ProgressFn | None = None, *,

@@ -23,24 +23,24 @@ _SIGN_JACOBIANS = 512  # Jacobians that vote on the signs and fit the affine ter
 def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
     """Signs and last layer of the units found: the extracted network.
 
-    Raises :class:`~..result.ExtractionError` when no unit was found in paper mode, when the
-    number found is not ``hidden=``, or (paper mode) when the rows are linearly dependent.
+    Raises :class:`~model_extraction.attacks.functional.result.ExtractionError` when no unit
+    was found in paper mode, when the number found is not ``hidden=``, or (paper mode) when
+    the rows are linearly dependent.
     """
     _check_units(run, units)
-    if not len(units):  # its queries are the last layer's
-        run.log.enter("last layer", 0)
-        _measure_affine(run, measured)
-        run.log.leave(0)
     rows = np.array(units.rows).reshape(-1, run.d)
     biases = np.array(units.biases)
-    k = np.asarray(measured.y[0]).shape[1]
-    outs = np.array(units.outs).reshape(len(rows), k)
-    pick = _jacobian_subset(measured)
     run.log.enter("signs", len(units))
-    signs = _signs(run, units, measured, rows, biases, outs, pick) if len(rows) else np.ones(0)
+    if len(units):
+        outs, picked = np.array(units.outs), _jacobian_subset(measured)
+        signs = _signs(run, units, measured, rows, biases, outs, picked)
     run.log.leave(len(units))
 
     run.log.enter("last layer", len(units))
+    if not len(units):  # the affine model, from one Jacobian
+        _measure_affine(run, measured)
+        outs, picked = np.zeros((0, measured.y[0].shape[1])), _jacobian_subset(measured)
+        signs = np.ones(0)
     w0, b0 = rows * signs[:, None], biases * signs
     x, y = measured.answers()
     if len(x) > 20 * (len(rows) + 1) + 2000:
@@ -50,9 +50,7 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
     if run.cfg.mode == "paper":
         w1, b1, resid = fit_last_layer(w0, b0, x, y)
     else:
-        w1, b1, skip, resid = fit_output_layer(
-            w0, b0, outs, np.array([measured.jac_points[i] for i in pick]),
-            np.array([measured.jacs[i] for i in pick]), x, y)
+        w1, b1, skip, resid = fit_output_layer(w0, b0, outs, *picked, x, y)
         if skip is not None:
             run.notes.append("the model carries an affine term (units active on the whole "
                              "domain, mirrored units, or orientations left as found)")
@@ -101,17 +99,18 @@ def _measure_affine(run: Run, measured: Measured) -> None:
         measured.add_jacobians(centre, jacs, steps)
 
 
-def _jacobian_subset(measured: Measured) -> NDArray[np.int64]:
-    """At most ``_SIGN_JACOBIANS`` of the Jacobians measured, at random: enough for signs and
-    the affine term."""
+def _jacobian_subset(measured: Measured) -> tuple[Array, Array]:
+    """At most ``_SIGN_JACOBIANS`` of the Jacobians measured, at random (enough for the signs
+    and the affine term), with their points: ``(points (n, d), jacobians (n, K, d))``."""
     pick = np.arange(len(measured.jacs))
     if len(pick) > _SIGN_JACOBIANS:
         pick = np.sort(measured.rng.choice(len(pick), _SIGN_JACOBIANS, replace=False))
-    return pick
+    return (np.array([measured.jac_points[i] for i in pick]),
+            np.array([measured.jacs[i] for i in pick]))
 
 
 def _signs(run: Run, units: Units, measured: Measured, rows: Array, biases: Array, outs: Array,
-           pick: NDArray[np.int64]) -> Array:
+           picked: tuple[Array, Array]) -> Array:
     """Global signs (§6.5): the null-space steps in paper mode; in default mode votes of the
     Jacobians already measured, where the rows are independent (elsewhere the affine term
     makes any orientation exact, and the rows keep the one they were found with)."""
@@ -131,11 +130,8 @@ def _signs(run: Run, units: Units, measured: Measured, rows: Array, biases: Arra
                          "the model exact")
         return np.ones(len(rows))
     # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
-    # (the votes are 0 or 1 up to rounding), so large victims use a random subset (pick).
-    signs, confidence = signs_from_jacobians(
-        rows, biases, outs, np.array([measured.jac_points[i] for i in pick]),
-        np.array([measured.jacs[i] for i in pick]),
-    )
+    # (the votes are 0 or 1 up to rounding), so large victims use a random subset (picked).
+    signs, confidence = signs_from_jacobians(rows, biases, outs, *picked)
     weak = int(np.sum(confidence < 0.5))
     if weak:
         run.notes.append(f"{weak} unit signs were decided with low confidence")

@@ -1,9 +1,10 @@
 """Critical points along random lines, and which known unit each belongs to (§6.3, default mode).
 
-A line's critical points come from batched 2-linearity tests (:func:`~..search.search_line`),
-the grid split at the midpoints between the crossings of the units already known; a critical
-point where a known unit crosses with the slope change that unit predicts is that unit's (no
-query). The rows of the new ones follow (:func:`.weights.recover_on_line`).
+A line's critical points come from batched 2-linearity tests
+(:func:`~model_extraction.attacks.functional.search.search_line`), the grid split at the
+midpoints between the crossings of the units already known; a critical point where a known unit
+crosses with the slope change that unit predicts is that unit's (no query). The rows of the new
+ones follow (:func:`.weights.recover_on_line`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from ..checks import BentHyperplanesError, OracleMismatchError
-from ..search import Kink, Line, LineSearchStats, search_line
+from ..checks import BentHyperplanesError, refuse_curved
+from ..search import Kink, Line, search_line
 from .state import Measured, Run, Units
 from .weights import recover_on_line
 
@@ -150,21 +151,6 @@ def _search(run: Run, line: Line, t_range: tuple[float, float], grid: int,
     kinks, stats = search_line(run.oracle, line, t_range, grid=grid, known=known)
     refuse_curved(stats, run.lines)
     return kinks
-
-
-def refuse_curved(stats: LineSearchStats, line: int) -> None:
-    """Raise if the line search along the ``line``-th line saw a smooth, not
-    piecewise-linear, output."""
-    if stats.curved:
-        raise OracleMismatchError(
-            f"the victim is not piecewise linear: along line {line} the search "
-            f"rejected {stats.rejected} intervals as curved for {stats.kinks} critical "
-            f"points ({stats.queries} queries), where a ReLU network needs a few "
-            "halvings per critical point. Functionally-equivalent extraction "
-            "applies to ReLU networks that return raw logits (§6.1); a smooth activation "
-            "(tanh, sigmoid), or a smooth output defence such as reverse sigmoid, defeats "
-            "it. Use a learning-based attack."
-        )
 
 
 def classify(units: Units, kinks: list[Kink], line: Line) -> NDArray[np.int64]:

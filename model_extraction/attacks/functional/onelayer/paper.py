@@ -15,8 +15,8 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
+from ..checks import refuse_curved
 from ..search import Line, search_line_paper
-from .lines import refuse_curved
 from .state import Measured, Run, Units
 
 Array = NDArray[np.float64]

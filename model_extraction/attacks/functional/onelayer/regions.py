@@ -108,8 +108,9 @@ def _offset(line: Line, match: NDArray[np.int64], rows: Array, outs: Array, erro
 
 def room(run: Run, units: Units, points: Array) -> tuple[Array, Array]:
     """How far each coordinate of ``points`` ``(m, d)`` may move, forwards and backwards,
-    before it meets the hyperplane of a unit found so far (:func:`~..jacobian.room_from`) or a
-    face of the box (when queries must stay inside it): ``(forward, backward)``, ``(m, d)``."""
+    before it meets the hyperplane of a unit found so far
+    (:func:`~model_extraction.attacks.functional.jacobian.room_from`) or a face of the box (when
+    queries must stay inside it): ``(forward, backward)``, ``(m, d)``."""
     fwd, back = run.domain.face_room(points)
     if not len(units):
         return fwd, back

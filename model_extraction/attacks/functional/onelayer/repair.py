@@ -1,5 +1,6 @@
-"""The one-hidden-layer attack's self-check (:func:`~..selfcheck.self_check`) on fresh points of
-the box and every answer held, and the lines a repair searches when it fails."""
+"""The one-hidden-layer attack's self-check
+(:func:`~model_extraction.attacks.functional.selfcheck.self_check`) on fresh points of the box
+and every answer held, and the lines a repair searches when it fails."""
 
 from __future__ import annotations
 
@@ -9,21 +10,20 @@ from model_extraction.network import ReLUNetwork
 
 from ..search import Line
 from ..selfcheck import SelfCheck, self_check
-from .state import Measured, Run
+from .state import Measured, Run, Units
 
 __all__ = ["check_model"]
 
 _REPAIR_LINES = 8  # lines through points the model failed on, at most
 
 
-def check_model(run: Run, measured: Measured, network: ReLUNetwork
+def check_model(run: Run, units: Units, measured: Measured, network: ReLUNetwork
                 ) -> tuple[SelfCheck, list[Line]]:
     """Self-check ``network`` on ``check_points`` fresh points of the box (half of them
     reference inputs, when given) and on every answer held; also the lines from points it failed
     on to points it passed (to any fresh point if it passed none; at most ``_REPAIR_LINES``):
     a unit the model lacks has its hyperplane between them."""
-    found = len(network.bias0)  # units, for the progress report
-    run.log.enter("self-check", found)
+    run.log.enter("self-check", len(units))
     n = run.cfg.check_points
     fresh = run.domain.uniform(run.rng, n)
     if run.reference is not None and n:
@@ -35,7 +35,7 @@ def check_model(run: Run, measured: Measured, network: ReLUNetwork
                                         run.cfg.check_tolerance)
     if len(fresh):
         measured.remember(fresh, answers)
-    run.log.leave(found)
+    run.log.leave(len(units))
     points = np.concatenate([fresh, held_x])
     bad = np.flatnonzero(errors > check.tolerance)
     good = np.flatnonzero(errors[: len(fresh)] <= check.tolerance)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 Array = NDArray[np.float64]
 
-__all__ = ["execute", "start"]
+__all__ = ["execute", "start", "where"]
 
 _REPAIRS = 3  # a model that fails its self-check is repaired at most this many times
 
@@ -52,7 +52,11 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
     and polish; paper mode: §6.3–6.4), the network (signs, last layer), the self-check, and up
     to ``_REPAIRS`` repairs (lines through the points it failed on, and the phases again).
 
-    Raises :class:`~..result.ExtractionError` if the model still fails its self-check.
+    Raises :class:`~model_extraction.attacks.functional.result.ExtractionError` if the model
+    still fails its self-check, or as :func:`.build.build_network` says; the oracle check's
+    errors (:func:`~model_extraction.attacks.functional.checks.check_logit_oracle`), a victim
+    whose hyperplanes bend or that is not piecewise linear (:mod:`.lines`), and the oracle's
+    own (its budget) pass through.
     """
     cfg = run.cfg
     run.log.enter("check", 0)
@@ -66,7 +70,7 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
         search_lines(run, units, measured)
         _improve(run, units, measured)
     network = build_network(run, units, measured)
-    check, lines = check_model(run, measured, network)
+    check, lines = check_model(run, units, measured, network)
     repairs = 0
     while (not check.passed and cfg.mode == "default" and repairs < _REPAIRS
            and run.lines < cfg.max_lines):
@@ -78,7 +82,7 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
         search_lines(run, units, measured, lines)
         _improve(run, units, measured)
         network = build_network(run, units, measured)
-        check, lines = check_model(run, measured, network)
+        check, lines = check_model(run, units, measured, network)
     if not check.passed:
         raise ExtractionError(
             f"the extracted model disagrees with the oracle: relative error "

@@ -25,8 +25,9 @@ __all__ = ["Measured", "Run", "Units"]
 @dataclass
 class Units:
     """Units recovered so far: unit-norm rows ``r`` ``(d,)``, biases ``β``, output vectors ``g``
-    ``(K,)`` (the jump ``J(y > 0) - J(y < 0)`` of the logits' Jacobian across the hyperplane),
-    the critical point each was measured at, and each row's estimated mean absolute error."""
+    ``(K,)`` (the logits' Jacobian jumps by ``g rᵀ = J(y > 0) - J(y < 0)`` across the
+    hyperplane), the critical point each was measured at, and each row's estimated mean
+    absolute error."""
 
     rows: list[Array] = field(default_factory=list)
     biases: list[float] = field(default_factory=list)
@@ -58,8 +59,9 @@ class Units:
 
 @dataclass
 class Measured:
-    """Answers the last layer may reuse (§6.6; at most 256 rows of each batch, drawn with
-    ``rng``), and every Jacobian measured ``(K, d)`` with its point and column steps ``(d,)``."""
+    """Answers the last layer may reuse (§6.6; at most 256 rows of each batch), and every
+    Jacobian measured ``(K, d)`` with its point and column steps ``(d,)``; ``rng`` draws the
+    answers kept and the Jacobians the signs and the affine term use."""
 
     rng: np.random.Generator
     x: list[Array] = field(default_factory=list)

@@ -1,12 +1,13 @@
 """Rows of the units whose critical points a line shows (§6.4, default mode).
 
 Each new critical point's unit has the rank-one Jacobian difference ``g rᵀ`` of the regions
-beside it (:func:`~..rows.fit_row`). The regions are measured as :func:`.regions.plan_regions`
-plans (one measured region serves its neighbours across known units), with steps sized from
-the gap to the neighbouring critical points and clear of the hyperplanes known. A probe that
-crossed another hyperplane is detected (by the fit, by its clipped entry, by its room, by the
-slope change the line search saw, or with ``K = 1`` by half-step re-measurement) and measured
-again; then each unit is cross-checked along a fresh direction before it is kept.
+beside it (:func:`~model_extraction.attacks.functional.rows.fit_row`). The regions are
+measured as :func:`.regions.plan_regions` plans (one measured region serves its neighbours
+across known units), with steps sized from the gap to the neighbouring critical points and
+clear of the hyperplanes known. A probe that crossed another hyperplane is detected (by the
+fit, by its clipped entry, by its room, by the slope change the line search saw, or with
+``K = 1`` by half-step re-measurement) and measured again; then each unit is cross-checked
+along a fresh direction before it is kept.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _settle(run: Run, regions: _Regions) -> dict[int, RowFit]:
         if not bad.any():
             return fits
         _remeasure(run, regions, bad, fwd, back)
-    run.notes.append("some Jacobian columns stayed inconsistent after 6 re-measurements")
+    run.notes.append(f"some Jacobian columns stayed inconsistent after {_ROUNDS} re-measurements")
     return {i: fit_row(regions.side(i + 1) - regions.side(i), orient=regions.line.direction)
             for i in regions.new}
 
