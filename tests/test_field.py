@@ -192,3 +192,18 @@ def test_reference_inputs_are_validated():
         extract_functional(net, reference_inputs=np.full((4, 5), 2.0))
     with pytest.raises(ValueError, match="rows of 5 inputs"):
         extract_functional(net, reference_inputs=np.zeros((4, 6)))
+
+
+def test_a_repaired_model_reports_only_the_notes_of_the_model_returned():
+    """The notes of a model that failed its self-check (it is discarded, and the attack searches
+    on) are dropped; the repair says what it found and did."""
+    victim = ReLUNetwork.random(10, 12, 3, seed=0)
+    result = extract_functional(ModelOracle(victim), patience=1, seed=0)
+    assert result.check["passed"]
+    repair = [i for i, n in enumerate(result.notes) if n.startswith("the self-check found")]
+    assert len(repair) == 1
+    about_a_model = ("affine term", "last layer leaves", "linearly dependent", "were decided",
+                     "affine on the domain")
+    before = result.notes[: repair[0]]
+    assert not [n for n in before if any(k in n for k in about_a_model)]
+    assert sum("affine term" in n for n in result.notes) == 1  # the model returned has one

@@ -286,5 +286,5 @@ def _evaluation_rows(t: Table, a: dict[str, Any], e: dict[str, Any]) -> None:
         t.add_row(f"layer {i}, bits", f"{_fmt_bits(layer['worst_bits'])} worst entry, "
                   f"{_fmt_bits(layer['mean_bits'])} mean; {layer['units_matched']} of {width} "
                   "units matched" + ("" if i == 1 else " (not estimated by the attack)"))
-    t.add_row("max logit error", f"2^{e['log2_max_logit_error']:.1f}")
+    t.add_row("max logit error, uniform inputs", f"2^{e['log2_max_logit_error']:.1f} over 10,000")
     t.add_row("wrong row signs", str(e["wrong_signs"]))

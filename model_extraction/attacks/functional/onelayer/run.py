@@ -69,6 +69,7 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
     else:
         search_lines(run, units, measured)
         _improve(run, units, measured)
+    built = len(run.notes)  # the notes before those of the model built next
     network = build_network(run, units, measured)
     check, lines = check_model(run, units, measured, network)
     repairs = 0
@@ -77,10 +78,13 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
         # A unit was missed, most likely: search the lines from the points where the
         # model is wrong to points where it is right (its hyperplane lies between).
         repairs += 1
-        run.notes.append(f"the self-check found a relative error of {check.max_error:.1e};"
-                         f" searched {len(lines)} lines through the points it failed on")
+        del run.notes[built:]  # they describe a model that is not returned
+        run.notes.append(f"the self-check found a relative error of {check.max_error:.1e} "
+                         f"with {len(units)} units; searched {len(lines)} lines through the "
+                         "points it failed on")
         search_lines(run, units, measured, lines)
         _improve(run, units, measured)
+        built = len(run.notes)
         network = build_network(run, units, measured)
         check, lines = check_model(run, units, measured, network)
     if not check.passed:
