@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
     p.add_argument("--max-lines", type=int, default=256,
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
+    p.add_argument("--check-points", type=int, default=4096,
+                   help="fresh queries of each self-check (extract_deep's check_points)")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -84,7 +86,8 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
-            test: np.ndarray | None = None, max_lines: int = 256) -> dict:
+            test: np.ndarray | None = None, max_lines: int = 256,
+            check_points: int = 4096) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
@@ -95,7 +98,8 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
                  time.perf_counter() - started, queries, phase, units)
 
     try:
-        result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines, progress=phase)
+        result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines,
+                              check_points=check_points, progress=phase)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
@@ -114,7 +118,14 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
-    return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256))
+    return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
+                   c.get("check_points", 4096))
+
+
+def _checks(args: argparse.Namespace) -> dict:
+    """The self-check's size in a cell's config, when not the default (the cells of earlier
+    runs keep their keys)."""
+    return {} if args.check_points == 4096 else {"check_points": args.check_points}
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
@@ -125,13 +136,13 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
         d, *widths, k = (int(s) for s in shape.split("-"))
         for seed in args.seeds:
             cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach,
-                         "max_lines": args.max_lines})
+                         "max_lines": args.max_lines, **_checks(args)})
             cells.append(cell)
             inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None)
     for widths in args.mnist:
         for seed in args.seeds:
             cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
-                         "reach": args.reach, "max_lines": args.max_lines})
+                         "reach": args.reach, "max_lines": args.max_lines, **_checks(args)})
             cells.append(cell)
             victim, test = mnist_victim(widths, seed, args.victim_dir)
             inputs[cell.key] = (executor.put(victim), executor.put(test))
@@ -154,7 +165,10 @@ def _line(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check_points < 1 or args.max_lines < 1:
+        parser.error("--check-points and --max-lines must be at least 1")
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
