@@ -492,9 +492,11 @@ def _into(prefix: Prefix, x: Array, row: Array, bias: float, unit: int,
         x = x + grads.T @ np.linalg.solve(grads @ grads.T, miss)
     pres, jac = prefix.local(x[None])
     along = jac[-1][0, unit] @ w1
+    if pres[-1][0, unit] <= 0 or not along @ along > 0:  # the unit has no gradient there
+        return None
     across = prefix.next_normals(x[None], row)[1][0]
     across = across - (across @ along) / (along @ along) * along
     length = float(np.linalg.norm(across))
-    if pres[-1][0, unit] <= 0 or length == 0:
+    if not length > 0:
         return None
     return Line(x, across / length)
