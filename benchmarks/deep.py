@@ -20,6 +20,7 @@ an MNIST victim's fidelity is also measured on its 10,000 test images.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import platform
@@ -43,6 +44,7 @@ from model_extraction.sweep import (
 )
 
 SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1", "100-20-40-10"]
+CHECK_POINTS = inspect.signature(extract_deep).parameters["check_points"].default  # its default
 log = logging.getLogger("deep")
 
 
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
     p.add_argument("--max-lines", type=int, default=256,
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
-    p.add_argument("--check-points", type=int, default=4096,
+    p.add_argument("--check-points", type=int, default=CHECK_POINTS,
                    help="fresh queries of each self-check (extract_deep's check_points)")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
@@ -87,7 +89,7 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             test: np.ndarray | None = None, max_lines: int = 256,
-            check_points: int = 4096) -> dict:
+            check_points: int = CHECK_POINTS) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
@@ -119,13 +121,13 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
     return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
-                   c.get("check_points", 4096))
+                   c.get("check_points", CHECK_POINTS))
 
 
 def _checks(args: argparse.Namespace) -> dict:
     """The self-check's size in a cell's config, when not the default (the cells of earlier
     runs keep their keys)."""
-    return {} if args.check_points == 4096 else {"check_points": args.check_points}
+    return {} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
