@@ -7,6 +7,7 @@ Usage::
     python benchmarks/deep.py --shapes 10-10-10-1 --seeds 0 1 2 --log   # phases as they go
     MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \\
         --reach 40 --max-lines 1024 --victim-dir victims    # a trained 784-32-32-10 victim
+    python benchmarks/deep.py --shapes 40-20-1 --attack one-layer   # the one-layer attack
 
 Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim trained the paper's
 way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
@@ -29,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from model_extraction.attacks.functional import ExtractionError, extract_deep
-from model_extraction.evaluation import compare_networks
+from model_extraction.attacks.functional import (
+    ExtractionError,
+    extract_deep,
+    extract_functional,
+)
+from model_extraction.evaluation import compare_networks, layer_precision
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import ModelOracle
 from model_extraction.sweep import (
@@ -60,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
     p.add_argument("--check-points", type=int, default=CHECK_POINTS,
                    help="fresh queries of each self-check (extract_deep's check_points)")
+    p.add_argument("--attack", choices=["deep", "one-layer"], default="deep",
+                   help="extract_deep (any depth), or the one-hidden-layer attack "
+                        "(extract_functional in the paper's setting) to compare with on "
+                        "d-h-K victims")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -89,7 +98,7 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             test: np.ndarray | None = None, max_lines: int = 256,
-            check_points: int = CHECK_POINTS) -> dict:
+            check_points: int = CHECK_POINTS, attack: str = "deep") -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
@@ -99,16 +108,22 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
         log.info("%s seed %d: %7.1f s, %d queries: %s (%d units)", name, seed,
                  time.perf_counter() - started, queries, phase, units)
 
+    bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
     try:
-        result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines,
-                              check_points=check_points, progress=phase)
+        if attack == "one-layer":
+            own = {} if check_points == CHECK_POINTS else {"check_points": check_points}
+            result = extract_functional(oracle, stay_in_bounds=False, input_bounds=bounds,
+                                        progress=phase, **own)  # its own default check
+        else:
+            result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines,
+                                  check_points=check_points, progress=phase)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
     seconds = time.perf_counter() - started
-    bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
     metrics = compare_networks(victim, result.network, input_bounds=bounds, test_inputs=test)
-    bits = [layer["worst_bits"] for layer in metrics.get("layers", [])]
+    bits = ([layer["worst_bits"] for layer in layer_precision(victim, result.network)]
+            if victim.depth == result.network.depth else [])
     return {**row, "queries": result.queries, "log2_queries": float(np.log2(result.queries)),
             "seconds": seconds, "lines": result.lines,
             "widths": list(result.network.widths), "widths_found": list(result.network.widths),
@@ -121,13 +136,14 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
     return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
-                   c.get("check_points", CHECK_POINTS))
+                   c.get("check_points", CHECK_POINTS), c.get("attack", "deep"))
 
 
 def _checks(args: argparse.Namespace) -> dict:
-    """The self-check's size in a cell's config, when not the default (the cells of earlier
-    runs keep their keys)."""
-    return {} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
+    """The self-check's size and the attack in a cell's config, when not the defaults (the
+    cells of earlier runs keep their keys)."""
+    return ({} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
+            ) | ({} if args.attack == "deep" else {"attack": args.attack})
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:

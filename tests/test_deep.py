@@ -50,8 +50,27 @@ def test_refuses_what_it_cannot_extract():
     with pytest.raises(ExtractionError, match="has 2 hidden layers, not the 3"):
         extract_deep(shallow, seed=0, hidden=(10, 10, 10))
     assert shallow.queries < 400_000  # refused at once, not after max_lines
-    with pytest.raises(ExtractionError, match="one-hidden-layer"):
-        extract_deep(ModelOracle(ReLUNetwork.random(10, 6, 2, seed=0)), seed=0, max_lines=24)
+    two = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
+    with pytest.raises(ExtractionError, match="not affine .*more hidden layers than hidden="):
+        extract_deep(two, seed=0, hidden=(10,), max_lines=40)
+
+
+@pytest.mark.parametrize("d, h, k, hidden", [
+    (10, 6, 2, None), (10, 6, 2, (6,)), (40, 20, 1, None), (30, 40, 3, None),
+])
+def test_the_depth_one_case_of_the_pipeline(d, h, k, hidden):
+    """One hidden layer is the pipeline's first layer with the logits affine in it and the
+    inputs: its signs and the logit layer come from one least-squares fit (lastlayer.py), so an
+    expansive one (h > d, no next layer to orient it) is extracted too."""
+    victim = ReLUNetwork.random(d, h, k, seed=1)
+    oracle = ModelOracle(victim)
+    result = extract_deep(oracle, seed=0, hidden=hidden)
+    assert result.network.widths == (h,) and result.check["passed"]
+    assert result.queries == oracle.queries == sum(c.queries for c in result.phases.values())
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
+    assert metrics["units_matched"] == h and metrics["wrong_signs"] == 0
+    assert metrics["worst_unit_bits"] >= 30
 
 
 def test_too_few_lines_or_too_deep_is_an_error_not_a_model():

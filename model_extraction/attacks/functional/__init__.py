@@ -1,5 +1,5 @@
 """Functionally-equivalent extraction of ReLU networks: one hidden layer (paper §6,
-:func:`extract_functional`) and two or more hidden layers (after Carlini et al., CRYPTO 2020,
+:func:`extract_functional`) and any number of hidden layers (after Carlini et al., CRYPTO 2020,
 :func:`extract_deep`)."""
 
 from .checks import OracleMismatchError, check_logit_oracle

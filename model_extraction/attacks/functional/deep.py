@@ -1,13 +1,16 @@
-"""Functionally-equivalent extraction of a deep ReLU network (two or more hidden layers), black
-box end to end (after Carlini, Jagielski and Mironov, CRYPTO 2020), in the paper's setting (any
-float64 input).
+"""Functionally-equivalent extraction of a ReLU network of any depth (one hidden layer being its
+first case), black box end to end (after Carlini, Jagielski and Mironov, CRYPTO 2020), in the
+paper's setting (any float64 input).
 
 The phases, one module each, layer after layer:
 
 1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`);
-2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`), oriented from
-   the deeper layers' critical points (:func:`.signs.signs_from_next_layer`: needs a contractive
-   first layer, ``h1 ≤ d``) and refined (:mod:`.refinement`);
+2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`), refined
+   (:mod:`.refinement`); when almost every critical point is on one of them (or ``hidden`` has
+   one width) and the logits are affine in their activations and the inputs, the first layer is
+   the only one: its signs and the logit layer by least squares (:mod:`.lastlayer`), then step
+   5; else it is oriented from the deeper layers' critical points
+   (:func:`.signs.signs_from_next_layer`: needs a contractive first layer, ``h1 ≤ d``);
 3. each next layer: its signatures in the basis of the active units of the layers extracted so
    far (the :class:`.prefix.Prefix`), joined across regions and refitted through their critical
    points (:mod:`.signatures`; solved jointly across points where one point's are not unique,
@@ -161,7 +164,12 @@ def extract_deep(
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
     executor: Any = None,
 ) -> ExtractionResult:
-    """Extract a ``d → h1 → … → hL → K`` ReLU network (``L ≥ 2``) from its float64 logits.
+    """Extract a ``d → h1 → … → hL → K`` ReLU network (``L ≥ 1``) from its float64 logits.
+
+    One hidden layer is the pipeline's first case (its signs and the logit layer come from
+    the logits, affine in its activations and the inputs); the one-hidden-layer attack
+    (:func:`~.extract.extract_functional`) extracts it with 20 to 40 times fewer queries
+    (docs/deep.md).
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
     ``(n, d) → (n, K)``; ``hidden``: the widths, if known (the depth is then taken from it, and
@@ -182,16 +190,18 @@ def extract_deep(
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
-    layer (``h1 > d``) or middle layer (sign recovery by neuron wiggle is not implemented);
-    and the oracle's errors (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError`
-    that says the phase and layer reached and the widths already extracted).
+    layer (``h1 > d``; as the only hidden layer, it is extracted when the logits fix its
+    signs, as they do with several outputs) or middle layer (sign recovery by neuron wiggle
+    is not implemented); and the oracle's errors (precision; a
+    :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase and layer
+    reached and the widths already extracted).
     """
     oracle = as_oracle(oracle, input_dim=input_dim)
     d = input_dim if input_dim is not None else oracle.input_dim
     if d is None:
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
-    if hidden is not None and (len(hidden) < 2 or min(hidden) < 1):
-        raise ValueError(f"hidden={hidden}: extract_deep needs two or more positive widths")
+    if hidden is not None and (len(hidden) < 1 or min(hidden) < 1):
+        raise ValueError(f"hidden={hidden}: extract_deep needs one or more positive widths")
     if check_points < 1 or not 0 < check_tolerance < 1:
         raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
                          "self-check needs at least one fresh point and a tolerance in (0, 1)")
@@ -278,23 +288,50 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
                        planes.members + tuple(free[m] for m in new.members))
 
 
-def _first(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rng: np.random.Generator,
-           scale: float, executor: Any, refined: dict[int, tuple[Array, float, float]],
-           ) -> tuple[Prefix, Array]:
-    """The first layer oriented (every deeper critical point votes) and refined: ``refined``
-    holds each plane refined on an earlier pass (by index, in the plane's own orientation), so
-    that only new planes are refined again."""
-    rest = np.flatnonzero(~_on_planes(found, planes, scale))
-    signs, _ = signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
-                                     found.normals[rest])
+def _refined_first(oracle: Oracle, planes: Hyperplanes, rng: np.random.Generator,
+                   scale: float, executor: Any, refined: dict[int, tuple[Array, float, float]],
+                   ) -> tuple[Array, Array, Array]:
+    """The first layer refined, orientation arbitrary: rows ``(h1, d)``, offsets and refit
+    residuals ``(h1,)``. ``refined`` holds each plane refined on an earlier pass (by index, in
+    the plane's own orientation), so that only new planes are refined again."""
     new = [i for i in range(len(planes.rows)) if i not in refined]
     rows, offsets, residuals = refit_first_layer(
         oracle, planes.rows[new], planes.offsets[new], rng, scale=scale, executor=executor)
     refined.update({i: (r, float(c), float(e))
                     for i, r, c, e in zip(new, rows, offsets, residuals, strict=True)})
     kept = [refined[i] for i in range(len(planes.rows))]
-    rows, offsets = np.array([r for r, _, _ in kept]), np.array([c for _, c, _ in kept])
-    return Prefix(((rows * signs[:, None], offsets * signs),)), np.array([e for *_, e in kept])
+    return (np.array([r for r, _, _ in kept]), np.array([c for _, c, _ in kept]),
+            np.array([e for *_, e in kept]))
+
+
+def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows: Array,
+               offsets: Array, rng: np.random.Generator, scale: float, given: bool,
+               ) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
+    """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer: the
+    logits are affine in its activations and the inputs (its signs and the logit layer then
+    follow from :func:`.lastlayer.orient_and_fit`, the inputs playing the layer below); also
+    the answers it was fitted to. ``None`` when it is not the last. Raises
+    :class:`_Incomplete` when the depth ``given`` is one and the logits are not affine in the
+    layer (a neuron is missing)."""
+    x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
+    y = np.asarray(oracle(x), dtype=np.float64)
+    v, b, a, a0, fit = orient_and_fit(x, rows, offsets, y)
+    if fit <= _LAST_FIT:
+        return ReLUNetwork(v, b, a, a0, {"extracted_by": "functional/deep"}), (x, y)
+    if not given:
+        return None
+    raise _Incomplete(f"the logits are not affine in the activations of the {len(rows)} "
+                      f"first-layer neurons found (relative residual {fit:.1e}): a neuron is "
+                      "missing, or the victim has more hidden layers than hidden= says",
+                      Prefix(((rows, offsets),)))
+
+
+def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float) -> Array:
+    """The first layer's orientations: every critical point off its hyperplanes (a deeper
+    neuron's) votes (:func:`.signs.signs_from_next_layer`; ``ValueError`` when ``h1 > d``)."""
+    rest = np.flatnonzero(~_on_planes(found, planes, scale))
+    return signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
+                                 found.normals[rest])[0]
 
 
 def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
@@ -302,24 +339,43 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             hidden: tuple[int, ...] | None, executor: Any,
             refined: dict[int, tuple[Array, float, float]],
             ) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
-    """The first layer (see :func:`_first` for ``refined``), every layer above it, one after
-    the other, and the logit layer: the points found, the network, the first layer's refit
-    residuals (not a deeper layer's: they do not see the errors carried up from the layers
-    below) and the answers the logit layer was fitted to (held for the self-check)."""
+    """The first layer (see :func:`_refined_first` for ``refined``), every layer above it, one
+    after the other (none for a one-hidden-layer network), and the logit layer: the points
+    found, the network, the first layer's refit residuals (not a deeper layer's: they do not
+    see the errors carried up from the layers below) and the answers the logit layer was
+    fitted to (held for the self-check)."""
     scale, phases.known = search[0], ()
+    # one hidden layer when hidden= says so or, without it, when almost every critical point
+    # is on a first-layer hyperplane; a deeper network's first layer is oriented before its
+    # refinement is paid for (ValueError when h1 > d)
+    one = len(hidden) == 1 if hidden is not None else bool(
+        np.mean(~_on_planes(found, planes, scale)) <= _UNEXPLAINED)
+    signs = None if one else _first_signs(found, planes, scale)
     phases.enter("refinement", len(planes.rows))
-    prefix, residuals = _first(oracle, found, planes, rng, scale, executor, refined)
+    rows, offsets, residuals = _refined_first(oracle, planes, rng, scale, executor, refined)
+    if one:
+        phases.enter("last layer", len(rows))
+        try:
+            last = _one_layer(oracle, found, planes, rows, offsets, rng, scale,
+                              hidden is not None)
+        except _Incomplete as stop:
+            stop.found = found
+            raise
+        if last is not None:
+            return found, last[0], residuals, last[1]
+        try:
+            signs = _first_signs(found, planes, scale)
+        except ValueError as err:
+            raise ValueError(f"{err}; nor, as the only hidden layer, do the logits fix its "
+                             "signs (one output, and more units than inputs)") from err
+    prefix = Prefix(((rows * signs[:, None], offsets * signs),))
     phases.known = prefix.widths
     try:
         while True:
             found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
             if not len(layer.rows):
-                why = f"no neuron found above the layers of widths {prefix.widths} " \
-                      f"({oracle.queries} queries)"
-                if len(prefix.widths) == 1:
-                    raise ExtractionError(why + ": a one-hidden-layer network is extracted by "
-                                          "extract_functional")
-                raise _Incomplete(why, prefix)
+                raise _Incomplete(f"no neuron found above the layers of widths "
+                                  f"{prefix.widths} ({oracle.queries} queries)", prefix)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                        [found.points[m] for m in layer.members], rng,
@@ -346,19 +402,23 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
         raise
 
 
-def _fit_inputs(prefix: Prefix, rows: Array, critical: list[Array], rng: np.random.Generator,
-                scale: float) -> Array:
-    """Where the logits are fitted on a new layer ``rows`` ``(h, h_T)`` on top of ``prefix``:
-    ``4 (Σ widths + h + 1)`` Gaussian points, and a point on either side of each neuron's
-    hyperplane (``0.01 scale`` along its normal) at two of its ``critical`` points ``(m_i, d)``,
-    so that a neuron active on a sliver of the Gaussian region is active at some of them (its
-    logit weights are undetermined otherwise, and the self-check fails where it is active)."""
-    d = prefix.layers[0][0].shape[1]
-    gauss = rng.standard_normal((4 * (sum(prefix.widths) + len(rows) + 1), d)) * scale
+def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
+                rng: np.random.Generator, scale: float) -> Array:
+    """Where the logits are fitted on a new layer ``rows`` ``(h, h_T)`` on top of ``prefix``
+    (``None``: ``rows`` ``(h, d)`` is the first layer, the inputs playing the layer below):
+    ``4 (Σ widths + h + 1)`` Gaussian points (``d`` for ``Σ widths`` on the first layer), and a
+    point on either side of each neuron's hyperplane (``0.01 scale`` along its normal) at two
+    of its ``critical`` points ``(m_i, d)``, so that a neuron active on a sliver of the
+    Gaussian region is active at some of them (its logit weights are undetermined otherwise,
+    and the self-check fails where it is active)."""
+    d = rows.shape[1] if prefix is None else prefix.layers[0][0].shape[1]
+    below = d if prefix is None else sum(prefix.widths)
+    gauss = rng.standard_normal((4 * (below + len(rows) + 1), d)) * scale
     sides = []
     for row, points in zip(rows, critical, strict=True):
         x = points[rng.choice(len(points), min(2, len(points)), replace=False)]
-        normal = prefix.next_normals(x, row)[1]
+        normal = (np.broadcast_to(row, x.shape) if prefix is None
+                  else prefix.next_normals(x, row)[1])
         length = np.linalg.norm(normal, axis=1, keepdims=True)
         step = 0.01 * scale * normal / np.where(length > 0, length, np.inf)
         sides += [x + step, x - step]
