@@ -109,3 +109,14 @@ def test_extract_functional_finds_the_depth_in_the_papers_setting():
         extract_functional(ModelOracle(victim), hidden=(10, 10))  # in the box: not yet
     with pytest.raises(OracleMismatchError):
         extract_functional(ModelOracle(victim))  # in the box, the one-layer refusal stands
+
+
+def test_the_self_check_says_what_share_it_vouches_for():
+    from model_extraction.attacks.functional.selfcheck import SelfCheck
+
+    passed = SelfCheck(points=4096, answers=10, max_error=1e-12, tolerance=1e-6)
+    assert passed.disagreement_bound == pytest.approx(7.31e-4, rel=1e-3)  # about 3 / 4096
+    assert (1 - passed.disagreement_bound) ** 4096 == pytest.approx(0.05)
+    assert SelfCheck(0, 10, 1e-12, 1e-6).disagreement_bound == 1.0  # no fresh point: nothing
+    failed = SelfCheck(4096, 10, 1e-3, 1e-6).as_dict()
+    assert not failed["passed"] and np.isnan(failed["disagreement_bound"])

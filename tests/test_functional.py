@@ -52,6 +52,9 @@ def test_extracts_trained_digits_victim_in_its_box(trained_victim, digits):
     assert m["mean_bits"] >= 40
     assert result.check["passed"] and result.check["points"] == 256
     assert result.check["max_error"] < 1e-9
+    # what the check vouches for: a disagreement on at most 1.16% of the box (95% confidence)
+    assert result.check["disagreement_bound"] == pytest.approx(1 - 0.05 ** (1 / 256))
+    assert wrong.mean() <= result.check["disagreement_bound"]
     assert result.queries == oracle.queries  # every forward pass was counted
 
 

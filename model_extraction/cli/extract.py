@@ -246,8 +246,12 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
                   "on the box)")
     t.add_row("hidden units found", found)
     c = a["self_check"]
+    bound = (f"; so the model may still differ on at most {100 * c['disagreement_bound']:.3g}% "
+             "of the region the fresh points were drawn from (95% confidence)"
+             if c["passed"] else "")
     t.add_row("self-check", f"relative error {c['max_error']:.1e} on {c['points']} fresh "
-              f"points and {c['answers']} answers held (must be ≤ {c['tolerance']:.0e})")
+              f"points and {c['answers']} answers held (must be ≤ {c['tolerance']:.0e})"
+              + bound)
     units = a["hidden"] if isinstance(a["hidden"], int) else sum(a["hidden"])
     dh = v["input_dim"] * max(units, 1)
     t.add_row("queries", f"{a['queries']:,} (2^{a['log2_queries']:.2f}, "

@@ -30,6 +30,9 @@ class SelfCheck:
     ``points``: fresh in-domain queries; ``answers``: answers already held that were compared;
     ``max_error``: the largest absolute error over both, divided by ``max(1, max |answer|)``;
     ``tolerance``: the bound it had to meet.
+
+    A passed check is a statistical statement about the distribution the fresh points were
+    drawn from: :attr:`disagreement_bound`.
     """
 
     points: int
@@ -41,8 +44,20 @@ class SelfCheck:
     def passed(self) -> bool:
         return bool(self.max_error <= self.tolerance)
 
+    @property
+    def disagreement_bound(self) -> float:
+        """The share of the fresh points' distribution on which the model may still differ
+        from the oracle beyond the tolerance, at 95% confidence, when none of the ``points``
+        did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of share ``p`` is missed
+        by all of them with probability ``(1 - p)^points``). 1 without fresh points; NaN for a
+        failed check."""
+        if not self.passed:
+            return float("nan")
+        return 1.0 if self.points == 0 else float(-np.expm1(np.log(0.05) / self.points))
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "passed": self.passed,
+                "disagreement_bound": self.disagreement_bound}
 
 
 def _relative_errors(network: ReLUNetwork, x: Array, y: Array) -> Array:
