@@ -4,6 +4,8 @@ whose true layers are given as the prefix, so that each phase is tested on its o
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_extraction.attacks.functional.critical import find_critical_points, random_line
 from model_extraction.attacks.functional.layers import flat_above
@@ -297,3 +299,34 @@ def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_j
         truth = np.append(w3[j], b3[j]) * np.append(known, True)
         found = np.append(row, bias) * np.append(known, True)
         np.testing.assert_allclose(found, truth * (found @ truth) / (truth @ truth), atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(2, 40), extra=st.integers(1, 80), noise=st.sampled_from([0.0, 1e-13, 1e-9]),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_plane_through_points_is_the_svds_plane(d, extra, noise, seed):
+    """The plane fit by inverse iteration (layers.plane_through) finds the smallest right
+    singular vector of [points, 1], as a full SVD does, to the precision the points carry; and
+    pins_down_a_plane tells a set on one hyperplane from one on two or more."""
+    from model_extraction.attacks.functional.layers import pins_down_a_plane, plane_through
+
+    rng = np.random.default_rng(seed)
+    normal = rng.standard_normal(d)
+    normal /= np.linalg.norm(normal)
+    points = rng.standard_normal((d + extra, d))
+    points -= np.outer(points @ normal + 0.3, normal)
+    points += noise * rng.standard_normal(points.shape)
+    n, c, residual = plane_through(points, normal + 0.1 * rng.standard_normal(d))
+    _, s, vt = np.linalg.svd(np.hstack([points, np.ones((len(points), 1))]))
+    expected = vt[-1] / np.linalg.norm(vt[-1][:-1]) * np.sign(vt[-1][:-1] @ n)
+    precision = 1e-6 + 1e4 * noise  # relative to how well the points fix the plane
+    assert np.abs(np.append(n, c) - expected).max() < precision * s[0] / s[-2]
+    assert abs(n @ normal) > 1 - 1e-6
+    assert s[-1] / s[0] - 1e-14 <= residual <= 2 * s[-1] / s[0] + 1e-14  # round-off aside
+    assert pins_down_a_plane(points) == bool(s[-2] >= 1e-6 * s[0])
+    if d > 2:  # on a subspace of dimension d - 2: more than one hyperplane passes through it
+        flat = rng.standard_normal((len(points), d - 2)) @ rng.standard_normal((d - 2, d))
+        assert not pins_down_a_plane(flat + rng.standard_normal(d))
+    zero = points.copy()
+    zero[:, 0] = 0.0  # R exactly singular: the full SVD answers
+    assert np.isfinite(plane_through(zero, normal)[0]).all()

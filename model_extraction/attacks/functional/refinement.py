@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
-from .layers import plane_through
+from .layers import pins_down_a_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
 
@@ -39,7 +39,8 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     another: each half holds both): a plane fitted on one (after dropping the points far off
     it, the worst first and refitting each time, since one far off pulls the fit toward itself
     and hides the others; kinks of other neurons that passed the tests, or crossings located
-    poorly) must predict the other better than the current estimate does, else the estimate
+    poorly; never so many that a coordinate is left non-zero at fewer than ``_SUPPORT``
+    points, which would leave the plane undetermined) must predict the other better than the current estimate does, else the estimate
     is kept (also when the points lie in a subspace that leaves the hyperplane undetermined).
     Returns row, offset and the relative residual on the held-out half of the plane fitted on
     the other half, or of the estimate when it is kept (NaN when there are too few points).
@@ -65,16 +66,16 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     fit, held = points[::2], points[1::2]
     if len(held) <= d:
         return row, offset, np.nan
-    s = np.linalg.svd(np.hstack([fit, np.ones((len(fit), 1))]), compute_uv=False)
     scale = np.abs(held).max() + 1.0
     old = np.median(np.abs(held @ row + offset))
-    if s[-2] < 1e-6 * s[0]:
-        return row, offset, float(old / scale)  # the points do not pin down one hyperplane
+    if not pins_down_a_plane(fit):
+        return row, offset, float(old / scale)
     n, c, _ = plane_through(fit, row)
     for _ in range(16):  # the worst first: a point far off pulls the fit, and hides the others
         off = np.abs(fit @ n + c)
         worst = off > max(10 * float(np.median(off)), 0.5 * float(off.max()))
-        if not worst.any() or len(fit) - worst.sum() <= d + 1:
+        if not worst.any() or len(fit) - worst.sum() <= d + 1 or np.count_nonzero(
+                fit[~worst], axis=0).min() < _SUPPORT:  # nor leave a coordinate unfitted
             break
         fit = fit[~worst]
         n, c, _ = plane_through(fit, row)
