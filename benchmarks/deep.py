@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh queries of each self-check (extract_deep's check_points)")
     p.add_argument("--attack", choices=["deep", "one-layer"], default="deep",
                    help="extract_deep (any depth), or the one-hidden-layer attack "
-                        "(extract_functional in the paper's setting) to compare with on "
-                        "d-h-K victims")
+                        "(extract_functional in the paper's setting, its own defaults: --reach "
+                        "and --max-lines do not apply) to compare with on d-h-K victims")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
@@ -101,7 +101,8 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             check_points: int = CHECK_POINTS, attack: str = "deep") -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
-    row: dict = {"victim": name, "seed": seed, "parameters": victim.num_parameters,
+    row: dict = {"victim": name, "seed": seed, "attack": attack,
+                 "parameters": victim.num_parameters,
                  "test_accuracy": victim.metadata.get("test_accuracy")}
 
     def phase(phase: str, queries: int, units: int, _: object) -> None:

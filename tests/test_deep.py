@@ -53,6 +53,11 @@ def test_refuses_what_it_cannot_extract():
     two = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
     with pytest.raises(ExtractionError, match="not affine .*more hidden layers than hidden="):
         extract_deep(two, seed=0, hidden=(10,), max_lines=40)
+    for d, h, k in ((10, 20, 1), (4, 10, 2)):  # one layer whose signs the logits cannot fix
+        unfixed = ModelOracle(ReLUNetwork.random(d, h, k, seed=0))
+        with pytest.raises(ValueError, match=f"do not fix the neurons' signs .*{h} neurons >"):
+            extract_deep(unfixed, seed=0)
+        assert unfixed.queries < 100_000  # at once, not after max_lines
 
 
 @pytest.mark.parametrize("d, h, k, hidden", [
@@ -120,3 +125,19 @@ def test_the_self_check_says_what_share_it_vouches_for():
     assert SelfCheck(0, 10, 1e-12, 1e-6).disagreement_bound == 1.0  # no fresh point: nothing
     failed = SelfCheck(4096, 10, 1e-3, 1e-6).as_dict()
     assert not failed["passed"] and np.isnan(failed["disagreement_bound"])
+
+
+def test_an_expansive_single_layer_missing_a_rare_neuron_draws_more_lines():
+    """h1 > d, one neuron active on a sliver: a first pass without it is not refused as an
+    expansive first layer of a deeper network, but searched again until the neuron is found."""
+    victim = ReLUNetwork.random(30, 40, 3, seed=1)
+    w, b = victim.weight0.copy(), victim.bias0.copy()
+    w[0] /= np.linalg.norm(w[0])
+    b[0] = -1.6  # active where a Gaussian of standard deviation 0.5 is beyond 3.2 sigma
+    victim = ReLUNetwork(w, b, *victim.layers[-1])
+    oracle = ModelOracle(victim)
+    result = extract_deep(oracle, seed=0)
+    assert result.network.widths == (40,) and result.lines > 24
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
+    assert metrics["fidelity_uniform"] == 1.0

@@ -305,10 +305,10 @@ def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_j
 @given(d=st.integers(2, 40), extra=st.integers(1, 80), noise=st.sampled_from([0.0, 1e-13, 1e-9]),
        seed=st.integers(0, 2**32 - 1))
 def test_a_plane_through_points_is_the_svds_plane(d, extra, noise, seed):
-    """The plane fit by inverse iteration (layers.plane_through) finds the smallest right
-    singular vector of [points, 1], as a full SVD does, to the precision the points carry; and
-    pins_down_a_plane tells a set on one hyperplane from one on two or more."""
-    from model_extraction.attacks.functional.layers import pins_down_a_plane, plane_through
+    """The plane fit by inverse iteration (planes.py) finds the smallest right singular vector
+    of [points, 1], as a full SVD does, to the precision the points carry; and pinned_plane
+    tells a set on one hyperplane from one on two or more."""
+    from model_extraction.attacks.functional.planes import pinned_plane, plane_through
 
     rng = np.random.default_rng(seed)
     normal = rng.standard_normal(d)
@@ -323,10 +323,13 @@ def test_a_plane_through_points_is_the_svds_plane(d, extra, noise, seed):
     assert np.abs(np.append(n, c) - expected).max() < precision * s[0] / s[-2]
     assert abs(n @ normal) > 1 - 1e-6
     assert s[-1] / s[0] - 1e-14 <= residual <= 2 * s[-1] / s[0] + 1e-14  # round-off aside
-    assert pins_down_a_plane(points) == bool(s[-2] >= 1e-6 * s[0])
+    pinned = pinned_plane(points, normal)
+    assert (pinned is not None) == bool(s[-2] >= 1e-6 * s[0])
+    if pinned is not None:
+        np.testing.assert_allclose(np.append(*pinned[:2]), np.append(n, c), atol=1e-9)
     if d > 2:  # on a subspace of dimension d - 2: more than one hyperplane passes through it
         flat = rng.standard_normal((len(points), d - 2)) @ rng.standard_normal((d - 2, d))
-        assert not pins_down_a_plane(flat + rng.standard_normal(d))
+        assert pinned_plane(flat + rng.standard_normal(d), normal) is None
     zero = points.copy()
     zero[:, 0] = 0.0  # R exactly singular: the full SVD answers
     assert np.isfinite(plane_through(zero, normal)[0]).all()

@@ -52,9 +52,11 @@ def test_extracts_trained_digits_victim_in_its_box(trained_victim, digits):
     assert m["mean_bits"] >= 40
     assert result.check["passed"] and result.check["points"] == 256
     assert result.check["max_error"] < 1e-9
-    # what the check vouches for: a disagreement on at most 1.16% of the box (95% confidence)
+    # what the check vouches for (95% confidence, for this check): a disagreement on at most
+    # 1.16% of the distribution its 256 fresh points come from, here half uniform on the box
+    # and half reference inputs, so on at most 2.3% of the box (its 128 uniform points)
     assert result.check["disagreement_bound"] == pytest.approx(1 - 0.05 ** (1 / 256))
-    assert wrong.mean() <= result.check["disagreement_bound"]
+    assert wrong.mean() <= 1 - 0.05 ** (1 / 128)
     assert result.queries == oracle.queries  # every forward pass was counted
 
 

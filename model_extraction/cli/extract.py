@@ -247,8 +247,8 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
     t.add_row("hidden units found", found)
     c = a["self_check"]
     bound = (f"; so the model may still differ on at most {100 * c['disagreement_bound']:.3g}% "
-             "of the region the fresh points were drawn from (95% confidence)"
-             if c["passed"] else "")
+             "of the distribution its fresh points were drawn from (95% confidence, for this "
+             "check)" if c["passed"] else "")
     t.add_row("self-check", f"relative error {c['max_error']:.1e} on {c['points']} fresh "
               f"points and {c['answers']} answers held (must be ≤ {c['tolerance']:.0e})"
               + bound)

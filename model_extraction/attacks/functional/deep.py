@@ -40,7 +40,7 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
 from .joint import joint_rows
-from .lastlayer import orient_and_fit
+from .lastlayer import affine_residual, orient_and_fit
 from .layers import Hyperplanes, first_layer, flat_above
 from .phases import PhaseLog
 from .prefix import Prefix
@@ -64,7 +64,8 @@ _MAX_DEPTH = 8
 
 class _Incomplete(Exception):
     """A layer could not be finished with the critical points at hand (more lines may help);
-    ``first``: the oriented first layer, where the next lines are aimed; ``found``: every
+    ``first``: the first layer (oriented, unless raised before its signs), where the next
+    lines are aimed; ``found``: every
     critical point found so far (set by :func:`_layers`)."""
 
     def __init__(self, why: str, prefix: Prefix) -> None:
@@ -191,7 +192,7 @@ def extract_deep(
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
     layer (``h1 > d``; as the only hidden layer, it is extracted when the logits fix its
-    signs, as they do with several outputs) or middle layer (sign recovery by neuron wiggle
+    signs, generically when ``h1 ≤ K d``) or middle layer (sign recovery by neuron wiggle
     is not implemented); and the oracle's errors (precision; a
     :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase and layer
     reached and the widths already extracted).
@@ -307,17 +308,24 @@ def _refined_first(oracle: Oracle, planes: Hyperplanes, rng: np.random.Generator
 def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows: Array,
                offsets: Array, rng: np.random.Generator, scale: float, given: bool,
                ) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
-    """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer: the
-    logits are affine in its activations and the inputs (its signs and the logit layer then
-    follow from :func:`.lastlayer.orient_and_fit`, the inputs playing the layer below); also
-    the answers it was fitted to. ``None`` when it is not the last. Raises
-    :class:`_Incomplete` when the depth ``given`` is one and the logits are not affine in the
-    layer (a neuron is missing)."""
+    """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer and
+    complete: the logits are affine in its activations and the inputs (its signs and the logit
+    layer then follow from :func:`.lastlayer.orient_and_fit`, the inputs playing the layer
+    below); also the answers it was fitted to. ``None`` otherwise (a deeper network, or a
+    neuron not found yet). Raises :class:`_Incomplete` when the depth ``given`` is one and the
+    logits are not affine in the layer (a neuron is missing), and ``ValueError`` when they are
+    but do not fix its signs (``h1 > K d``, or rows too close to dependent)."""
     x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
     y = np.asarray(oracle(x), dtype=np.float64)
     v, b, a, a0, fit = orient_and_fit(x, rows, offsets, y)
     if fit <= _LAST_FIT:
         return ReLUNetwork(v, b, a, a0, {"extracted_by": "functional/deep"}), (x, y)
+    if affine_residual(x, rows, offsets, y) <= _LAST_FIT:
+        h, d, k = len(rows), rows.shape[1], y.shape[1]
+        why = (f"{h} neurons > {k} outputs × {d} inputs" if h > k * d
+               else "their rows, scaled by their logit weights, are nearly dependent")
+        raise ValueError(f"one hidden layer of {h} neurons on {d} inputs was found, but the "
+                         f"logits do not fix the neurons' signs ({why}): not extracted")
     if not given:
         return None
     raise _Incomplete(f"the logits are not affine in the activations of the {len(rows)} "
@@ -363,11 +371,13 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             raise
         if last is not None:
             return found, last[0], residuals, last[1]
-        try:
-            signs = _first_signs(found, planes, scale)
-        except ValueError as err:
-            raise ValueError(f"{err}; nor, as the only hidden layer, do the logits fix its "
-                             "signs (one output, and more units than inputs)") from err
+        if len(rows) > found.points.shape[1]:  # expansive: as a first of several, refused
+            raise _Incomplete(f"the logits are not affine in the activations of the "
+                              f"{len(rows)} first-layer neurons found and the inputs: one is "
+                              "missing, or the victim has more hidden layers, and an expansive "
+                              "first layer of a deeper network is not extracted",
+                              Prefix(((rows, offsets),)))
+        signs = _first_signs(found, planes, scale)
     prefix = Prefix(((rows * signs[:, None], offsets * signs),))
     phases.known = prefix.widths
     try:

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
 
-__all__ = ["orient_and_fit"]
+__all__ = ["affine_residual", "orient_and_fit"]
 
 
 _OUTLIER = 10.0  # a residual this many times the median stands out
@@ -37,6 +37,14 @@ def _fit(features: Array, y: Array) -> tuple[Array, float]:
             break
         kept = ~out
     return coef, float(residuals[kept].max())
+
+
+def affine_residual(below: Array, rows: Array, biases: Array, y: Array) -> float:
+    """The largest relative residual of the logits ``y`` ``(n, K)`` fitted on ``[ReLU(z),
+    below, 1]``, ``z = below @ rows.T + biases``: small exactly when the layer ``rows`` is the
+    last hidden layer and complete, whatever its orientations (see :func:`orient_and_fit`)."""
+    z = below @ rows.T + biases
+    return _fit(np.hstack([np.maximum(z, 0), below, np.ones((len(below), 1))]), y)[1]
 
 
 def orient_and_fit(below: Array, rows: Array, biases: Array,

@@ -14,19 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints
+from .planes import plane_through
 from .prefix import Prefix, placed_on
 from .search import Line, crossings, search_line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Hyperplanes", "first_layer", "is_flat", "flat_above", "pins_down_a_plane",
-           "plane_through"]
+__all__ = ["Hyperplanes", "first_layer", "is_flat", "flat_above"]
 
 _SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
 _ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
@@ -41,92 +40,6 @@ class Hyperplanes:
     rows: Array
     offsets: Array
     members: tuple[NDArray[np.int64], ...]
-
-
-def plane_through(points: Array, hint: Array) -> tuple[Array, float, float]:
-    """The hyperplane ``n · x + c = 0`` through ``points`` ``(m, d)``, ``m > d``: the smallest
-    right singular vector of ``A = [points, 1]``, oriented like ``hint``. Returns ``n`` (unit),
-    ``c`` and the relative residual (smallest over largest singular value, the largest
-    estimated from below: the ratio is within a factor 2).
-
-    The vector is found by inverse iteration on ``AᵀA = RᵀR`` (``R`` from a QR factorisation;
-    two triangular solves a step, from ``hint``): the vector of a full SVD to the bits the
-    points carry, for a fraction of its cost at ``d = 784`` (where the refits of a trained
-    MNIST victim's first layer spent most of their time in SVDs); a full SVD where ``R`` is
-    exactly singular."""
-    a = np.hstack([points, np.ones((len(points), 1))])
-    r = _triangle(a)
-    nc = _inverse_iteration(r, np.append(hint, 0.0))
-    if nc is None:
-        _, s, vt = np.linalg.svd(a, full_matrices=False)
-        nc, ratio = vt[-1], float(s[-1] / s[0])
-    else:
-        ratio = float(np.linalg.norm(r @ nc)) / _largest_singular_value(r)
-    nc = nc / np.linalg.norm(nc[:-1])
-    if nc[:-1] @ hint < 0:
-        nc = -nc
-    return nc[:-1], float(nc[-1]), ratio
-
-
-def pins_down_a_plane(points: Array) -> bool:
-    """Whether at most one hyperplane passes through ``points`` ``(m, d)``, ``m > d``: the second
-    smallest singular value of ``A = [points, 1]`` is at least ``1e-6`` of the largest. It is
-    the smallest of ``A`` with a row ``s_1 v_nᵀ`` added (the smallest singular vector lifted
-    out of the way, ``R`` updated by Givens rotations), estimated from above by inverse
-    iteration: a small one shows at once, and a degenerate set is never called pinned."""
-    a = np.hstack([points, np.ones((len(points), 1))])
-    r, n = _triangle(a), a.shape[1]
-    start = np.linspace(1.0, 2.0, n)
-    first = _inverse_iteration(r, start)
-    if first is not None:
-        top = _largest_singular_value(r)
-        lifted = scipy.linalg.qr_insert(np.eye(n), r, top * first, n, which="row",
-                                        check_finite=False)[1][:n]
-        second = _inverse_iteration(lifted, start)
-        if second is not None:
-            return bool(np.linalg.norm(lifted @ second) >= 1e-6 * top)
-    s = np.linalg.svd(a, compute_uv=False)
-    return bool(s[-2] >= 1e-6 * s[0])
-
-
-def _triangle(a: Array) -> Array:
-    """``R`` ``(n, n)`` of ``a = QR`` ``(m, n)``, ``m ≥ n``."""
-    return scipy.linalg.qr(a, mode="r", check_finite=False)[0][: a.shape[1]]
-
-
-def _inverse_iteration(r: Array, start: Array) -> Array | None:
-    """The unit eigenvector of ``RᵀR`` with the smallest eigenvalue, by up to 8 steps of inverse
-    iteration from ``start``; ``None`` when ``R`` is exactly singular."""
-    v = start / np.linalg.norm(start)
-    for _ in range(8):
-        try:
-            w = scipy.linalg.solve_triangular(
-                r, scipy.linalg.solve_triangular(r, v, trans="T", check_finite=False),
-                check_finite=False)
-        except np.linalg.LinAlgError:
-            return None
-        length = float(np.linalg.norm(w))
-        if not np.isfinite(length) or length == 0:
-            return None
-        w /= length
-        done = min(np.linalg.norm(w - v), np.linalg.norm(w + v)) <= 1e-15
-        v = w
-        if done:
-            break
-    return v
-
-
-def _largest_singular_value(r: Array) -> float:
-    """``R``'s largest singular value, from below, by 4 steps of power iteration on ``RᵀR`` (it
-    scales a residual that is only reported, and a threshold six orders of magnitude below)."""
-    v = np.ones(r.shape[1]) / np.sqrt(r.shape[1])
-    for _ in range(4):
-        w = r.T @ (r @ v)
-        length = float(np.linalg.norm(w))
-        if not length > 0:
-            return float(np.abs(r).max())
-        v = w / length
-    return float(np.linalg.norm(r @ v))
 
 
 def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,

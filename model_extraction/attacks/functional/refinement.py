@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
-from .layers import pins_down_a_plane, plane_through
+from .planes import pinned_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
 
@@ -39,9 +39,10 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     another: each half holds both): a plane fitted on one (after dropping the points far off
     it, the worst first and refitting each time, since one far off pulls the fit toward itself
     and hides the others; kinks of other neurons that passed the tests, or crossings located
-    poorly; never so many that a coordinate is left non-zero at fewer than ``_SUPPORT``
-    points, which would leave the plane undetermined) must predict the other better than the current estimate does, else the estimate
-    is kept (also when the points lie in a subspace that leaves the hyperplane undetermined).
+    poorly; never a drop that leaves a coordinate non-zero at fewer than ``_SUPPORT`` points
+    of the half, which would leave the plane undetermined) must predict the other better than
+    the current estimate does, else the estimate is kept (also when the points lie in a
+    subspace that leaves the hyperplane undetermined).
     Returns row, offset and the relative residual on the held-out half of the plane fitted on
     the other half, or of the estimate when it is kept (NaN when there are too few points).
 
@@ -68,22 +69,25 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
         return row, offset, np.nan
     scale = np.abs(held).max() + 1.0
     old = np.median(np.abs(held @ row + offset))
-    if not pins_down_a_plane(fit):
-        return row, offset, float(old / scale)
-    n, c, _ = plane_through(fit, row)
+    first = pinned_plane(fit, row, offset)
+    if first is None:
+        return row, offset, float(old / scale)  # the points do not pin down one hyperplane
+    n, c, _ = first
+    count = np.count_nonzero(fit, axis=0)
     for _ in range(16):  # the worst first: a point far off pulls the fit, and hides the others
         off = np.abs(fit @ n + c)
         worst = off > max(10 * float(np.median(off)), 0.5 * float(off.max()))
-        if not worst.any() or len(fit) - worst.sum() <= d + 1 or np.count_nonzero(
-                fit[~worst], axis=0).min() < _SUPPORT:  # nor leave a coordinate unfitted
+        after = np.count_nonzero(fit[~worst], axis=0)
+        if (not worst.any() or len(fit) - worst.sum() <= d + 1
+                or np.any((after < _SUPPORT) & (after < count))):  # nor unpin a coordinate
             break
-        fit = fit[~worst]
-        n, c, _ = plane_through(fit, row)
+        fit, count = fit[~worst], after
+        n, c, _ = plane_through(fit, n, c)
     new = np.median(np.abs(held @ n + c))
     if not new < old:
         return row, offset, float(old / scale)
     both = np.concatenate([fit, held[np.abs(held @ n + c) <= 10 * new + 1e-300]])
-    n, c, _ = plane_through(both, n)
+    n, c, _ = plane_through(both, n, c)
     return n, c, float(new / scale)
 
 

@@ -46,11 +46,13 @@ class SelfCheck:
 
     @property
     def disagreement_bound(self) -> float:
-        """The share of the fresh points' distribution on which the model may still differ
-        from the oracle beyond the tolerance, at 95% confidence, when none of the ``points``
-        did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of share ``p`` is missed
-        by all of them with probability ``(1 - p)^points``). 1 without fresh points; NaN for a
-        failed check."""
+        """An upper bound on the share of the fresh points' distribution (the box, or a mixture
+        with reference inputs when the attack drew half of them there) on which the model may
+        still differ from the oracle beyond the tolerance, at 95% confidence, when none of the
+        ``points`` did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of share ``p``
+        is missed by all of them with probability ``(1 - p)^points``). It holds for this one
+        check: an attack that checks again after a repair has had several chances to pass.
+        1 without fresh points; NaN for a failed check."""
         if not self.passed:
             return float("nan")
         return 1.0 if self.points == 0 else float(-np.expm1(np.log(0.05) / self.points))

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .layers import plane_through
+from .planes import plane_through
 from .prefix import Prefix
 
 Array = NDArray[np.float64]
