@@ -303,13 +303,21 @@ def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_j
 
 @settings(max_examples=60, deadline=None)
 @given(d=st.integers(2, 40), extra=st.integers(1, 80), noise=st.sampled_from([0.0, 1e-13, 1e-9]),
-       seed=st.integers(0, 2**32 - 1))
-def test_a_plane_through_points_is_the_svds_plane(d, extra, noise, seed):
-    """The plane fit by inverse iteration (planes.py) finds the smallest right singular vector
-    of [points, 1], as a full SVD does, to the precision the points carry; and pinned_plane
-    tells a set on one hyperplane from one on two or more."""
-    from model_extraction.attacks.functional.planes import pinned_plane, plane_through
+       seed=st.integers(0, 2**32 - 1), iterate=st.booleans())
+def test_a_plane_through_points_is_the_svds_plane(d, extra, noise, seed, iterate):
+    """The plane fit (planes.py; by inverse iteration on a QR factorisation from 400 columns
+    on, here at any size when ``iterate``) finds the smallest right singular vector of [points,
+    1], as a full SVD does, to the precision the points carry; and pinned_plane tells a set on
+    one hyperplane from one on two or more."""
+    from unittest import mock
 
+    from model_extraction.attacks.functional import planes
+
+    with mock.patch.object(planes, "_ITERATE", 0 if iterate else 10**9):
+        _check_plane_fits(planes.plane_through, planes.pinned_plane, d, extra, noise, seed)
+
+
+def _check_plane_fits(plane_through, pinned_plane, d, extra, noise, seed):
     rng = np.random.default_rng(seed)
     normal = rng.standard_normal(d)
     normal /= np.linalg.norm(normal)

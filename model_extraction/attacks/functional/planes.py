@@ -3,11 +3,13 @@
 Deep extraction fits one through the crossings located on every neuron's hyperplane (thousands
 of points in ``d = 784`` dimensions on a trained MNIST victim's first layer, several times a
 neuron), and through the activations below its critical points. A full SVD of ``A`` costs
-several times a QR factorisation, and the fit needs one vector of it. Here the vector is found
-by inverse iteration on ``AᵀA = RᵀR`` (``R`` from the QR factorisation; two triangular solves a
-step), from the current estimate, which it leaves in one or two steps when the points pin the
-plane down; where it does not settle (the two smallest singular values close) or ``R`` is
-exactly singular, a full SVD answers.
+several times a QR factorisation, and the fit needs one vector of it. From ``_ITERATE`` columns
+on, the vector is found by inverse iteration on ``AᵀA = RᵀR`` (``R`` from the QR factorisation;
+two triangular solves a step), from the current estimate, which it leaves in one or two steps
+when the points pin the plane down; where it does not settle (the two smallest singular values
+close) or ``R`` is exactly singular, a full SVD answers. Below, a full SVD is as fast: the QR
+and the triangular solves are scipy's, whose BLAS thread pool, called between numpy's, waits on
+it (about 4 ms a call on two cores, measured, whatever the size).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = ["pinned_plane", "plane_through"]
 _PINNED = 1e-6  # the second smallest singular value over the largest, of a set on one plane
 _SETTLED = 1e-14  # the last inverse-iteration step moved the unit vector less than this
 _STEPS = 8
+_ITERATE = 400  # columns of [points, 1] from which inverse iteration beats a full SVD
 
 
 def plane_through(points: Array, hint: Array, offset: float = 0.0) -> tuple[Array, float, float]:
@@ -32,6 +35,8 @@ def plane_through(points: Array, hint: Array, offset: float = 0.0) -> tuple[Arra
     singular value; the largest estimated from below by a few power steps, so the ratio is an
     estimate, only reported)."""
     a = _with_ones(points)
+    if a.shape[1] < _ITERATE:
+        return _oriented(*_svd_smallest(a)[:3], hint)
     return _oriented(*_smallest(a, _triangle(a), np.append(hint, offset)), hint)
 
 
@@ -43,6 +48,9 @@ def pinned_plane(points: Array, hint: Array,
     smallest singular vector lifted out of the way; ``R`` updated by Givens rotations),
     estimated from above by inverse iteration; near the threshold a full SVD decides."""
     a = _with_ones(points)
+    if a.shape[1] < _ITERATE:
+        v, small, top, second = _svd_smallest(a)
+        return None if second < _PINNED * top else _oriented(v, small, top, hint)
     r = _triangle(a)
     v, small, top = _smallest(a, r, np.append(hint, offset))
     n = a.shape[1]
@@ -66,13 +74,19 @@ def _triangle(a: Array) -> Array:
     return scipy.linalg.qr(a, mode="r", check_finite=False)[0][: a.shape[1]]
 
 
+def _svd_smallest(a: Array) -> tuple[Array, float, float, float]:
+    """By a full SVD: the smallest right singular vector of ``a`` (unit), its singular value,
+    the largest and the second smallest."""
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    return vt[-1], float(s[-1]), float(s[0]), float(s[-2])
+
+
 def _smallest(a: Array, r: Array, start: Array) -> tuple[Array, float, float]:
     """The smallest right singular vector of ``a`` (unit), its singular value and the largest:
     by inverse iteration on ``r`` from ``start``, or a full SVD where it does not settle."""
     v = _inverse_iteration(r, start, settle=True)
     if v is None:
-        _, s, vt = np.linalg.svd(a, full_matrices=False)
-        return vt[-1], float(s[-1]), float(s[0])
+        return _svd_smallest(a)[:3]
     return v, float(np.linalg.norm(r @ v)), _largest_singular_value(r)
 
 
