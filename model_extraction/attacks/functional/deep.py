@@ -65,8 +65,7 @@ _MAX_DEPTH = 8
 class _Incomplete(Exception):
     """A layer could not be finished with the critical points at hand (more lines may help);
     ``first``: the first layer (oriented, unless raised before its signs), where the next
-    lines are aimed; ``found``: every
-    critical point found so far (set by :func:`_layers`)."""
+    lines are aimed; ``found``: every critical point found so far (set by :func:`_layers`)."""
 
     def __init__(self, why: str, prefix: Prefix) -> None:
         super().__init__(why)

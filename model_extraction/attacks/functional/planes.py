@@ -9,7 +9,7 @@ two triangular solves a step), from the current estimate, which it leaves in one
 when the points pin the plane down; where it does not settle (the two smallest singular values
 close) or ``R`` is exactly singular, a full SVD answers. Below, a full SVD is as fast: the QR
 and the triangular solves are scipy's, whose BLAS thread pool, called between numpy's, waits on
-it (about 4 ms a call on two cores, measured, whatever the size).
+it (on two cores, a 152 × 101 QR that takes 0.2 ms alone took 4 ms between numpy products).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def plane_through(points: Array, hint: Array, offset: float = 0.0) -> tuple[Arra
     """The hyperplane ``n · x + c = 0`` through ``points`` ``(m, d)``, ``m > d``: the smallest
     right singular vector of ``[points, 1]``, found from ``(hint, offset)`` and oriented like
     ``hint``. Returns ``n`` (unit), ``c`` and the relative residual (smallest over largest
-    singular value; the largest estimated from below by a few power steps, so the ratio is an
-    estimate, only reported)."""
+    singular value; from ``_ITERATE`` columns on, the largest is estimated from below by a few
+    power steps, so the ratio is an estimate, only reported)."""
     a = _with_ones(points)
     if a.shape[1] < _ITERATE:
         return _oriented(*_svd_smallest(a)[:3], hint)
