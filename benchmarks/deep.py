@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                           inputs=lambda c: inputs[Cell(c).key],
                           store=cells_dir(args.json, args.cells), fresh=args.fresh)
     rows = [r.result for r in sweep.records if r.status == "ok"]
+    own = args.attack == "one-layer" and args.check_points == CHECK_POINTS
+    size = "its default number of" if own else f"{args.check_points}"
+    print(f"{args.attack} attack, self-check on {size} fresh points:\n")
     print("| victim | seed | widths found | queries | wall time | self-check | fidelity "
           "(uniform) | fidelity (test) | worst bits per layer |\n" + "|---" * 9 + "|")
     print("\n".join(_line(r) for r in rows) + failures_markdown(sweep))

@@ -177,12 +177,13 @@ def extract_deep(
     ``scale``: the spread of the queries (lines through Gaussian points of standard deviation
     ``scale / 2``); ``reach``: how far each line is searched (``t ∈ [-reach, 0.83 reach]``,
     default ``4 scale``; a line meets a hyperplane at ``t ~ (n·o + c) / (n·v)`` with
-    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a hard bound,
-    checked between batches of lines (a run stops within one batch beyond it: 16 lines, 32
-    after a failed self-check);
+    ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a bound on the
+    lines, checked between batches of lines (a run stops within one batch beyond it: 16
+    lines, 32 after a failed self-check);
     ``check_points``: the fresh Gaussian queries of each self-check (a neuron active on a
     share ``p`` of them goes unseen with probability ``(1 - p)^check_points``: 1.7% for
-    ``p = 0.1%`` at the default), ``check_tolerance``: the relative error it allows;
+    ``p = 0.1%`` at the default; ``result.check["disagreement_bound"]`` says what a passed
+    one vouches for), ``check_tolerance``: the relative error it allows;
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
@@ -191,7 +192,8 @@ def extract_deep(
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
     layer (``h1 > d``; as the only hidden layer, it is extracted when the logits fix its
-    signs, generically when ``h1 ≤ K d``) or middle layer (sign recovery by neuron wiggle
+    signs, generically when ``h1 ≤ K d``, else refused once its neurons are found) or middle
+    layer (sign recovery by neuron wiggle
     is not implemented); and the oracle's errors (precision; a
     :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase and layer
     reached and the widths already extracted).
@@ -305,15 +307,16 @@ def _refined_first(oracle: Oracle, planes: Hyperplanes, rng: np.random.Generator
 
 
 def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows: Array,
-               offsets: Array, rng: np.random.Generator, scale: float, given: bool,
+               offsets: Array, rng: np.random.Generator, scale: float, width: int | None,
                ) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
     """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer and
     complete: the logits are affine in its activations and the inputs (its signs and the logit
     layer then follow from :func:`.lastlayer.orient_and_fit`, the inputs playing the layer
     below); also the answers it was fitted to. ``None`` otherwise (a deeper network, or a
-    neuron not found yet). Raises :class:`_Incomplete` when the depth ``given`` is one and the
-    logits are not affine in the layer (a neuron is missing), and ``ValueError`` when they are
-    but do not fix its signs (``h1 > K d``, or rows too close to dependent)."""
+    neuron not found yet). When ``hidden=`` gave one layer of ``width`` and the logits are not
+    affine in the layer, raises :class:`_Incomplete` (fewer neurons found: one is missing) or
+    :class:`~.result.ExtractionError` (all found: the victim is deeper); ``ValueError`` when
+    they are affine but do not fix its signs (``h1 > K d``, or rows too close to dependent)."""
     x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
     y = np.asarray(oracle(x), dtype=np.float64)
     v, b, a, a0, fit = orient_and_fit(x, rows, offsets, y)
@@ -324,13 +327,20 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
         why = (f"{h} neurons > {k} outputs × {d} inputs" if h > k * d
                else "their rows, scaled by their logit weights, are nearly dependent")
         raise ValueError(f"one hidden layer of {h} neurons on {d} inputs was found, but the "
-                         f"logits do not fix the neurons' signs ({why}): not extracted")
-    if not given:
+                         f"logits do not fix the neurons' signs ({why}): not extracted "
+                         f"({oracle.queries} queries); the one-hidden-layer attack, "
+                         "extract_functional(oracle, stay_in_bounds=False), measures them")
+    if width is None:
         return None
+    if len(rows) >= width:
+        raise ExtractionError(
+            f"the logits are not affine in the activations of the {len(rows)} first-layer "
+            f"neurons found (relative residual {fit:.1e}, {oracle.queries} queries): the "
+            f"victim has more hidden layers than hidden=({width},) says, or is not a ReLU "
+            "network; omit hidden= to have the depth found")
     raise _Incomplete(f"the logits are not affine in the activations of the {len(rows)} "
-                      f"first-layer neurons found (relative residual {fit:.1e}): a neuron is "
-                      "missing, or the victim has more hidden layers than hidden= says",
-                      Prefix(((rows, offsets),)))
+                      f"first-layer neurons found, of the {width} of hidden= (relative "
+                      f"residual {fit:.1e})", Prefix(((rows, offsets),)))
 
 
 def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float) -> Array:
@@ -364,7 +374,7 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
         phases.enter("last layer", len(rows))
         try:
             last = _one_layer(oracle, found, planes, rows, offsets, rng, scale,
-                              hidden is not None)
+                              None if hidden is None else hidden[0])
         except _Incomplete as stop:
             stop.found = found
             raise

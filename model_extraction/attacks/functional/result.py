@@ -35,7 +35,9 @@ class ExtractionResult:
     of their fits do not see the errors carried up from the layers below, and can claim
     several bits more than the layer has (``docs/deep.md``). ``check`` is what the
     self-check measured before the model was returned (fresh in-domain ``points`` and held
-    ``answers`` compared, ``max_error`` relative to the answers' scale, its ``tolerance``).
+    ``answers`` compared, ``max_error`` relative to the answers' scale, its ``tolerance``,
+    ``passed``, and ``disagreement_bound``: see
+    :attr:`~.selfcheck.SelfCheck.disagreement_bound`).
     """
 
     network: ReLUNetwork

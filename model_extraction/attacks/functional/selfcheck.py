@@ -46,12 +46,14 @@ class SelfCheck:
 
     @property
     def disagreement_bound(self) -> float:
-        """An upper bound on the share of the fresh points' distribution (the box, or a mixture
-        with reference inputs when the attack drew half of them there) on which the model may
-        still differ from the oracle beyond the tolerance, at 95% confidence, when none of the
-        ``points`` did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of share ``p``
-        is missed by all of them with probability ``(1 - p)^points``). It holds for this one
-        check: an attack that checks again after a repair has had several chances to pass.
+        """An upper bound on the share of the fresh points' distribution (the one-layer
+        attack's: uniform on the box, or half box and half reference inputs when it is given
+        them; the deep attack's: Gaussian of standard deviation ``scale / 2``) on which the
+        model may still differ from the oracle beyond the tolerance, at 95% confidence, when
+        none of the ``points`` did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of
+        share ``p`` is missed by all of them with probability ``(1 - p)^points``). It holds for
+        this one check: an attack that checks again after a repair has had several chances to
+        pass.
         1 without fresh points; NaN for a failed check."""
         if not self.passed:
             return float("nan")
