@@ -66,10 +66,12 @@ def _jacobians(oracle: Oracle, points: Array, step: float) -> tuple[Array, NDArr
     ``step / 4``; the mask ``(m, d)`` says which columns the two agree on."""
     m, d = points.shape
     base = oracle(points)
-    steps = np.array([step, step / 4])[:, None, None, None]
-    probes = points[None, :, None, :] + steps * np.eye(d)[None, None]  # (2, m, d, d)
+    steps = np.array([step, step / 4])
+    probes = np.empty((2, m, d, d))  # each point, then each coordinate moved by each step
+    probes[...] = points[None, :, None, :]
+    probes[:, :, np.arange(d), np.arange(d)] += steps[:, None, None]
     y = oracle(probes.reshape(-1, d)).reshape(2, m, d, -1)
-    slopes = (y - base[None, :, None, :]) / steps
+    slopes = (y - base[None, :, None, :]) / steps[:, None, None, None]
     agree = np.all(np.abs(slopes[0] - slopes[1]) <= _AGREE * (1 + np.abs(slopes[0])), axis=2)
     return slopes[1].transpose(0, 2, 1), agree
 
