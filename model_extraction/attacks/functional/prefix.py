@@ -70,7 +70,7 @@ class Prefix:
         gram = w1 @ w1.T
         out = []
         for z, j in zip(pres, jac, strict=True):
-            norm = np.sqrt(np.maximum(np.einsum("nkh,hm,nkm->nk", j, gram, j), 0.0))
+            norm = np.sqrt(np.maximum(np.einsum("nkh,nkh->nk", j @ gram, j), 0.0))  # BLAS
             with np.errstate(divide="ignore", invalid="ignore"):
                 out.append(np.where(norm > 0, np.abs(z) / norm, np.inf))
         return np.concatenate(out, axis=1)
