@@ -39,12 +39,17 @@ def _fit(features: Array, y: Array) -> tuple[Array, float]:
     return coef, float(residuals[kept].max())
 
 
+def _any_orientation(below: Array, z: Array, y: Array) -> tuple[Array, float]:
+    """The logits ``y`` fitted on ``[ReLU(z), below, 1]``, exact for any orientation of the
+    layer whose pre-activations are ``z``: the coefficients and the largest residual."""
+    return _fit(np.hstack([np.maximum(z, 0), below, np.ones((len(below), 1))]), y)
+
+
 def affine_residual(below: Array, rows: Array, biases: Array, y: Array) -> float:
     """The largest relative residual of the logits ``y`` ``(n, K)`` fitted on ``[ReLU(z),
     below, 1]``, ``z = below @ rows.T + biases``: small exactly when the layer ``rows`` is the
     last hidden layer and complete, whatever its orientations (see :func:`orient_and_fit`)."""
-    z = below @ rows.T + biases
-    return _fit(np.hstack([np.maximum(z, 0), below, np.ones((len(below), 1))]), y)[1]
+    return _any_orientation(below, below @ rows.T + biases, y)[1]
 
 
 def orient_and_fit(below: Array, rows: Array, biases: Array,
@@ -60,7 +65,7 @@ def orient_and_fit(below: Array, rows: Array, biases: Array,
     """
     n, h = len(below), len(rows)
     z = below @ rows.T + biases
-    coef, _ = _fit(np.hstack([np.maximum(z, 0), below, np.ones((n, 1))]), y)
+    coef, _ = _any_orientation(below, z, y)
     a, b = coef[:h].T, coef[h : h + below.shape[1]].T  # (K, h), (K, h_below)
     system = np.stack([-(a[:, v, None] * rows[v][None, :]).ravel() for v in range(h)], axis=1)
     flipped, *_ = np.linalg.lstsq(system, b.ravel(), rcond=None)
