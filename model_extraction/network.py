@@ -10,12 +10,16 @@ This module stores the same parameters in PyTorch's (out, in) layout::
 
 A deeper network (Carlini, Jagielski and Mironov, CRYPTO 2020) has ``hidden_layers`` between the
 first layer and the logit layer: ``(W_i, b_i)`` of shapes ``(h_{i+1}, h_i)`` and ``(h_{i+1},)``,
-each followed by a ReLU; ``weight1``/``bias1`` are then the logit layer ``(K, h_L)``.
+each followed by a ReLU; ``weight1``/``bias1`` are then the logit layer ``(K, h_L)``. Its affine
+term, if any, is in the input of the last hidden layer: ``S`` is ``(K, h_{L-1})`` and adds
+``S a_{L-1}`` to the logits, ``a_{L-1}`` the activations of the layer below the last (``x``
+for one hidden layer, ``h_0 = d``).
 
-The affine term is what an extraction on a bounded input domain needs: a unit active on the whole
-domain, a mirrored pair ``ReLU(z)``, ``ReLU(-z)`` (whose sum of slopes is linear) and a unit kept
-with the opposite orientation (``ReLU(-z) = ReLU(z) - z``) all change the function by an affine
-map only. On a box, :meth:`ReLUNetwork.without_skip` rewrites it exactly as plain ReLU units.
+The affine term is what an extraction needs where a last-layer unit never changes state: a unit
+active on the whole domain queried, a mirrored pair ``ReLU(z)``, ``ReLU(-z)`` (whose sum of
+slopes is linear) and a unit kept with the opposite orientation (``ReLU(-z) = ReLU(z) - z``) all
+change the function by a map affine in the last hidden layer's input only. On a box,
+:meth:`ReLUNetwork.without_skip` rewrites it exactly as plain ReLU units.
 
 Victims and extracted models are both :class:`ReLUNetwork` objects, evaluated in float64 with
 numpy, saved with safetensors (never pickle), and convertible to a ``torch.nn.Module``.
@@ -52,26 +56,44 @@ def _with_skip(net: ReLUNetwork, dtype: Any) -> Any:
     """``to_torch`` of a network with an affine term."""
     import torch
 
+    def linear(w: Array, b: Array | None) -> Any:
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(dtype)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.array(w)))
+            if b is not None:
+                layer.bias.copy_(torch.from_numpy(np.array(b)))
+        return layer
+
     class SkipReLUNetwork(torch.nn.Module):
-        """``Linear → ReLU → Linear`` plus a bias-free ``Linear`` skip from the input."""
+        """``below`` (the layers before the last hidden one, ``Linear → ReLU`` each; empty for
+        one hidden layer), then ``Linear → ReLU → Linear`` (``hidden``, ``out``) plus a
+        bias-free ``Linear`` ``skip`` from the last hidden layer's input."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.hidden = torch.nn.Linear(net.input_dim, net.hidden)
-            self.out = torch.nn.Linear(net.hidden, net.num_outputs)
-            self.skip = torch.nn.Linear(net.input_dim, net.num_outputs, bias=False)
+            self.below = torch.nn.Sequential(
+                *(m for w, b in net.layers[:-2] for m in (linear(w, b), torch.nn.ReLU())))
+            self.hidden = linear(*net.layers[-2])
+            self.out = linear(net.weight1, net.bias1)
+            self.skip = linear(net.skip, None)
 
         def forward(self, x: Any) -> Any:
-            return self.out(torch.relu(self.hidden(x))) + self.skip(x)
+            a = self.below(x)
+            return self.out(torch.relu(self.hidden(a))) + self.skip(a)
 
-    module = SkipReLUNetwork().to(dtype)
-    with torch.no_grad():
-        for layer, w, b in ((module.hidden, net.weight0, net.bias0),
-                            (module.out, net.weight1, net.bias1)):
-            layer.weight.copy_(torch.from_numpy(np.array(w)))
-            layer.bias.copy_(torch.from_numpy(np.array(b)))
-        module.skip.weight.copy_(torch.from_numpy(np.array(net.skip)))
-    return module
+    return SkipReLUNetwork()
+
+
+def _input_range(layers: Sequence[tuple[Array, Array]], d: int,
+                 bounds: tuple[float, float]) -> tuple[Array, Array]:
+    """Bounds on the activations after ``layers`` (ReLU after each) over the box ``bounds^d``,
+    by interval arithmetic: valid, not tight."""
+    low, high = np.full(d, float(bounds[0])), np.full(d, float(bounds[1]))
+    for w, b in layers:
+        pos, neg = np.maximum(w, 0.0), np.minimum(w, 0.0)
+        low, high = (np.maximum(pos @ low + neg @ high + b, 0.0),
+                     np.maximum(pos @ high + neg @ low + b, 0.0))
+    return low, high
 
 
 def _frozen(value: ArrayLike, name: str) -> Array:
@@ -97,8 +119,9 @@ class ReLUNetwork:
     metadata:
         Free-form JSON-serialisable description (dataset, seed, accuracy, ...), saved with it.
     skip:
-        Optional affine term ``S``, shape ``(K, d)``, added to the logits as ``x Sᵀ``; ``None``
-        for the plain network of §6.1 (one hidden layer only).
+        Optional affine term ``S``, shape ``(K, h_{L-1})``, added to the logits as ``a_{L-1}
+        Sᵀ``, ``a_{L-1}`` the input of the last hidden layer (``x``, ``(K, d)``, for one hidden
+        layer); ``None`` for the plain network of §6.1.
     hidden_layers:
         For a deeper network, the ``(weight, bias)`` pairs between the first hidden layer and
         the logit layer, each ``(h_{i+1}, h_i)`` and ``(h_{i+1},)`` and followed by a ReLU;
@@ -137,11 +160,10 @@ class ReLUNetwork:
                 )
             width = w.shape[0]
         if self.skip is not None:
-            if inner:
-                raise ValueError("an affine term (skip) is defined for one hidden layer only")
-            k, d = arrays["weight1"].shape[0], arrays["weight0"].shape[1]
-            if arrays["skip"].shape != (k, d):
-                raise ValueError(f"skip must have shape (K, d) = {(k, d)}; got "
+            k, below = arrays["weight1"].shape[0], layers[-2][0].shape[1]
+            if arrays["skip"].shape != (k, below):
+                raise ValueError(f"skip must have shape (K, h_(L-1)) = {(k, below)} (the logits "
+                                 "by the last hidden layer's input); got "
                                  f"{arrays['skip'].shape}")
 
     # ------------------------------------------------------------------ shapes
@@ -179,8 +201,8 @@ class ReLUNetwork:
     @property
     def num_parameters(self) -> int:
         """Number of trainable parameters: ``h(d + 1) + K(h + 1)`` for one hidden layer, every
-        layer's weights and biases in general (``+ K d`` with ``skip``)."""
-        extra = 0 if self.skip is None else self.num_outputs * self.input_dim
+        layer's weights and biases in general (``+ K h_{L-1}`` with ``skip``)."""
+        extra = 0 if self.skip is None else self.skip.size
         return sum(w.size + b.size for w, b in self.layers) + extra
 
     # ---------------------------------------------------------------- forward
@@ -210,13 +232,13 @@ class ReLUNetwork:
         return out
 
     def logits(self, x: ArrayLike) -> Array:
-        """The logit function ``O_L(x)`` of §6.1 (plus ``x Sᵀ``), shape ``(n, K)``, float64."""
-        x = self._check_input(x)
-        a = x
+        """The logit function ``O_L(x)`` of §6.1 (plus ``a_{L-1} Sᵀ``), shape ``(n, K)``,
+        float64."""
+        below = a = self._check_input(x)
         for w, b in self.layers[:-1]:
-            a = np.maximum(a @ w.T + b, 0.0)
+            below, a = a, np.maximum(a @ w.T + b, 0.0)
         out = a @ self.weight1.T + self.bias1
-        return out if self.skip is None else out + x @ self.skip.T
+        return out if self.skip is None else out + below @ self.skip.T
 
     __call__ = logits
 
@@ -226,35 +248,38 @@ class ReLUNetwork:
         return decisions(self.logits(x))
 
     def without_skip(self, input_bounds: tuple[float, float] = (0.0, 1.0)) -> ReLUNetwork:
-        """A plain ``d → h' → K`` ReLU network equal to this one on the box ``input_bounds``.
+        """A plain ReLU network of the same depth equal to this one on the box ``input_bounds``.
 
-        Each output's affine term ``S_k x`` becomes one ReLU unit ``ReLU(S_k x + c_k)`` with
-        ``c_k`` large enough that it is active on the whole box, and ``- c_k`` goes into the
-        output bias: exact on the box, not outside it. Outputs whose row of ``S`` is zero add no
-        unit. Returns ``self`` when there is no affine term.
+        Each output's affine term ``S_k a_{L-1}`` becomes one unit of the last hidden layer,
+        ``ReLU(S_k a_{L-1} + c_k)`` with ``c_k`` large enough that it is active on the whole box
+        (the range of ``a_{L-1}`` over the box bounded by interval arithmetic, layer by layer),
+        and ``- c_k`` goes into the output bias: exact on the box, not outside it. Outputs whose
+        row of ``S`` is zero add no unit. Returns ``self`` when there is no affine term.
         """
         if self.skip is None:
             return self
-        lo, hi = input_bounds
+        low, high = _input_range(self.layers[:-2], self.input_dim, input_bounds)
         rows = np.flatnonzero(np.any(self.skip != 0, axis=1))
         s = self.skip[rows]
-        lowest = np.sum(np.minimum(s * lo, s * hi), axis=1)  # min of S_k x over the box
+        lowest = np.sum(np.minimum(s * low, s * high), axis=1)  # min of S_k a_{L-1} on the box
         c = np.maximum(-lowest, 0.0) + 1.0
         w1_extra = np.zeros((self.num_outputs, len(rows)))
         w1_extra[rows, np.arange(len(rows))] = 1.0
         b1 = self.bias1.copy()
         b1[rows] -= c
+        layers = [*self.layers[:-2], (np.concatenate([self.layers[-2][0], s]),
+                                      np.concatenate([self.layers[-2][1], c]))]
         return ReLUNetwork(
-            np.concatenate([self.weight0, s]), np.concatenate([self.bias0, c]),
-            np.concatenate([self.weight1, w1_extra], axis=1), b1,
+            *layers[0], np.concatenate([self.weight1, w1_extra], axis=1), b1,
             {**self.metadata, "affine_units": len(rows), "exact_on": list(input_bounds)},
+            hidden_layers=tuple(layers[1:]),
         )
 
     # ----------------------------------------------------------------- torch
     def to_torch(self, dtype: Any = None) -> Any:
         """A ``Sequential(Linear, ReLU, ..., Linear)`` with these weights (float64 by default);
-        with an affine term, a module whose ``forward`` adds ``skip(x)`` (a bias-free
-        ``Linear``)."""
+        with an affine term, a module whose ``forward`` adds ``skip`` (a bias-free ``Linear``)
+        of the last hidden layer's input."""
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
@@ -281,8 +306,10 @@ class ReLUNetwork:
 
         skip = getattr(module, "skip", None)
         if isinstance(skip, torch.nn.Linear) and skip.bias is None:
-            return cls(arr(module.hidden.weight), arr(module.hidden.bias), arr(module.out.weight),
-                       arr(module.out.bias), dict(metadata or {}), skip=arr(skip.weight))
+            below = [m for m in getattr(module, "below", ()) if isinstance(m, torch.nn.Linear)]
+            first, *inner = [(arr(m.weight), arr(m.bias)) for m in [*below, module.hidden]]
+            return cls(*first, arr(module.out.weight), arr(module.out.bias),
+                       dict(metadata or {}), skip=arr(skip.weight), hidden_layers=tuple(inner))
         linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
         others = [
             m

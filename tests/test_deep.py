@@ -55,11 +55,43 @@ def test_refuses_what_it_cannot_extract():
                                               "omit hidden="):
         extract_deep(two, seed=0, hidden=(10,))
     assert two.queries < 100_000  # once its ten neurons are found, not after max_lines
-    for d, h, k in ((10, 20, 1), (4, 10, 2)):  # one layer whose signs the logits cannot fix
-        unfixed = ModelOracle(ReLUNetwork.random(d, h, k, seed=0))
-        with pytest.raises(ValueError, match=f"do not fix the neurons' signs .*{h} neurons >"):
-            extract_deep(unfixed, seed=0)
-        assert unfixed.queries < 100_000  # at once, not after max_lines
+    constant = ModelOracle(_always_active())
+    with pytest.raises(ExtractionError, match=r"found widths \(10, 7\), not the \(10, 8\).*"
+                                              "carried by the affine term"):
+        extract_deep(constant, seed=0, hidden=(10, 8))
+
+
+def _always_active():
+    """A 10-10-8-1 victim whose last-layer neuron 3 is active on all of the region queried."""
+    base = ReLUNetwork.random(10, (10, 8), 1, seed=2)
+    w, b = base.hidden_layers[0]
+    return ReLUNetwork(base.weight0, base.bias0, base.weight1, base.bias1,
+                       hidden_layers=((w, np.where(np.arange(8) == 3, 30.0, b)),))
+
+
+@pytest.mark.parametrize("victim, widths", [
+    (ReLUNetwork.random(10, 20, 1, seed=0), (20,)),  # h1 > K d: the logits leave signs open
+    (ReLUNetwork.random(4, 10, 2, seed=0), (10,)),
+    (_always_active(), (10, 7)),  # no critical point of the constant neuron anywhere queried
+])
+def test_an_affine_term_carries_what_no_critical_point_shows(victim, widths):
+    """Where the logits are affine in the last hidden layer's activations and its input but not
+    in the activations alone (a unit active on all the region queried, or orientations the
+    logits cannot fix), the model keeps that affine term (``skip``), and says so."""
+    oracle = ModelOracle(victim)
+    result = extract_deep(oracle, seed=0)
+    assert result.network.widths == widths and result.network.skip is not None
+    assert result.check["passed"] and result.queries == oracle.queries
+    assert any("affine term" in note for note in result.notes)
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
+    assert metrics["units_matched"] == widths[0]
+    if len(widths) > 1:  # rows aligned up to sign: the affine term carries orientations
+        assert all(layer["worst_bits"] >= 30 for layer in metrics["layers"])
+    else:  # only orientations are carried: exact on all of R^d
+        x = np.random.default_rng(0).standard_normal((1000, victim.input_dim)) * 100
+        np.testing.assert_allclose(result.network.logits(x), victim.logits(x), rtol=1e-7,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("d, h, k, hidden", [
@@ -143,3 +175,4 @@ def test_an_expansive_single_layer_missing_a_rare_neuron_draws_more_lines():
     metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
     assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
     assert metrics["fidelity_uniform"] == 1.0
+

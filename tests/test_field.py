@@ -143,15 +143,26 @@ def test_a_victim_affine_on_the_box_is_extracted_with_every_query_counted():
     np.testing.assert_allclose(result.network.logits(x), victim.logits(x), rtol=1e-9, atol=1e-9)
 
 
-def test_affine_model_converts_saves_and_runs_in_torch(tmp_path):
+@pytest.mark.parametrize("widths", [(3,), (4, 3), (5, 4, 3)])
+def test_affine_model_converts_saves_and_runs_in_torch(tmp_path, widths):
+    """The affine term is in the last hidden layer's input (the inputs for one hidden layer):
+    exact through files and torch, and rewritten as plain units on a box at any depth."""
     import torch
 
-    net = ReLUNetwork.random(6, 3, 2, seed=0)
-    skip = np.random.default_rng(1).standard_normal((2, 6))
-    model = ReLUNetwork(net.weight0, net.bias0, net.weight1, net.bias1, skip=skip)
+    net = ReLUNetwork.random(6, widths, 2, seed=0)
+    below = (6, *widths)[-2]
+    skip = np.random.default_rng(1).standard_normal((2, below))
+    model = ReLUNetwork(net.weight0, net.bias0, net.weight1, net.bias1, skip=skip,
+                        hidden_layers=net.hidden_layers)
     x = np.random.default_rng(2).uniform(size=(200, 6))
+    a = x
+    for w, b in net.layers[:-2]:
+        a = np.maximum(a @ w.T + b, 0)
+    np.testing.assert_allclose(model.logits(x), net.logits(x) + a @ skip.T, rtol=1e-12,
+                               atol=1e-12)
+    assert model.num_parameters == net.num_parameters + skip.size
     plain = model.without_skip((0.0, 1.0))
-    assert plain.skip is None and plain.hidden == 5
+    assert plain.skip is None and plain.widths == (*widths[:-1], widths[-1] + 2)
     np.testing.assert_allclose(plain.logits(x), model.logits(x), rtol=1e-12, atol=1e-12)
     loaded = ReLUNetwork.load(model.save(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(loaded.skip, skip)
@@ -159,7 +170,12 @@ def test_affine_model_converts_saves_and_runs_in_torch(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), model.logits(x),
                                    rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(ReLUNetwork.from_torch(module).skip, skip)
+    back = ReLUNetwork.from_torch(module)
+    np.testing.assert_array_equal(back.skip, skip)
+    np.testing.assert_allclose(back.logits(x), model.logits(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="skip must have shape"):
+        ReLUNetwork(net.weight0, net.bias0, net.weight1, net.bias1, skip=skip[:, :-1],
+                    hidden_layers=net.hidden_layers)
 
 
 def _deep(seed=0):

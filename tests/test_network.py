@@ -64,7 +64,7 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="layer 1"):
         ReLUNetwork(w0, b0, np.ones((2, 5)), np.zeros(2), hidden_layers=((np.ones((5, 4)),
                                                                            np.zeros(4)),))
-    with pytest.raises(ValueError, match="one hidden layer only"):
+    with pytest.raises(ValueError, match=r"skip must have shape .* \(2, 4\)"):  # not (K, d)
         ReLUNetwork(w0, b0, np.ones((2, 5)), np.zeros(2), skip=np.zeros((2, 3)),
                     hidden_layers=((np.ones((5, 4)), np.zeros(5)),))
     with pytest.raises(ValueError, match="positive"):

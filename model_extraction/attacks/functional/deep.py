@@ -8,14 +8,16 @@ The phases, one module each, layer after layer:
 2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`), refined
    (:mod:`.refinement`); when almost every critical point is on one of them (or ``hidden`` has
    one width) and the logits are affine in their activations and the inputs, the first layer is
-   the only one: its signs and the logit layer by least squares (:mod:`.lastlayer`), then step
+   the only one: its signs and the logit layer by least squares (:mod:`.lastlayer`; with an
+   affine term in the inputs where that is not exact without one), then step
    5; else it is oriented from the deeper layers' critical points
    (:func:`.signs.signs_from_next_layer`: needs a contractive first layer, ``h1 ≤ d``);
 3. each next layer: its signatures in the basis of the active units of the layers extracted so
    far (the :class:`.prefix.Prefix`), joined across regions and refitted through their critical
    points (:mod:`.signatures`; solved jointly across points where one point's are not unique,
    :mod:`.joint`), more lines until no batch finds a new neuron, then refined;
-4. if the logits are affine in that layer's activations, it is the last: its signs and the
+4. if the logits are affine in that layer's activations (and in the layer below: an affine
+   term carries a unit active wherever the attack queried), it is the last: its signs and the
    logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
    preimages (:func:`.signs.signs_by_preimage`) and added to the prefix, and step 3 repeats;
@@ -40,7 +42,7 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .critical import CriticalPoints, find_critical_points, random_line
 from .joint import joint_rows
-from .lastlayer import affine_residual, orient_and_fit
+from .lastlayer import fit_with_affine, orient_and_fit
 from .layers import Hyperplanes, first_layer, flat_above
 from .phases import PhaseLog
 from .prefix import Prefix
@@ -191,10 +193,9 @@ def extract_deep(
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
-    layer (``h1 > d``; as the only hidden layer, it is extracted when the logits fix its
-    signs, generically when ``h1 ≤ K d``, else refused once its neurons are found) or middle
-    layer (sign recovery by neuron wiggle
-    is not implemented); and the oracle's errors (precision; a
+    layer (``h1 > d``; as the only hidden layer it is extracted, with an affine term in the
+    inputs where the logits do not fix its signs, ``h1 > K d``) or middle layer (sign
+    recovery by neuron wiggle is not implemented); and the oracle's errors (precision; a
     :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase and layer
     reached and the widths already extracted).
     """
@@ -215,14 +216,22 @@ def extract_deep(
             oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
             (check_points, check_tolerance))
     phases.leave()
+    affine = [] if network.skip is None else [
+        f"an affine term in the input of the last hidden layer (width {network.widths[-1]}) "
+        "carries what its units do not: units that never change state where the attack "
+        "queried (no critical point there), or orientations the logits leave open; the model "
+        "passed its self-check, but a victim unit never seen to change state may make it "
+        "differ far from where the attack queried"]
     if hidden is not None and tuple(hidden) != network.widths:
+        carried = " (a unit constant where the attack queried is carried by the affine term)"
         raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
-                              f"({oracle.queries} queries): omit hidden= to have the widths "
-                              "found, or check the victim's architecture")
+                              f"({oracle.queries} queries){carried if affine else ''}: omit "
+                              "hidden= to have the widths found, or check the victim's "
+                              "architecture")
     return ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
-        notes=[], check=check.as_dict())
+        notes=affine, check=check.as_dict())
 
 
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
@@ -311,25 +320,17 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
                ) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
     """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer and
     complete: the logits are affine in its activations and the inputs (its signs and the logit
-    layer then follow from :func:`.lastlayer.orient_and_fit`, the inputs playing the layer
-    below); also the answers it was fitted to. ``None`` otherwise (a deeper network, or a
-    neuron not found yet). When ``hidden=`` gave one layer of ``width`` and the logits are not
-    affine in the layer, raises :class:`_Incomplete` (fewer neurons found: one is missing) or
-    :class:`~.result.ExtractionError` (all found: the victim is deeper); ``ValueError`` when
-    they are affine but do not fix its signs (``h1 > K d``, or rows too close to dependent)."""
+    layer then follow from :func:`_logit_layer`, the inputs playing the layer below, with an
+    affine term in the inputs where the logits do not fix a sign: ``h1 > K d``); also the
+    answers it was fitted to. ``None`` otherwise (a deeper network, or a neuron not found
+    yet). When ``hidden=`` gave one layer of ``width`` and the logits are not affine in the
+    layer, raises :class:`_Incomplete` (fewer neurons found: one is missing) or
+    :class:`~.result.ExtractionError` (all found: the victim is deeper)."""
     x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
     y = np.asarray(oracle(x), dtype=np.float64)
-    v, b, a, a0, fit = orient_and_fit(x, rows, offsets, y)
+    v, b, a, a0, skip, fit = _logit_layer(x, rows, offsets, y)
     if fit <= _LAST_FIT:
-        return ReLUNetwork(v, b, a, a0, {"extracted_by": "functional/deep"}), (x, y)
-    if affine_residual(x, rows, offsets, y) <= _LAST_FIT:
-        h, d, k = len(rows), rows.shape[1], y.shape[1]
-        why = (f"{h} neurons > {k} outputs × {d} inputs" if h > k * d
-               else "their rows, scaled by their logit weights, are nearly dependent")
-        raise ValueError(f"one hidden layer of {h} neurons on {d} inputs was found, but the "
-                         f"logits do not fix the neurons' signs ({why}): not extracted "
-                         f"({oracle.queries} queries); the one-hidden-layer attack, "
-                         "extract_functional(oracle, stay_in_bounds=False), measures them")
+        return ReLUNetwork(v, b, a, a0, {"extracted_by": "functional/deep"}, skip=skip), (x, y)
     if width is None:
         return None
     if len(rows) >= width:
@@ -341,6 +342,23 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
     raise _Incomplete(f"the logits are not affine in the activations of the {len(rows)} "
                       f"first-layer neurons found, of the {width} of hidden= (relative "
                       f"residual {fit:.1e})", Prefix(((rows, offsets),)))
+
+
+def _logit_layer(below: Array, rows: Array, biases: Array, y: Array,
+                 ) -> tuple[Array, Array, Array, Array, Array | None, float]:
+    """The last hidden layer ``rows``, ``biases`` oriented and the logit layer fitted to the
+    answers ``y`` at inputs whose activations below it are ``below`` (:mod:`.lastlayer`), with
+    an affine term in ``below`` (``skip``, else ``None``) where the fit without it is not exact
+    and the fit with it is: a unit of the layer active wherever the attack queried (it has no
+    critical point there), or orientations the logits leave open. Returns the oriented rows
+    and biases, the logit weights and biases, ``skip`` and the largest relative residual."""
+    v, b, a, a0, fit = orient_and_fit(below, rows, biases, y)
+    if fit <= _LAST_FIT:
+        return v, b, a, a0, None, fit
+    a_s, a0_s, skip, fit_s = fit_with_affine(below, v, b, y)
+    if fit_s < fit:
+        return v, b, a_s, a0_s, skip, fit_s
+    return v, b, a, a0, None, fit
 
 
 def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float) -> Array:
@@ -405,10 +423,10 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
             y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
-            v_o, b_o, a, a0, fit = orient_and_fit(prefix.top(x_fit), v, b, y_fit)
+            v_o, b_o, a, a0, skip, fit = _logit_layer(prefix.top(x_fit), v, b, y_fit)
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
                 network = ReLUNetwork(*prefix.layers[0], a, a0,
-                                      {"extracted_by": "functional/deep"},
+                                      {"extracted_by": "functional/deep"}, skip=skip,
                                       hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
                 return found, network, residuals, (x_fit, y_fit)
             if len(prefix.widths) >= _MAX_DEPTH:

@@ -6,7 +6,9 @@ only when every orientation is right: a neuron kept the wrong way round computes
 ``ReLU(-z) = ReLU(z) - z``, off by ``z``, which is affine in the layer *below*. So the logits are
 fitted on ``[ReLU(z), a_below, 1]`` (exact for any orientations); the coefficients on
 ``a_below`` are ``-Σ_{ν flipped} A_ν v_ν``, a linear system for which neurons are flipped. The
-flipped ones are turned, and the logit layer fitted again on ``[ReLU(z), 1]`` alone.
+flipped ones are turned, and the logit layer fitted again on ``[ReLU(z), 1]`` alone. Where
+that is not exact (a unit of the layer active wherever the points were taken, or orientations
+the logits leave open), :func:`fit_with_affine` keeps the affine term in ``a_below``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
 
-__all__ = ["affine_residual", "orient_and_fit"]
+__all__ = ["fit_with_affine", "orient_and_fit"]
 
 
 _OUTLIER = 10.0  # a residual this many times the median stands out
@@ -45,11 +47,18 @@ def _any_orientation(below: Array, z: Array, y: Array) -> tuple[Array, float]:
     return _fit(np.hstack([np.maximum(z, 0), below, np.ones((len(below), 1))]), y)
 
 
-def affine_residual(below: Array, rows: Array, biases: Array, y: Array) -> float:
-    """The largest relative residual of the logits ``y`` ``(n, K)`` fitted on ``[ReLU(z),
-    below, 1]``, ``z = below @ rows.T + biases``: small exactly when the layer ``rows`` is the
-    last hidden layer and complete, whatever its orientations (see :func:`orient_and_fit`)."""
-    return _any_orientation(below, below @ rows.T + biases, y)[1]
+def fit_with_affine(below: Array, rows: Array, biases: Array,
+                    y: Array) -> tuple[Array, Array, Array, float]:
+    """The logits ``y`` ``(n, K)`` fitted on ``[ReLU(z), below, 1]``, ``z = below @ rows.T +
+    biases``: exact for any orientation of ``rows`` ``(h, h_below)`` when they are the last
+    hidden layer, whatever its units that never change state where ``below`` ``(n, h_below)``
+    was taken (each affine in the layer below there). Returns the logit weights ``(K, h)`` and
+    biases ``(K,)``, the affine term ``(K, h_below)`` (the network's ``skip``) and the largest
+    residual relative to ``max(1, max |y|)``: small exactly when the layer ``rows`` is the last
+    and no unit of it that changes state there is missing."""
+    coef, residual = _any_orientation(below, below @ rows.T + biases, y)
+    h, h_below = len(rows), below.shape[1]
+    return coef[:h].T, coef[h + h_below], coef[h : h + h_below].T, residual
 
 
 def orient_and_fit(below: Array, rows: Array, biases: Array,
