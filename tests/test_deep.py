@@ -176,3 +176,15 @@ def test_an_expansive_single_layer_missing_a_rare_neuron_draws_more_lines():
     assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
     assert metrics["fidelity_uniform"] == 1.0
 
+
+def test_the_self_check_grows_with_the_run():
+    """By default a self-check queries one fresh point per 256 queries spent, within [4096,
+    65536]; ``check_points=`` fixes it."""
+    from model_extraction.attacks.functional.deep import _check_size
+
+    assert [_check_size(None, q) for q in (0, 256 * 5000, 2**30)] == [4096, 5000, 65536]
+    assert _check_size(1000, 2**30) == 1000
+    result = extract_deep(ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0)), seed=0,
+                          check_points=1000)
+    assert result.check["points"] == 1000
+
