@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lines", type=int, default=256,
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
     p.add_argument("--check-points", type=int, default=None,
-                   help="fresh queries of each self-check (extract_deep's check_points; default: "
-                        "one per 256 queries spent, 4,096 to 65,536)")
+                   help="fresh queries of each self-check (check_points; default: the attack's "
+                        "own, for extract_deep one per 256 queries spent, 4,096 to 65,536)")
     p.add_argument("--attack", choices=["deep", "one-layer"], default="deep",
                    help="extract_deep (any depth), or the one-hidden-layer attack "
                         "(extract_functional in the paper's setting, its own defaults: --reach "
@@ -142,8 +142,9 @@ def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
 
 
 def _checks(args: argparse.Namespace) -> dict:
-    """The self-check's size and the attack in a cell's config, when not the defaults (the
-    cells of earlier runs keep their keys)."""
+    """The self-check's size and the attack in a cell's config: the deep attack's cells always
+    name the size ("scaled" for extract_deep's default; cells kept before it was scaled, with
+    no size, are not reused), the one-layer attack's only when not its own default."""
     if args.attack == "deep":  # "scaled": extract_deep's default (cells kept before it had none)
         return {"check_points": args.check_points or "scaled"}
     return ({} if args.check_points is None else {"check_points": args.check_points}
@@ -201,10 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                           inputs=lambda c: inputs[Cell(c).key],
                           store=cells_dir(args.json, args.cells), fresh=args.fresh)
     rows = [r.result for r in sweep.records if r.status == "ok"]
-    size = (f"{args.check_points}" if args.check_points is not None
-            else "one per 256 queries spent (4,096 to 65,536) of" if args.attack == "deep"
-            else "its default number of")
-    print(f"{args.attack} attack, self-check on {size} fresh points:\n")
+    size = (f"{args.check_points} fresh points" if args.check_points is not None
+            else "one fresh point per 256 queries spent, 4,096 to 65,536"
+            if args.attack == "deep" else "its default number of fresh points")
+    print(f"{args.attack} attack, self-check on {size}:\n")
     print("| victim | seed | widths found | queries | wall time | self-check | fidelity "
           "(uniform) | fidelity (test) | worst bits per layer |\n" + "|---" * 9 + "|")
     print("\n".join(_line(r) for r in rows) + failures_markdown(sweep))

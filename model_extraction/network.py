@@ -120,8 +120,8 @@ class ReLUNetwork:
         Free-form JSON-serialisable description (dataset, seed, accuracy, ...), saved with it.
     skip:
         Optional affine term ``S``, shape ``(K, h_{L-1})``, added to the logits as ``a_{L-1}
-        Sᵀ``, ``a_{L-1}`` the input of the last hidden layer (``x``, ``(K, d)``, for one hidden
-        layer); ``None`` for the plain network of §6.1.
+        Sᵀ``, ``a_{L-1}`` the input of the last hidden layer (for one hidden layer the inputs
+        ``x``, and ``S`` is ``(K, d)``); ``None`` for the plain network of §6.1.
     hidden_layers:
         For a deeper network, the ``(weight, bias)`` pairs between the first hidden layer and
         the logit layer, each ``(h_{i+1}, h_i)`` and ``(h_{i+1},)`` and followed by a ReLU;
@@ -258,6 +258,9 @@ class ReLUNetwork:
         """
         if self.skip is None:
             return self
+        if not np.all(np.isfinite(input_bounds)):
+            raise ValueError(f"input_bounds must be finite to rewrite the affine term as units "
+                             f"active on the whole box; got {input_bounds}")
         low, high = _input_range(self.layers[:-2], self.input_dim, input_bounds)
         rows = np.flatnonzero(np.any(self.skip != 0, axis=1))
         s = self.skip[rows]
@@ -306,8 +309,15 @@ class ReLUNetwork:
 
         skip = getattr(module, "skip", None)
         if isinstance(skip, torch.nn.Linear) and skip.bias is None:
-            below = [m for m in getattr(module, "below", ()) if isinstance(m, torch.nn.Linear)]
-            first, *inner = [(arr(m.weight), arr(m.bias)) for m in [*below, module.hidden]]
+            below = list(getattr(module, "below", ()))
+            kinds = [type(m) for m in below] == [torch.nn.Linear, torch.nn.ReLU] * (len(below) // 2)
+            top = [getattr(module, name, None) for name in ("hidden", "out")]
+            if not kinds or not all(isinstance(m, torch.nn.Linear) and m.bias is not None
+                                    for m in [*below[::2], *top]):
+                raise ValueError("from_torch expects the module to_torch makes for a network "
+                                 "with an affine term (below: Linear, ReLU, ...; hidden, out: "
+                                 f"Linear with bias; skip: Linear without); got {module!r}")
+            first, *inner = [(arr(m.weight), arr(m.bias)) for m in [*below[::2], module.hidden]]
             return cls(*first, arr(module.out.weight), arr(module.out.bias),
                        dict(metadata or {}), skip=arr(skip.weight), hidden_layers=tuple(inner))
         linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]

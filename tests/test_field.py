@@ -161,9 +161,14 @@ def test_affine_model_converts_saves_and_runs_in_torch(tmp_path, widths):
     np.testing.assert_allclose(model.logits(x), net.logits(x) + a @ skip.T, rtol=1e-12,
                                atol=1e-12)
     assert model.num_parameters == net.num_parameters + skip.size
-    plain = model.without_skip((0.0, 1.0))
-    assert plain.skip is None and plain.widths == (*widths[:-1], widths[-1] + 2)
-    np.testing.assert_allclose(plain.logits(x), model.logits(x), rtol=1e-12, atol=1e-12)
+    for lo, hi in ((0.0, 1.0), (-10.0, 10.0)):  # the corners too: where bounds are tight
+        plain = model.without_skip((lo, hi))
+        assert plain.skip is None and plain.widths == (*widths[:-1], widths[-1] + 2)
+        rng = np.random.default_rng(3)
+        z = np.vstack([rng.uniform(lo, hi, (2000, 6)), rng.choice([lo, hi], (2000, 6))])
+        np.testing.assert_allclose(plain.logits(z), model.logits(z), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="input_bounds must be finite"):
+        model.without_skip((0.0, np.inf))
     loaded = ReLUNetwork.load(model.save(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(loaded.skip, skip)
     module = model.to_torch()
@@ -173,6 +178,13 @@ def test_affine_model_converts_saves_and_runs_in_torch(tmp_path, widths):
     back = ReLUNetwork.from_torch(module)
     np.testing.assert_array_equal(back.skip, skip)
     np.testing.assert_allclose(back.logits(x), model.logits(x), rtol=1e-12, atol=1e-12)
+    if len(widths) == 1:  # a module made before deeper ones had an affine term: no `below`
+        del module.below
+        np.testing.assert_array_equal(ReLUNetwork.from_torch(module).skip, skip)
+    else:  # anything but Linear, ReLU below: refused, not read as a ReLU network
+        module.below[1] = torch.nn.Tanh()
+        with pytest.raises(ValueError, match="from_torch expects"):
+            ReLUNetwork.from_torch(module)
     with pytest.raises(ValueError, match="skip must have shape"):
         ReLUNetwork(net.weight0, net.bias0, net.weight1, net.bias1, skip=skip[:, :-1],
                     hidden_layers=net.hidden_layers)

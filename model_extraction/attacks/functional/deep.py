@@ -49,7 +49,7 @@ from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
 from .search import Line
-from .selfcheck import SelfCheck, self_check
+from .selfcheck import SelfCheck, self_check_drawn
 from .signatures import Signatures, coefficients, complete_rows, distinct_neurons, next_layer
 from .signs import signs_by_preimage, signs_from_next_layer
 
@@ -187,14 +187,17 @@ def extract_deep(
     ``check_points``: the fresh Gaussian queries of each self-check (a neuron active on a
     share ``p`` of them goes unseen with probability ``(1 - p)^check_points``;
     ``result.check["disagreement_bound"]`` says what a passed one vouches for); by default one
-    per 256 queries spent before the check, at least 4,096 and at most 65,536, so that the
-    check costs at most a fraction of a percent of the run beyond the smallest victims and
+    per 256 queries spent before the check, at least 4,096 and at most 65,536, so that each
+    check costs at most 1/256 of the queries spent before it beyond the smallest victims and
     sees rarer neurons where the victim is larger (``(1 - p)^n`` is 1.7% for ``p = 0.1%`` at
-    4,096 points, and for ``p = 0.006%`` at 65,536); ``check_tolerance``: the relative error
-    it allows;
+    4,096 points, and 2.0% for ``p = 0.006%`` at 65,536); ``check_tolerance``: the relative
+    error it allows;
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
+
+    Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
+    ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
@@ -223,17 +226,17 @@ def extract_deep(
             (check_points, check_tolerance))
     phases.leave()
     affine = [] if network.skip is None else [
-        f"an affine term in the input of the last hidden layer (width {network.widths[-1]}) "
-        "carries what its units do not: units that never change state where the attack "
-        "queried (no critical point there), or orientations the logits leave open; the model "
-        "passed its self-check, but a victim unit never seen to change state may make it "
-        "differ far from where the attack queried"]
+        f"the model has an affine term in the input of its last hidden layer (skip, "
+        f"{network.skip.shape[0]} x {network.skip.shape[1]}): it carries the orientations the "
+        "logits leave open and any unit of that layer that never changed state where the "
+        "attack queried; such a unit, if there is one, may make the model differ far from "
+        "there"]
     if hidden is not None and tuple(hidden) != network.widths:
-        carried = " (a unit constant where the attack queried is carried by the affine term)"
+        carried = (" (a unit constant where the attack queried is carried by the affine term)"
+                   if affine and network.widths[-1] < hidden[-1] else "")
         raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
-                              f"({oracle.queries} queries){carried if affine else ''}: omit "
-                              "hidden= to have the widths found, or check the victim's "
-                              "architecture")
+                              f"({oracle.queries} queries){carried}: omit hidden= to have the "
+                              "widths found, or check the victim's architecture")
     return ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
@@ -265,11 +268,11 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
             first, why, found, failed = stop.first, str(stop), stop.found or found, None
         else:
             phases.enter("self-check", sum(network.widths))
-            fresh = rng.standard_normal((_check_size(check_points, oracle.queries), d)) * scale
-            check, _, errors = self_check(oracle, network, fresh, *held, check_tolerance)
+            check, failed = self_check_drawn(
+                oracle, network, lambda n: rng.standard_normal((n, d)) * scale,
+                _check_size(check_points, oracle.queries), *held, check_tolerance)
             if check.passed:
                 break
-            failed = np.concatenate([fresh, held[0]])[errors > check_tolerance]
             first = Prefix(((network.weight0, network.bias0),))
             why = (f"the extracted {d}-{'-'.join(map(str, network.widths))}-"
                    f"{network.num_outputs} network misses the oracle by a relative "
@@ -343,7 +346,8 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
     :class:`~.result.ExtractionError` (all found: the victim is deeper)."""
     x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
     y = np.asarray(oracle(x), dtype=np.float64)
-    v, b, a, a0, skip, fit = _logit_layer(x, rows, offsets, y)
+    v, b, a, a0, skip, fit = _logit_layer(x, rows, offsets, y, width is None or
+                                          len(rows) >= width)
     if fit <= _LAST_FIT:
         return ReLUNetwork(v, b, a, a0, {"extracted_by": "functional/deep"}, skip=skip), (x, y)
     if width is None:
@@ -359,19 +363,22 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
                       f"residual {fit:.1e})", Prefix(((rows, offsets),)))
 
 
-def _logit_layer(below: Array, rows: Array, biases: Array, y: Array,
+def _logit_layer(below: Array, rows: Array, biases: Array, y: Array, affine: bool,
                  ) -> tuple[Array, Array, Array, Array, Array | None, float]:
-    """The last hidden layer ``rows``, ``biases`` oriented and the logit layer fitted to the
-    answers ``y`` at inputs whose activations below it are ``below`` (:mod:`.lastlayer`), with
-    an affine term in ``below`` (``skip``, else ``None``) where the fit without it is not exact
-    and the fit with it is: a unit of the layer active wherever the attack queried (it has no
-    critical point there), or orientations the logits leave open. Returns the oriented rows
-    and biases, the logit weights and biases, ``skip`` and the largest relative residual."""
+    """The last hidden layer ``rows`` ``(h, h_below)``, ``biases`` oriented and the logit layer
+    fitted to the answers ``y`` ``(n, K)`` at inputs whose activations below it are ``below``
+    ``(n, h_below)`` (:mod:`.lastlayer`), with an affine term in ``below`` (``skip``, ``(K,
+    h_below)``, else ``None``) where the fit without it is not exact and, ``affine`` allowing
+    (not when ``hidden=`` says the layer has more units than found: one is then missing), the
+    fit with it is: a unit of the layer active wherever the attack queried (it has no critical
+    point there), or orientations the logits leave open. Returns the oriented rows and biases,
+    the logit weights ``(K, h)`` and biases ``(K,)``, ``skip`` and the largest relative
+    residual of the fit returned."""
     v, b, a, a0, fit = orient_and_fit(below, rows, biases, y)
-    if fit <= _LAST_FIT:
+    if fit <= _LAST_FIT or not affine:
         return v, b, a, a0, None, fit
     a_s, a0_s, skip, fit_s = fit_with_affine(below, v, b, y)
-    if fit_s < fit:
+    if fit_s <= _LAST_FIT:
         return v, b, a_s, a0_s, skip, fit_s
     return v, b, a, a0, None, fit
 
@@ -438,7 +445,8 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
             y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
-            v_o, b_o, a, a0, skip, fit = _logit_layer(prefix.top(x_fit), v, b, y_fit)
+            v_o, b_o, a, a0, skip, fit = _logit_layer(prefix.top(x_fit), v, b, y_fit,
+                                                      _may_be_whole(hidden, prefix, len(v)))
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
                 network = ReLUNetwork(*prefix.layers[0], a, a0,
                                       {"extracted_by": "functional/deep"}, skip=skip,
@@ -475,6 +483,13 @@ def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
         step = 0.01 * scale * normal / np.where(length > 0, length, np.inf)
         sides += [x + step, x - step]
     return np.vstack([gauss, *sides])
+
+
+def _may_be_whole(hidden: tuple[int, ...] | None, prefix: Prefix, width: int) -> bool:
+    """Whether a layer of ``width`` units found on top of ``prefix`` may be complete:
+    ``hidden=`` gives no more units for it."""
+    layer = len(prefix.widths)
+    return hidden is None or layer >= len(hidden) or width >= hidden[layer]
 
 
 def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,

@@ -9,6 +9,7 @@ absorb it, a victim that is not a one-hidden-layer ReLU network on the domain) s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from model_extraction.oracle import Oracle
 
 Array = NDArray[np.float64]
 
-__all__ = ["SelfCheck", "self_check"]
+__all__ = ["SelfCheck", "self_check", "self_check_drawn"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SelfCheck:
     def disagreement_bound(self) -> float:
         """An upper bound on the share of the fresh points' distribution (the one-layer
         attack's: uniform on the box, or half box and half reference inputs when it is given
-        them; the deep attack's: Gaussian of standard deviation ``scale / 2``) on which the
+        them; the deep attack's: Gaussian of standard deviation ``scale``) on which the
         model may still differ from the oracle beyond the tolerance, at 95% confidence, when
         none of the ``points`` did: ``1 - 0.05^(1/points)``, about ``3 / points`` (a region of
         share ``p`` is missed by all of them with probability ``(1 - p)^points``). It holds for
@@ -86,3 +87,26 @@ def self_check(
                              _relative_errors(network, held_x, held_y)])
     worst = float(errors.max()) if errors.size else 0.0
     return SelfCheck(len(fresh), len(held_x), worst, tolerance), answers, errors
+
+
+def self_check_drawn(
+    oracle: Oracle, network: ReLUNetwork, draw: Callable[[int], Array], count: int,
+    held_x: Array, held_y: Array, tolerance: float, block: int = 8192,
+) -> tuple[SelfCheck, Array]:
+    """:func:`self_check` on ``count`` fresh points drawn ``block`` at a time by ``draw(n) →
+    (n, d)`` (``count`` queries; one block of points is held at a time, not ``count × d``
+    floats), and on the held answers. Returns the :class:`SelfCheck` and the points that failed
+    it, fresh ones first ``(f, d)``."""
+    top, worst, kept, gaps = 1.0, 0.0, [held_x[:0]], [np.zeros(0)]
+    for start in range(0, count, block):
+        fresh = draw(min(block, count - start))
+        answers = np.asarray(oracle(fresh), dtype=np.float64)
+        gap = np.max(np.abs(network.logits(fresh) - answers), axis=1)
+        top, worst = max(top, float(np.max(np.abs(answers)))), max(worst, float(gap.max()))
+        kept.append(fresh[gap > tolerance])  # fails for no scale, since it is at least 1
+        gaps.append(gap[gap > tolerance])
+    held = _relative_errors(network, held_x, held_y)
+    failed = np.concatenate(kept)[np.concatenate(gaps) / top > tolerance]
+    worst = max(worst / top, float(held.max()) if held.size else 0.0)
+    return (SelfCheck(count, len(held_x), worst, tolerance),
+            np.concatenate([failed, held_x[held > tolerance]]))
