@@ -21,6 +21,7 @@ an MNIST victim's fidelity is also measured on its 10,000 test images.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import platform
@@ -48,6 +49,7 @@ from model_extraction.sweep import (
 )
 
 SHAPES = ["10-10-10-1", "40-20-10-1", "80-40-20-1", "100-20-40-10"]
+CHECK_POINTS = inspect.signature(extract_deep).parameters["check_points"].default  # its default
 log = logging.getLogger("deep")
 
 
@@ -61,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reach", type=float, default=None, help="how far lines are searched")
     p.add_argument("--max-lines", type=int, default=256,
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
-    p.add_argument("--check-points", type=int, default=None,
-                   help="fresh queries of each self-check (check_points; default: the attack's "
-                        "own, for extract_deep one per 256 queries spent, 4,096 to 65,536)")
+    p.add_argument("--check-points", type=int, default=CHECK_POINTS,
+                   help="fresh queries of each self-check (extract_deep's check_points)")
     p.add_argument("--attack", choices=["deep", "one-layer"], default="deep",
                    help="extract_deep (any depth), or the one-hidden-layer attack "
                         "(extract_functional in the paper's setting, its own defaults: --reach "
@@ -97,7 +98,7 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             test: np.ndarray | None = None, max_lines: int = 256,
-            check_points: int | None = None, attack: str = "deep") -> dict:
+            check_points: int = CHECK_POINTS, attack: str = "deep") -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "attack": attack,
@@ -111,7 +112,7 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
     bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
     try:
         if attack == "one-layer":
-            own = {} if check_points is None else {"check_points": check_points}
+            own = {} if check_points == CHECK_POINTS else {"check_points": check_points}
             result = extract_functional(oracle, stay_in_bounds=False, input_bounds=bounds,
                                         progress=phase, **own)  # its own default check
         else:
@@ -128,7 +129,6 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             "seconds": seconds, "lines": result.lines,
             "widths": list(result.network.widths), "widths_found": list(result.network.widths),
             "self_check_max_error": result.check["max_error"],
-            "self_check_points": result.check["points"],
             "fidelity_uniform": metrics["fidelity_uniform"],
             "fidelity_test": metrics.get("fidelity_test"),
             "layer_worst_bits": bits, "min_layer_bits": min(bits) if bits else None}
@@ -136,19 +136,15 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
-    size = c.get("check_points")
     return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
-                   None if size == "scaled" else size, c.get("attack", "deep"))
+                   c.get("check_points", CHECK_POINTS), c.get("attack", "deep"))
 
 
 def _checks(args: argparse.Namespace) -> dict:
-    """The self-check's size and the attack in a cell's config: the deep attack's cells always
-    name the size ("scaled" for extract_deep's default; cells kept before it was scaled, with
-    no size, are not reused), the one-layer attack's only when not its own default."""
-    if args.attack == "deep":  # "scaled": extract_deep's default (cells kept before it had none)
-        return {"check_points": args.check_points or "scaled"}
-    return ({} if args.check_points is None else {"check_points": args.check_points}
-            ) | {"attack": args.attack}
+    """The self-check's size and the attack in a cell's config, when not the defaults (the
+    cells of earlier runs keep their keys)."""
+    return ({} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
+            ) | ({} if args.attack == "deep" else {"attack": args.attack})
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
@@ -190,7 +186,7 @@ def _line(r: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.check_points is not None and args.check_points < 1) or args.max_lines < 1:
+    if args.check_points < 1 or args.max_lines < 1:
         parser.error("--check-points and --max-lines must be at least 1")
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -202,10 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                           inputs=lambda c: inputs[Cell(c).key],
                           store=cells_dir(args.json, args.cells), fresh=args.fresh)
     rows = [r.result for r in sweep.records if r.status == "ok"]
-    size = (f"{args.check_points} fresh points" if args.check_points is not None
-            else "one fresh point per 256 queries spent, 4,096 to 65,536"
-            if args.attack == "deep" else "its default number of fresh points")
-    print(f"{args.attack} attack, self-check on {size}:\n")
+    own = args.attack == "one-layer" and args.check_points == CHECK_POINTS
+    size = "its default number of" if own else f"{args.check_points}"
+    print(f"{args.attack} attack, self-check on {size} fresh points:\n")
     print("| victim | seed | widths found | queries | wall time | self-check | fidelity "
           "(uniform) | fidelity (test) | worst bits per layer |\n" + "|---" * 9 + "|")
     print("\n".join(_line(r) for r in rows) + failures_markdown(sweep))

@@ -180,23 +180,6 @@ def test_an_expansive_single_layer_missing_a_rare_neuron_draws_more_lines():
     assert metrics["fidelity_uniform"] == 1.0
 
 
-def test_the_self_check_grows_with_the_run(monkeypatch):
-    """By default a self-check queries one fresh point per 256 queries spent, within [4096,
-    65536]; ``check_points=`` fixes it."""
-    from model_extraction.attacks.functional import deep
-    from model_extraction.attacks.functional.deep import _check_size
-
-    assert [_check_size(None, q) for q in (0, 256 * 5000, 2**30)] == [4096, 5000, 65536]
-    assert _check_size(1000, 2**30) == 1000
-    victim = ReLUNetwork.random(10, (10, 10), 1, seed=0)
-    result = extract_deep(ModelOracle(victim), seed=0, check_points=1000)
-    assert result.check["points"] == 1000
-    monkeypatch.setattr(deep, "_CHECK_SHARE", 16)  # this small victim's run: over 4,096 then
-    oracle = ModelOracle(victim)
-    result = extract_deep(oracle, seed=0)
-    assert 4096 < result.check["points"] <= oracle.queries // 16
-
-
 @settings(max_examples=20, deadline=None)
 @given(count=st.integers(0, 300), block=st.integers(1, 120), off=st.sampled_from([0.0, 3e-6]))
 def test_a_self_check_in_blocks_is_the_self_check(count, block, off):

@@ -62,8 +62,6 @@ _MORE_LINES = 16
 _LAST_FIT = 1e-7  # relative residual of a logit fit on the last hidden layer's activations
 _UNEXPLAINED = 0.05  # share of critical points on no known hyperplane: a layer further up
 _MAX_DEPTH = 8
-_CHECK_SHARE = 256  # by default, a self-check queries one fresh point per 256 queries spent
-_CHECK_RANGE = (4096, 65536)  # and this many at least and at most
 
 
 class _Incomplete(Exception):
@@ -164,7 +162,7 @@ def _aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Gen
 def extract_deep(
     oracle: Any, *, input_dim: int | None = None, hidden: tuple[int, ...] | None = None,
     scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
-    check_points: int | None = None,
+    check_points: int = 4096,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
     executor: Any = None,
 ) -> ExtractionResult:
@@ -184,14 +182,11 @@ def extract_deep(
     ``n·v ~ 1/√d``, so trained high-dimensional victims need more); ``max_lines``: a bound on the
     lines, checked between batches of lines (a run stops within one batch beyond it: 16
     lines, 32 after a failed self-check);
-    ``check_points``: the fresh Gaussian queries of each self-check (a neuron active on a
-    share ``p`` of them goes unseen with probability ``(1 - p)^check_points``;
-    ``result.check["disagreement_bound"]`` says what a passed one vouches for); by default one
-    per 256 queries spent before the check, at least 4,096 and at most 65,536, so that each
-    check costs at most 1/256 of the queries spent before it beyond the smallest victims and
-    sees rarer neurons where the victim is larger (``(1 - p)^n`` is 1.7% for ``p = 0.1%`` at
-    4,096 points, and 2.0% for ``p = 0.006%`` at 65,536); ``check_tolerance``: the relative
-    error it allows;
+    ``check_points``: the fresh Gaussian queries of each self-check, drawn and queried 8,192
+    at a time (a neuron active on a share ``p`` of them goes unseen with probability ``(1 -
+    p)^check_points``: 1.7% for ``p = 0.1%`` at the default, 2.0% for ``p = 0.006%`` at
+    65,536; ``result.check["disagreement_bound"]`` says what a passed one vouches for),
+    ``check_tolerance``: the relative error it allows;
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
@@ -214,7 +209,7 @@ def extract_deep(
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
     if hidden is not None and (len(hidden) < 1 or min(hidden) < 1):
         raise ValueError(f"hidden={hidden}: extract_deep needs one or more positive widths")
-    if (check_points is not None and check_points < 1) or not 0 < check_tolerance < 1:
+    if check_points < 1 or not 0 < check_tolerance < 1:
         raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
                          "self-check needs at least one fresh point and a tolerance in (0, 1)")
     rng = np.random.default_rng(seed)
@@ -245,8 +240,7 @@ def extract_deep(
 
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
                    lines: list[Any], search: tuple[float, float, int],
-                   hidden: tuple[int, ...] | None, executor: Any,
-                   checking: tuple[int | None, float],
+                   hidden: tuple[int, ...] | None, executor: Any, checking: tuple[int, float],
                    ) -> tuple[ReLUNetwork, Array, SelfCheck]:
     """The phases, with more lines each time a layer cannot be finished or the model fails its
     self-check, until it passes (the network, the first layer's refit residuals, the check) or
@@ -270,7 +264,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
             phases.enter("self-check", sum(network.widths))
             check, failed = self_check_drawn(
                 oracle, network, lambda n: rng.standard_normal((n, d)) * scale,
-                _check_size(check_points, oracle.queries), *held, check_tolerance)
+                check_points, *held, check_tolerance)
             if check.passed:
                 break
             first = Prefix(((network.weight0, network.bias0),))
@@ -287,14 +281,6 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         found = _search(oracle, found, lines, rng, more, scale, reach,
                         (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
-
-
-def _check_size(check_points: int | None, queries: int) -> int:
-    """The fresh points of a self-check: ``check_points``, or by default one per
-    ``_CHECK_SHARE`` of the ``queries`` spent, within ``_CHECK_RANGE``."""
-    if check_points is not None:
-        return check_points
-    return int(np.clip(queries // _CHECK_SHARE, *_CHECK_RANGE))
 
 
 def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
