@@ -77,7 +77,52 @@ def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix
     assert np.all(np.abs(same - 1) < 1e-6)  # equal up to sign
     on = np.isfinite(prefix.normals_on(measured.points, 1e-7)[:, 0])
     assert 0 < on.sum() < len(on)  # the third layer's points are still measured
-    assert known_by.queries < measured_by.queries - 2 * (2 * 12 + 1) * (on.sum() - 1)
+    # each known point spares the Jacobians only it needed (its neighbours may need them too)
+    assert known_by.queries < measured_by.queries - (2 * 12 + 1) * len(lines)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_consecutive_critical_points_share_the_region_between_them(k, monkeypatch):
+    """Two consecutive critical points of a line read the Jacobian of the one linear region
+    between them: the same normals as Jacobians measured beside each point, for about half the
+    queries on a line that crosses many; a line whose search was left incomplete (a critical
+    point may be missing between two found) shares nothing."""
+    from dataclasses import replace
+
+    from model_extraction.attacks.functional import critical
+    from model_extraction.attacks.functional.search import search_line
+
+    victim = _victim(seed=2, k=k)
+    line = random_line(np.random.default_rng(4), 12, 1.0)
+    ts = np.array([kink.t for kink in search_line(ModelOracle(victim), line, (-4.0, 3.3))[0]])
+    need = np.ones(len(ts), dtype=bool)
+    need[len(ts) // 2] = False  # taken from a known hyperplane: its neighbours share nothing
+    normals, cost = {}, {}
+    for shared in (True, False):
+        oracle = ModelOracle(victim)
+        normals[shared] = critical._normals(oracle, line, ts, need, shared)
+        cost[shared] = oracle.queries
+    assert len(ts) >= 8 and np.isnan(normals[True][~need]).all()
+    assert np.isfinite(normals[True][need]).all() and np.isfinite(normals[False][need]).all()
+    same = np.abs(np.sum(normals[True][need] * normals[False][need], axis=1))
+    assert np.all(np.abs(same - 1) < 1e-9)  # equal up to sign
+    assert cost[True] < 0.75 * cost[False]  # 2d + 1 a region, not a side of a point
+
+    def incomplete(*args, **kwargs):
+        kinks, stats = search_line(*args, **kwargs)
+        return kinks, replace(stats, unresolved=1)
+
+    counted = {}
+    for shared, search in ((False, search_line), (None, incomplete)):
+        monkeypatch.setattr(critical, "search_line", search)
+        oracle = ModelOracle(victim)
+        if shared is False:
+            monkeypatch.setattr(critical, "_regions",
+                                lambda ts, need, _, f=critical._regions: f(ts, need, False))
+        find_critical_points(oracle, [line])
+        monkeypatch.undo()
+        counted[shared] = oracle.queries
+    assert counted[None] == counted[False]
 
 
 def test_coefficients_are_the_next_layers_weights_on_active_units():

@@ -7,7 +7,8 @@ one neuron changes the Jacobian of the logits by a rank-one matrix ``u gᵀ``, w
 gradient of that neuron's pre-activation at the point: its hyperplane's normal there (constant
 for a first-layer neuron; bent where earlier neurons change state, for a deeper one). The
 Jacobians on both sides are measured by forward differences at two step sizes (a column whose two
-estimates disagree crossed another hyperplane, and is measured again with a smaller step).
+estimates disagree crossed another hyperplane, and is measured again with a smaller step); two
+consecutive critical points of a line share the linear region between them, and its Jacobian.
 """
 
 from __future__ import annotations
@@ -61,36 +62,85 @@ def random_line(rng: np.random.Generator, d: int, scale: float) -> Line:
     return Line(rng.standard_normal(d) * 0.5 * scale, direction / np.linalg.norm(direction))
 
 
-def _jacobians(oracle: Oracle, points: Array, step: float) -> tuple[Array, NDArray[np.bool_]]:
-    """Forward-difference Jacobians ``(m, K, d)`` at ``points`` with steps ``step`` and
-    ``step / 4``; the mask ``(m, d)`` says which columns the two agree on."""
+def _jacobians(oracle: Oracle, points: Array, step: Array) -> tuple[Array, NDArray[np.bool_]]:
+    """Forward-difference Jacobians ``(m, K, d)`` at ``points`` ``(m, d)`` with steps ``step``
+    ``(m,)`` and ``step / 4``; the mask ``(m, d)`` says which columns the two agree on."""
     m, d = points.shape
     base = oracle(points)
-    steps = np.array([step, step / 4])
+    steps = np.stack([step, step / 4])  # (2, m)
     probes = np.empty((2, m, d, d))  # each point, then each coordinate moved by each step
     probes[...] = points[None, :, None, :]
-    probes[:, :, np.arange(d), np.arange(d)] += steps[:, None, None]
+    probes[:, :, np.arange(d), np.arange(d)] += steps[:, :, None]
     y = oracle(probes.reshape(-1, d)).reshape(2, m, d, -1)
-    slopes = (y - base[None, :, None, :]) / steps[:, None, None, None]
+    slopes = (y - base[None, :, None, :]) / steps[:, :, None, None]
     agree = np.all(np.abs(slopes[0] - slopes[1]) <= _AGREE * (1 + np.abs(slopes[0])), axis=2)
     return slopes[1].transpose(0, 2, 1), agree
 
 
-def _normal(oracle: Oracle, x: Array, along: Array, room: float) -> Array | None:
-    """The unit normal at the critical point ``x``, from the Jacobians at ``x ± room·along``;
-    ``None`` when no step size up to ``room / 300`` gives clean Jacobians, or the jump is not
-    rank one (two neurons at once)."""
-    sides = np.stack([x - room * along, x + room * along])
-    for step in (0.3 * room, 0.03 * room, 0.003 * room):
-        jac, agree = _jacobians(oracle, sides, step)
-        if agree.all():
-            break
-    else:
-        return None
-    _, s, vt = np.linalg.svd(jac[1] - jac[0], full_matrices=False)
-    if s[0] == 0 or (len(s) > 1 and s[1] > _RANK_ONE * s[0]):
-        return None
-    return vt[0]
+def _clean_jacobians(oracle: Oracle, points: Array, room: Array) -> tuple[Array, Array]:
+    """The Jacobians at ``points`` ``(m, d)``, each with the largest step of ``0.3``, ``0.03``
+    and ``0.003`` times its ``room`` ``(m,)`` whose two estimates agree on every column:
+    ``(m, K, d)`` and a mask ``(m,)`` of the points where one did."""
+    d = points.shape[1]
+    chunk = max(1, 2**22 // (d * d))  # points per batch: the probes stay under 64 MiB
+    jac, ok = None, np.zeros(len(points), dtype=bool)
+    for factor in (0.3, 0.03, 0.003):
+        for start in range(0, len(points), chunk):
+            todo = start + np.flatnonzero(~ok[start : start + chunk])
+            if not len(todo):
+                continue
+            j, agree = _jacobians(oracle, points[todo], factor * room[todo])
+            jac = np.zeros((len(points), *j.shape[1:])) if jac is None else jac
+            clean = agree.all(axis=1)
+            jac[todo[clean]], ok[todo[clean]] = j[clean], True
+    return (np.zeros((len(points), 0, d)) if jac is None else jac), ok
+
+
+def _regions(ts: Array, need: NDArray[np.bool_], shared: bool,
+             ) -> tuple[Array, Array, NDArray[np.int64]]:
+    """Where to measure the Jacobians for the kinks at ``ts`` (sorted) of one line that
+    ``need`` a normal: the parameters and rooms of the points ``(r,)``, and the points on the
+    left and right of each kink ``(n, 2)`` (-1 where none is needed). A kink's own points are
+    ``room = min(0.3 gap, 0.01)`` before and after it (``gap``: to its nearest neighbour); with
+    ``shared``, two kinks that need normals and have none between them share one point, half
+    way (the linear region between them is one, so both read its Jacobian)."""
+    n = len(ts)
+    gap = np.diff(ts)
+    nearest = np.minimum(np.r_[np.inf, gap], np.r_[gap, np.inf]) if n > 1 else np.ones(n)
+    own = np.minimum(0.3 * nearest, 1e-2)
+    at, room, sides = [], [], np.full((n, 2), -1, dtype=np.int64)
+    for j in np.flatnonzero(need):
+        if shared and j > 0 and need[j - 1]:
+            sides[j, 0] = sides[j - 1, 1]
+        else:
+            sides[j, 0] = len(at)
+            at.append(ts[j] - own[j])
+            room.append(own[j])
+        sides[j, 1] = len(at)
+        if shared and j + 1 < n and need[j + 1]:
+            at.append(0.5 * (ts[j] + ts[j + 1]))
+            room.append(min(0.3 * gap[j], 1e-2))
+        else:
+            at.append(ts[j] + own[j])
+            room.append(own[j])
+    return np.array(at), np.array(room), sides
+
+
+def _normals(oracle: Oracle, line: Line, ts: Array, need: NDArray[np.bool_],
+             shared: bool) -> Array:
+    """The unit normals ``(n, d)`` at the kinks ``ts`` of ``line`` that ``need`` one, from the
+    Jacobians on both sides (:func:`_regions`); NaN rows where they are not needed, where no
+    step gives clean Jacobians, or where the jump is not rank one (two neurons at once)."""
+    at, room, sides = _regions(ts, need, shared)
+    normals = np.full((len(ts), len(line.origin)), np.nan)
+    if not len(at):
+        return normals
+    jac, ok = _clean_jacobians(oracle, line.at(at), room)
+    for j in np.flatnonzero(need & np.all(ok[sides], axis=1)):
+        _, s, vt = np.linalg.svd(jac[sides[j, 1]] - jac[sides[j, 0]], full_matrices=False)
+        if s[0] > 0 and (len(s) == 1 or s[1] <= _RANK_ONE * s[0]):
+            normals[j] = vt[0]
+    return normals
 
 
 def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int = 0,
@@ -99,28 +149,28 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
                          known: Callable[[Array], Array] | None = None) -> CriticalPoints:
     """Search each of ``lines`` for critical points and measure each one's normal.
 
-    Costs the line searches plus ``2 (2d + 1)`` queries per critical point (more when a
-    Jacobian must be measured again with a smaller step). Points whose normal cannot be measured
-    cleanly are left out. ``first_line`` numbers the lines (for :attr:`CriticalPoints.line`).
+    Costs the line searches plus ``2d + 1`` queries per linear region next to a critical point
+    whose normal is measured (two consecutive critical points share the region between them:
+    about ``2d + 1`` per critical point on a line that crosses many, ``2 (2d + 1)`` for one
+    alone), more when a Jacobian must be measured again with a smaller step. When a line's
+    search left an interval unresolved or stopped early (a critical point may be missing between
+    two found), no region is shared on it. Points whose normal cannot be measured cleanly are
+    left out. ``first_line`` numbers the lines (for :attr:`CriticalPoints.line`).
     ``known(points (m, d)) → (m, d)``: the normals of the points that lie on a hyperplane
     already extracted (NaN rows for the others), which are then taken from it, with no query.
     """
     d = len(lines[0].origin) if lines else 0
     found = CriticalPoints.empty(d)
     for i, line in enumerate(lines):
-        kinks, _ = search_line(oracle, line, t_range, grid=grid)
+        kinks, stats = search_line(oracle, line, t_range, grid=grid)
         ts = np.array([k.t for k in kinks])
         xs = line.at(ts) if len(ts) else np.zeros((0, d))
         given = known(xs) if known is not None else np.full(xs.shape, np.nan)
-        pts, normals = [], []
-        for j, (t, x) in enumerate(zip(ts, xs, strict=True)):
-            gap = np.min(np.abs(np.delete(ts, j) - t)) if len(ts) > 1 else 1.0
-            normal = given[j] if np.isfinite(given[j]).all() else \
-                _normal(oracle, x, line.direction, min(0.3 * gap, 1e-2))
-            if normal is not None:
-                pts.append(x)
-                normals.append(normal)
-        if pts:
-            found = found.join(CriticalPoints(np.array(pts), np.array(normals),
-                                              np.full(len(pts), first_line + i)))
+        need = ~np.isfinite(given).all(axis=1)
+        complete = not (stats.unresolved or stats.curved or stats.notes)
+        normals = np.where(need[:, None], _normals(oracle, line, ts, need, complete), given)
+        keep = np.isfinite(normals).all(axis=1)
+        if keep.any():
+            found = found.join(CriticalPoints(xs[keep], normals[keep],
+                                              np.full(int(keep.sum()), first_line + i)))
     return found
