@@ -6,9 +6,10 @@ Along a line the logits are piecewise linear in ``t``; each kink found by
 one neuron changes the Jacobian of the logits by a rank-one matrix ``u gᵀ``, where ``g`` is the
 gradient of that neuron's pre-activation at the point: its hyperplane's normal there (constant
 for a first-layer neuron; bent where earlier neurons change state, for a deeper one). The
-Jacobians on both sides are measured by forward differences at two step sizes (a column whose two
-estimates disagree crossed another hyperplane, and is measured again with a smaller step); two
-consecutive critical points of a line share the linear region between them, and its Jacobian.
+Jacobians on both sides are measured by forward differences at two step sizes (where a column's
+two estimates disagree it crossed another hyperplane, and the Jacobian is measured again with a
+smaller step); two consecutive critical points of a line share the linear region between them,
+and its Jacobian; the jump along the line must be the change of slope the line search measured.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = ["CriticalPoints", "find_critical_points", "random_line"]
 
 _AGREE = 1e-7  # relative agreement of the two step sizes that vouches for a Jacobian column
 _RANK_ONE = 1e-6  # second singular value of the jump, relative to the first, still rank one
+_ALONG = 1e-5  # the jump along the line, relative to the slope change the search measured
+_PROBES = 2**22  # most floats of one batch of probes (32 MiB), unless one point needs more
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def random_line(rng: np.random.Generator, d: int, scale: float) -> Line:
     return Line(rng.standard_normal(d) * 0.5 * scale, direction / np.linalg.norm(direction))
 
 
-def _jacobians(oracle: Oracle, points: Array, step: Array) -> tuple[Array, NDArray[np.bool_]]:
+def _jacobians(oracle: Oracle, points: Array,
+               step: Array) -> tuple[Array, NDArray[np.bool_]]:
     """Forward-difference Jacobians ``(m, K, d)`` at ``points`` ``(m, d)`` with steps ``step``
     ``(m,)`` and ``step / 4``; the mask ``(m, d)`` says which columns the two agree on."""
     m, d = points.shape
@@ -77,12 +81,14 @@ def _jacobians(oracle: Oracle, points: Array, step: Array) -> tuple[Array, NDArr
     return slopes[1].transpose(0, 2, 1), agree
 
 
-def _clean_jacobians(oracle: Oracle, points: Array, room: Array) -> tuple[Array, Array]:
+def _clean_jacobians(oracle: Oracle, points: Array,
+                     room: Array) -> tuple[Array, NDArray[np.bool_]]:
     """The Jacobians at ``points`` ``(m, d)``, each with the largest step of ``0.3``, ``0.03``
-    and ``0.003`` times its ``room`` ``(m,)`` whose two estimates agree on every column:
-    ``(m, K, d)`` and a mask ``(m,)`` of the points where one did."""
+    and ``0.003`` times its ``room`` ``(m,)`` whose two estimates agree on every column (else
+    all of it is measured again with the next): ``(m, K, d)`` and a mask ``(m,)`` of the points
+    where one did."""
     d = points.shape[1]
-    chunk = max(1, 2**22 // (d * d))  # points per batch: the probes stay under 64 MiB
+    chunk = max(1, _PROBES // (2 * d * d))  # points per batch of probes
     jac, ok = None, np.zeros(len(points), dtype=bool)
     for factor in (0.3, 0.03, 0.003):
         for start in range(0, len(points), chunk):
@@ -126,20 +132,32 @@ def _regions(ts: Array, need: NDArray[np.bool_], shared: bool,
     return np.array(at), np.array(room), sides
 
 
-def _normals(oracle: Oracle, line: Line, ts: Array, need: NDArray[np.bool_],
-             shared: bool) -> Array:
-    """The unit normals ``(n, d)`` at the kinks ``ts`` of ``line`` that ``need`` one, from the
-    Jacobians on both sides (:func:`_regions`); NaN rows where they are not needed, where no
-    step gives clean Jacobians, or where the jump is not rank one (two neurons at once)."""
+def _normals(oracle: Oracle, line: Line, ts: Array, slope_change: Array,
+             need: NDArray[np.bool_], shared: bool) -> Array:
+    """The unit normals ``(n, d)`` at the kinks ``ts`` ``(n,)`` of ``line`` that ``need`` one,
+    from the Jacobians on both sides (:func:`_regions`); NaN rows where they are not needed,
+    where no step gives clean Jacobians, where the jump is zero or not rank one (two neurons
+    at once), or where the jump along the line is not the change of slope ``(n, K)`` the line
+    search measured there (a Jacobian taken where a neuron the search missed is active: a
+    neuron further up active on a thin slab of the line changes its slope much, its values
+    little; with one output no rank can tell). With ``shared``, the kinks left without a normal
+    are measured again with points of their own, beside them."""
     at, room, sides = _regions(ts, need, shared)
     normals = np.full((len(ts), len(line.origin)), np.nan)
     if not len(at):
         return normals
     jac, ok = _clean_jacobians(oracle, line.at(at), room)
     for j in np.flatnonzero(need & np.all(ok[sides], axis=1)):
-        _, s, vt = np.linalg.svd(jac[sides[j, 1]] - jac[sides[j, 0]], full_matrices=False)
+        jump = jac[sides[j, 1]] - jac[sides[j, 0]]
+        miss = np.max(np.abs(jump @ line.direction - slope_change[j]))
+        if not miss <= _ALONG * np.max(np.abs(slope_change[j])):
+            continue
+        _, s, vt = np.linalg.svd(jump, full_matrices=False)
         if s[0] > 0 and (len(s) == 1 or s[1] <= _RANK_ONE * s[0]):
             normals[j] = vt[0]
+    again = need & np.isnan(normals[:, 0])
+    if shared and again.any():  # measured beside each point instead, as a lone one is
+        normals[again] = _normals(oracle, line, ts, slope_change, again, False)[again]
     return normals
 
 
@@ -164,11 +182,13 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
     for i, line in enumerate(lines):
         kinks, stats = search_line(oracle, line, t_range, grid=grid)
         ts = np.array([k.t for k in kinks])
+        slopes = np.array([k.slope_change for k in kinks])
         xs = line.at(ts) if len(ts) else np.zeros((0, d))
         given = known(xs) if known is not None else np.full(xs.shape, np.nan)
         need = ~np.isfinite(given).all(axis=1)
         complete = not (stats.unresolved or stats.curved or stats.notes)
-        normals = np.where(need[:, None], _normals(oracle, line, ts, need, complete), given)
+        normals = np.where(need[:, None], _normals(oracle, line, ts, slopes, need, complete),
+                           given)
         keep = np.isfinite(normals).all(axis=1)
         if keep.any():
             found = found.join(CriticalPoints(xs[keep], normals[keep],

@@ -119,7 +119,7 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
     units, which partial signatures lack), and the normals of the points on the prefix's
-    hyperplanes are taken from it instead of measured (``2 (2d + 1)`` queries saved each);
+    hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each);
     with ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
     active there), the other half pass through those points."""
     d = found.points.shape[1]
