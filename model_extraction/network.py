@@ -52,17 +52,21 @@ def decisions(logits: ArrayLike) -> NDArray[np.int64]:
     return np.argmax(z, axis=1).astype(np.int64)
 
 
+def _linear(w: Array, b: Array | None, dtype: Any) -> Any:
+    """A ``torch.nn.Linear`` holding ``w`` ``(out, in)`` and ``b`` (none: bias-free)."""
+    import torch
+
+    layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.array(w)))
+        if b is not None:
+            layer.bias.copy_(torch.from_numpy(np.array(b)))
+    return layer
+
+
 def _with_skip(net: ReLUNetwork, dtype: Any) -> Any:
     """``to_torch`` of a network with an affine term."""
     import torch
-
-    def linear(w: Array, b: Array | None) -> Any:
-        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(dtype)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.array(w)))
-            if b is not None:
-                layer.bias.copy_(torch.from_numpy(np.array(b)))
-        return layer
 
     class SkipReLUNetwork(torch.nn.Module):
         """``below`` (the layers before the last hidden one, ``Linear → ReLU`` each; empty for
@@ -72,10 +76,10 @@ def _with_skip(net: ReLUNetwork, dtype: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.below = torch.nn.Sequential(
-                *(m for w, b in net.layers[:-2] for m in (linear(w, b), torch.nn.ReLU())))
-            self.hidden = linear(*net.layers[-2])
-            self.out = linear(net.weight1, net.bias1)
-            self.skip = linear(net.skip, None)
+                *(m for w, b in net.layers[:-2] for m in (_linear(w, b, dtype), torch.nn.ReLU())))
+            self.hidden = _linear(*net.layers[-2], dtype)
+            self.out = _linear(net.weight1, net.bias1, dtype)
+            self.skip = _linear(net.skip, None, dtype)
 
         def forward(self, x: Any) -> Any:
             a = self.below(x)
@@ -288,13 +292,7 @@ class ReLUNetwork:
         dtype = torch.float64 if dtype is None else dtype
         if self.skip is not None:
             return _with_skip(self, dtype)
-        modules: list[Any] = []
-        for w, b in self.layers:
-            linear = torch.nn.Linear(w.shape[1], w.shape[0]).to(dtype)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(np.array(w)))
-                linear.bias.copy_(torch.from_numpy(np.array(b)))
-            modules += [linear, torch.nn.ReLU()]
+        modules = [m for w, b in self.layers for m in (_linear(w, b, dtype), torch.nn.ReLU())]
         return torch.nn.Sequential(*modules[:-1])
 
     @classmethod
