@@ -97,6 +97,41 @@ def test_an_affine_term_carries_what_no_critical_point_shows(victim, widths):
                                    atol=1e-6)
 
 
+def _never_together(share=0.03):
+    """A 10-10-8-6-1 victim (seed 5) whose layer-2 unit 0 and layer-3 neuron 0 are each active
+    on 3% of Gaussian inputs, and never both: the neuron's weight on the unit, -3 times the
+    norm of the rest of its row, switches it off wherever the unit is active."""
+    base = ReLUNetwork.random(10, (10, 8, 6), 1, seed=5)
+    (w2, b2), (w3, b3) = ([np.array(a) for a in layer] for layer in base.hidden_layers)
+    x = np.random.default_rng(7).standard_normal((100_000, 10))
+    a1 = np.maximum(base.layer_preactivations(x)[0], 0)
+    b2[0] -= np.quantile(a1 @ w2[0] + b2[0], 1 - share)
+    w3[0, 0] = -3 * np.linalg.norm(w3[0])
+    b3[0] -= np.quantile(np.maximum(a1 @ w2.T + b2, 0) @ w3[0] + b3[0], 1 - share)
+    return ReLUNetwork(base.weight0, base.bias0, base.weight1, base.bias1,
+                       hidden_layers=((w2, b2), (w3, b3)))
+
+
+def test_a_weight_never_seen_is_zero_and_said():
+    """A last-layer neuron whose weight on a unit below is never seen (the unit is inactive at
+    all of the neuron's critical points) is kept with that weight at 0, and the result lists it
+    (without that, the attack missed the neuron and refused)."""
+    victim = _never_together()
+    x = np.random.default_rng(3).standard_normal((400_000, 10))
+    pres = victim.layer_preactivations(x)
+    assert not np.any((pres[1][:, 0] > 0) & (pres[2][:, 0] > 0))
+    oracle = ModelOracle(victim)
+    result = extract_deep(oracle, seed=1)
+    assert result.network.widths == (10, 8, 6) and result.check["passed"]
+    (neuron, unit), = result.network.metadata["unseen_weights"]
+    assert result.network.hidden_layers[-1][0][neuron, unit] == 0.0
+    assert any("never seen" in note and "set to 0" in note for note in result.notes)
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
+    np.testing.assert_allclose(result.network.logits(x[:20_000]), victim.logits(x[:20_000]),
+                               rtol=1e-7, atol=1e-7)
+
+
 @pytest.mark.parametrize("d, h, k, hidden", [
     (10, 6, 2, None), (10, 6, 2, (6,)), (40, 20, 1, None), (30, 40, 3, None),
 ])

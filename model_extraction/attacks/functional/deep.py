@@ -220,22 +220,29 @@ def extract_deep(
             oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
             (check_points, check_tolerance))
     phases.leave()
-    affine = [] if network.skip is None else [
+    notes = [] if network.skip is None else [
         f"the model has an affine term in the input of its last hidden layer (skip, "
         f"{network.skip.shape[0]} x {network.skip.shape[1]}): it carries the orientations the "
         "logits leave open and any unit of that layer that never changed state where the "
         "attack queried; such a unit, if there is one, may make the model differ far from "
         "there"]
+    unseen = network.metadata.get("unseen_weights", [])
+    notes += [] if not unseen else [
+        f"{len(unseen)} weights of the last hidden layer (neurons "
+        f"{sorted({n for n, _ in unseen})}; metadata['unseen_weights'] lists [neuron, unit] "
+        "pairs) were never seen: the unit below was inactive at every critical point of the "
+        "neuron, and they are set to 0; they matter only where both are active, which the "
+        "self-check did not see"]
     if hidden is not None and tuple(hidden) != network.widths:
         carried = (" (a unit constant where the attack queried is carried by the affine term)"
-                   if affine and network.widths[-1] < hidden[-1] else "")
+                   if network.skip is not None and network.widths[-1] < hidden[-1] else "")
         raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
                               f"({oracle.queries} queries){carried}: omit hidden= to have the "
                               "widths found, or check the victim's architecture")
     return ExtractionResult(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
-        notes=affine, check=check.as_dict())
+        notes=notes, check=check.as_dict())
 
 
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
@@ -417,16 +424,17 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     phases.known = prefix.widths
     try:
         while True:
-            found, layer = _grow(oracle, found, prefix, lines, rng, phases, search)
+            found, layer, partial = _grow(oracle, found, prefix, lines, rng, phases, search)
             if not len(layer.rows):
                 raise _Incomplete(f"no neuron found above the layers of widths "
                                   f"{prefix.widths} ({oracle.queries} queries)", prefix)
+            layer = _with(layer, partial)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                        [found.points[m] for m in layer.members], rng,
                                        scale=scale, executor=executor)
             keep = distinct_neurons(v, b, np.array([len(m) for m in layer.members]))
-            v, b = v[keep], b[keep]
+            v, b, unseen = v[keep], b[keep], ~layer.known[keep]
             phases.enter("last layer", len(v))
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
@@ -434,18 +442,28 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             v_o, b_o, a, a0, skip, fit = _logit_layer(prefix.top(x_fit), v, b, y_fit,
                                                       _may_be_whole(hidden, prefix, len(v)))
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
-                network = ReLUNetwork(*prefix.layers[0], a, a0,
-                                      {"extracted_by": "functional/deep"}, skip=skip,
+                meta = {"extracted_by": "functional/deep"} | (
+                    {"unseen_weights": np.argwhere(unseen).tolist()} if unseen.any() else {})
+                network = ReLUNetwork(*prefix.layers[0], a, a0, meta, skip=skip,
                                       hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
                 return found, network, residuals, (x_fit, y_fit)
             if len(prefix.widths) >= _MAX_DEPTH:
                 raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
-            phases.enter("signs", len(v))
-            prefix = _orient(oracle, prefix, v, b, rng, scale)
+            whole = ~unseen.any(axis=1)  # a middle layer takes whole rows only
+            phases.enter("signs", int(whole.sum()))
+            prefix = _orient(oracle, prefix, v[whole], b[whole], rng, scale)
             phases.known = prefix.widths
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
         raise
+
+
+def _with(layer: Signatures, partial: Signatures) -> Signatures:
+    """The neurons of ``layer`` and then those of ``partial``."""
+    return Signatures(np.vstack([layer.rows, partial.rows]),
+                      np.concatenate([layer.biases, partial.biases]),
+                      np.vstack([layer.known, partial.known]), layer.members + partial.members,
+                      np.concatenate([layer.residuals, partial.residuals]))
 
 
 def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
@@ -524,12 +542,15 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
 
 def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
           rng: np.random.Generator, phases: _Phases,
-          search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures]:
+          search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures, Signatures]:
     """The next layer's neurons: known on every unit below and flat in the space of the
     prefix's top activations (:func:`.layers.flat_above`; a neuron further up, seen in one
     region, is not). More lines (half aimed where the units that partial rows lack are
-    active) until a batch finds no new neuron and no partial row is left, or two batches find
-    no new neuron, or ``max_lines``."""
+    active) until a batch finds no new neuron (no more than the most found after a batch so
+    far: the flatness test of a rare neuron, or of a neuron further up seen in one region,
+    can pass one batch and fail the next) and no partial row is left, or two batches find no
+    new neuron, or ``max_lines``. Returns the points found, the neurons and the partial rows
+    left that are flat (:func:`_settled`)."""
     scale, reach, max_lines = search
     before, stable = -1, 0
     while True:
@@ -544,14 +565,33 @@ def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any
         neurons[complete] = flat_above(
             oracle, prefix, layer.rows[complete], layer.biases[complete], rng, scale=scale,
             near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c])
-        stable = stable + 1 if neurons.sum() == before else 0
+        stable = stable + 1 if neurons.sum() <= before else 0
         if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
-            return found, layer.subset(neurons)
-        before = int(neurons.sum())
+            return found, layer.subset(neurons), _settled(oracle, prefix, layer.subset(
+                ~complete), [found.points[m] for m, c in zip(layer.members, complete,
+                                                             strict=True) if not c], rng, scale)
+        before = max(before, int(neurons.sum()))
         phases.enter("critical points", sum(prefix.widths))
         found = _toward_missing(oracle, found, prefix, layer.subset(~complete), rng, scale)
         wanted = ~layer.known[~complete].all(axis=0)  # units some partial row lacks
         found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach, (prefix, wanted))
+
+
+def _settled(oracle: Oracle, prefix: Prefix, partial: Signatures, near: list[Array],
+             rng: np.random.Generator, scale: float) -> Signatures:
+    """The rows of ``partial`` (critical points ``near``) that are flat in the space of the
+    prefix's top activations, their unknown entries set to 0: a neuron whose weight on a unit
+    of the layer below is unknown after the aimed lines was never seen at a critical point
+    where that unit is active (on a trained victim, a rare neuron of the last hidden layer and
+    a rare unit below it, never active together on two million Gaussian inputs). The weight
+    matters only where both are active; only the last hidden layer takes such rows, and the
+    self-check vouches for them."""
+    if not len(partial.members):
+        return partial
+    rows = np.where(partial.known, partial.rows, 0.0)
+    flat = flat_above(oracle, prefix, rows, partial.biases, rng, scale=scale, near=near)
+    return Signatures(rows, partial.biases, partial.known, partial.members,
+                      partial.residuals).subset(flat)
 
 
 def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,

@@ -31,6 +31,10 @@ _AGREE = 1e-10  # |1 - |cos|| of two partial signatures on their common units (>
 _SPAN = 1e-6  # relative residual of a normal that lies in the span of the basis
 _BLOCK = 512  # partial signatures compared with all others at once
 _RANK = 1e-8  # smallest singular value of a basis, relative to its largest, still independent
+# smallest singular value of a layer's unit rows that still makes them independent neurons: a
+# neuron further up, seen in one region (a sliver of it, for a rare one), is a combination of
+# the rows there up to its measurement error (3e-7 seen); a layer's own rows are far from one
+_DEPENDENT = 1e-5
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,7 @@ def distinct_neurons(rows: Array, biases: Array, seen: Array) -> NDArray[np.int6
     while 1 < len(keep) <= rows.shape[1]:
         direction = rows[keep] / np.linalg.norm(rows[keep], axis=1, keepdims=True)
         left, sv, _ = np.linalg.svd(direction)
-        if sv[-1] >= _RANK * sv[0]:
+        if sv[-1] >= _DEPENDENT * sv[0]:
             break
         weight = np.abs(left[:, -1])  # the combination of rows that vanishes
         involved = np.flatnonzero(weight > 1e-3 * weight.max())
