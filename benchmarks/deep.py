@@ -26,6 +26,7 @@ import json
 import logging
 import platform
 import time
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and --max-lines do not apply) to compare with on d-h-K victims")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
+    p.add_argument("--attack-seeds", type=int, nargs="+", default=[0],
+                   help="the attack's seed= (which lines are drawn), each victim once each")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     p.add_argument("--log", action="store_true",
                    help="print each phase of each extraction as it starts (seconds, queries)")
@@ -98,10 +101,10 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             test: np.ndarray | None = None, max_lines: int = 256,
-            check_points: int = CHECK_POINTS, attack: str = "deep") -> dict:
+            check_points: int = CHECK_POINTS, attack: str = "deep", attack_seed: int = 0) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
-    row: dict = {"victim": name, "seed": seed, "attack": attack,
+    row: dict = {"victim": name, "seed": seed, "attack": attack, "attack_seed": attack_seed,
                  "parameters": victim.num_parameters,
                  "test_accuracy": victim.metadata.get("test_accuracy")}
 
@@ -114,9 +117,9 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
         if attack == "one-layer":
             own = {} if check_points == CHECK_POINTS else {"check_points": check_points}
             result = extract_functional(oracle, stay_in_bounds=False, input_bounds=bounds,
-                                        progress=phase, **own)  # its own default check
+                                        seed=attack_seed, progress=phase, **own)  # its own check
         else:
-            result = extract_deep(oracle, seed=0, reach=reach, max_lines=max_lines,
+            result = extract_deep(oracle, seed=attack_seed, reach=reach, max_lines=max_lines,
                                   check_points=check_points, progress=phase)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
@@ -131,20 +134,23 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             "self_check_max_error": result.check["max_error"],
             "fidelity_uniform": metrics["fidelity_uniform"],
             "fidelity_test": metrics.get("fidelity_test"),
-            "layer_worst_bits": bits, "min_layer_bits": min(bits) if bits else None}
+            "layer_worst_bits": bits, "min_layer_bits": min(bits) if bits else None,
+            "unseen_weights": len(result.network.metadata.get("unseen_weights", []))}
 
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
     return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
-                   c.get("check_points", CHECK_POINTS), c.get("attack", "deep"))
+                   c.get("check_points", CHECK_POINTS), c.get("attack", "deep"),
+                   c.get("attack_seed", 0))
 
 
-def _checks(args: argparse.Namespace) -> dict:
-    """The self-check's size and the attack in a cell's config, when not the defaults (the
-    cells of earlier runs keep their keys)."""
+def _checks(args: argparse.Namespace, attack_seed: int) -> dict:
+    """The self-check's size, the attack and its seed in a cell's config, when not the defaults
+    (the cells of earlier runs keep their keys)."""
     return ({} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
-            ) | ({} if args.attack == "deep" else {"attack": args.attack})
+            ) | ({} if args.attack == "deep" else {"attack": args.attack}
+                 ) | ({} if attack_seed == 0 else {"attack_seed": attack_seed})
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
@@ -153,18 +159,21 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
     cells, inputs = [], {}
     for shape in args.shapes:
         d, *widths, k = (int(s) for s in shape.split("-"))
-        for seed in args.seeds:
+        for seed, attack_seed in product(args.seeds, args.attack_seeds):
             cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach,
-                         "max_lines": args.max_lines, **_checks(args)})
+                         "max_lines": args.max_lines, **_checks(args, attack_seed)})
             cells.append(cell)
             inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None)
     for widths in args.mnist:
         for seed in args.seeds:
-            cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
-                         "reach": args.reach, "max_lines": args.max_lines, **_checks(args)})
-            cells.append(cell)
             victim, test = mnist_victim(widths, seed, args.victim_dir)
-            inputs[cell.key] = (executor.put(victim), executor.put(test))
+            shared = (executor.put(victim), executor.put(test))
+            for attack_seed in args.attack_seeds:
+                cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
+                             "reach": args.reach, "max_lines": args.max_lines,
+                             **_checks(args, attack_seed)})
+                cells.append(cell)
+                inputs[cell.key] = shared
     return cells, inputs
 
 
@@ -173,12 +182,13 @@ def _random_victim(d: int, widths: tuple[int, ...], k: int, seed: int) -> ReLUNe
 
 
 def _line(r: dict) -> str:
+    seed = r["seed"] if not r.get("attack_seed") else f"{r['seed']} (attack {r['attack_seed']})"
     if "error" in r:
-        return (f"| {r['victim']} | {r['seed']} | refused after {r['queries']:,} queries: "
+        return (f"| {r['victim']} | {seed} | refused after {r['queries']:,} queries: "
                 f"{r['error'][:80]} ||||||")
     test = "-" if r["fidelity_test"] is None else f"{100 * r['fidelity_test']:.2f}%"
     bits = ", ".join(f"{b:.1f}" for b in r["layer_worst_bits"]) or "-"
-    return (f"| {r['victim']} | {r['seed']} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
+    return (f"| {r['victim']} | {seed} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
             f"{r['seconds']:.1f} s | {r['self_check_max_error']:.1e} | "
             f"{100 * r['fidelity_uniform']:.2f}% | {test} | {bits} |")
 
@@ -191,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
-        args.shapes, args.mnist, args.seeds = ["10-10-10-1"], [], [0]
+        args.shapes, args.mnist, args.seeds, args.attack_seeds = ["10-10-10-1"], [], [0], [0]
     with make_executor(args.ray, num_cpus=args.ray_cpus) as executor:
         cells, inputs = _cells(args, executor)
         sweep = run_sweep(deep_cell, cells, executor=executor,

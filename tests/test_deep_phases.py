@@ -277,20 +277,46 @@ def test_the_logit_fit_sets_aside_the_points_where_a_missing_neuron_is_active():
 
 
 def test_a_point_is_moved_along_a_rows_hyperplane_until_a_unit_it_lacks_is_active():
-    from model_extraction.attacks.functional.deep import _into
+    from model_extraction.attacks.functional.aim import line_into
 
     victim = _victim(seed=2)
     prefix, rng = _prefix(victim, 1), np.random.default_rng(1)
     (w2, b2) = victim.layers[1]
     x = prefix.onto(rng.standard_normal((1, 12)), w2[0], float(b2[0]), steps=8)[0]
     lacking = int(np.flatnonzero(prefix.preactivations(x[None])[0][0] <= 0)[0])
-    line = _into(prefix, x, w2[0], float(b2[0]), lacking, 0.05)
+    line = line_into(prefix, x, w2[0], float(b2[0]), lacking, 0.05)
     assert line is not None
     z1 = prefix.preactivations(line.origin[None])[0][0]
     assert z1[lacking] > 0
     assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
     along = prefix.local(line.origin[None])[1][0][0, lacking] @ prefix.layers[0][0]
     assert abs(line.direction @ along) < 1e-10 * np.linalg.norm(along)
+
+
+def test_where_newton_steps_stall_an_ascent_finds_the_row_and_the_unit_active_together():
+    """The fallback of aim.py: gradient ascent on min(z_row, z_unit - target) over the prefix,
+    from a point of the row's hyperplane where the unit is inactive, to a line across the
+    hyperplane at a point where the unit is active and stays so along the line."""
+    from model_extraction.attacks.functional.aim import coactive_lines
+
+    victim = _victim(seed=2)
+    prefix, rng = _prefix(victim, 1), np.random.default_rng(1)
+    (w2, b2) = victim.layers[1]
+    starts, units = [], []
+    while len(starts) < 4:
+        x = prefix.onto(rng.standard_normal((1, 12)), w2[0], float(b2[0]), steps=8)[0]
+        off = np.flatnonzero(prefix.preactivations(x[None])[0][0] <= 0)
+        if len(off):
+            starts.append(x)
+            units.append(int(off[0]))
+    lines = coactive_lines(prefix, np.array(starts), np.repeat(w2[:1], 4, axis=0),
+                           np.repeat(b2[:1], 4), np.array(units), 0.05, 1.0)
+    assert len(lines) >= 3
+    for line in lines:
+        z1 = prefix.preactivations(line.origin[None])[0][0]
+        assert np.sum(z1[units] > 0) >= 1
+        assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
+        assert abs(np.linalg.norm(line.direction) - 1) < 1e-12
 
 
 def test_a_neuron_found_twice_or_a_deeper_one_seen_in_one_region_is_not_kept():

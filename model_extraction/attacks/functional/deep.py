@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
+from .aim import aimed_origins, coactive_lines, line_into
 from .critical import CriticalPoints, find_critical_points, random_line
 from .joint import joint_rows
 from .lastlayer import fit_with_affine, orient_and_fit
@@ -125,7 +126,7 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
     d = found.points.shape[1]
     more = [random_line(rng, d, scale) for _ in range(count)]
     if aim is not None and aim[1].any():
-        origins = _aimed_origins(*aim, rng, count // 2, scale)
+        origins = aimed_origins(*aim, rng, count // 2, scale)
         more[: len(origins)] = [Line(o, line.direction)
                                for o, line in zip(origins, more[: len(origins)], strict=True)]
     if through is not None and len(through):
@@ -142,21 +143,6 @@ def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.ran
 def _known(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
     """The normals of points on the prefix's hyperplanes (as :func:`_grow` tells them)."""
     return lambda x: prefix.normals_on(x, 1e-7 * scale)
-
-
-def _aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Generator,
-                   count: int, scale: float) -> Array:
-    """``count`` inputs where the ``wanted`` units of the prefix's top layer are active: built
-    exactly for the first layer (its activations are any vector, ``h1 ≤ d``), else the best of
-    64 Gaussian draws each (no query is spent)."""
-    w1, b1 = prefix.layers[0]
-    if len(prefix.widths) == 1:
-        a = np.where(wanted, rng.uniform(0.25, 1.0, (count, len(b1))),
-                     rng.uniform(-1.0, 1.0, (count, len(b1)))) * scale
-        return np.linalg.lstsq(w1, (a - b1).T, rcond=None)[0].T
-    draws = rng.standard_normal((64 * count, w1.shape[1])) * 0.5 * scale
-    score = ((prefix.top(draws) > 0) & wanted).sum(axis=1) + rng.uniform(0, 0.5, len(draws))
-    return draws[np.argsort(-score)[:count]]
 
 
 def extract_deep(
@@ -598,8 +584,9 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                     partial: Signatures, rng: np.random.Generator,
                     scale: float) -> CriticalPoints:
     """``found`` plus critical points aimed at what partial rows lack: for each, one of its
-    critical points is moved (by :func:`_into`, on the prefix, no query) along the row's
-    estimated hyperplane until one unit it lacks is active, and a short line across the
+    critical points is moved (by :func:`.aim.line_into`, on the prefix, no query; where its
+    Newton steps do not get there, by the ascent of :func:`.aim.coactive_lines`) along the
+    row's estimated hyperplane until one unit it lacks is active, and a short line across the
     hyperplane there, along which that unit stays active, looks for the neuron again (a unit
     active on a tiny share of inputs is active only near such a point). ``_MORE_LINES`` lines,
     each for a partial row drawn in proportion to the points it was seen at, from one of them
@@ -611,45 +598,23 @@ def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
         return found
     seen = np.array([len(m) for m in partial.members], dtype=np.float64)
     picked = rng.choice(len(seen), _MORE_LINES, p=seen / seen.sum())
-    lines = []
+    lines, stuck = [], []
     for i in picked:
         k = int(rng.choice(partial.members[i]))
         u = int(rng.choice(np.flatnonzero(~partial.known[i])))
-        line = _into(prefix, found.points[k], partial.rows[i], float(partial.biases[i]), u,
-                     0.05 * scale)
+        line = line_into(prefix, found.points[k], partial.rows[i], float(partial.biases[i]),
+                         u, 0.05 * scale)
         if line is not None:
             lines.append(line)
+        else:
+            stuck.append((k, i, u))
+    if stuck:
+        k, i, u = (np.array(c) for c in zip(*stuck, strict=True))
+        lines += coactive_lines(prefix, found.points[k], partial.rows[i], partial.biases[i], u,
+                                0.05 * scale, scale)
     if not lines:
         return found
     reach = 0.2 * scale
     return found.join(find_critical_points(oracle, lines, first_line=-1,
                                            t_range=(-reach, 0.83 * reach),
                                            known=_known(prefix, scale)))
-
-
-def _into(prefix: Prefix, x: Array, row: Array, bias: float, unit: int,
-          target: float) -> Line | None:
-    """A line through a point near ``x`` ``(d,)`` on the next-layer hyperplane ``row ·
-    ReLU(z_T) + bias = 0`` (as far as ``row`` is known) where the top layer's ``unit`` has
-    pre-activation ``target``, across the hyperplane and along the unit's level set; ``None``
-    when Newton steps on both equations at once (minimum-norm, on the prefix) do not get
-    there."""
-    w1 = prefix.layers[0][0]
-    for _ in range(6):
-        pres, jac = prefix.local(x[None])
-        value, normal = prefix.next_normals(x[None], row)
-        grads = np.stack([normal[0], jac[-1][0, unit] @ w1])
-        miss = np.array([-(value[0] + bias), target - pres[-1][0, unit]])
-        if np.linalg.matrix_rank(grads) < 2:
-            return None
-        x = x + grads.T @ np.linalg.solve(grads @ grads.T, miss)
-    pres, jac = prefix.local(x[None])
-    along = jac[-1][0, unit] @ w1
-    if pres[-1][0, unit] <= 0 or not along @ along > 0:  # the unit has no gradient there
-        return None
-    across = prefix.next_normals(x[None], row)[1][0]
-    across = across - (across @ along) / (along @ along) * along
-    length = float(np.linalg.norm(across))
-    if not length > 0:
-        return None
-    return Line(x, across / length)
