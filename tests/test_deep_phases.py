@@ -309,12 +309,11 @@ def test_where_newton_steps_stall_an_ascent_finds_the_row_and_the_unit_active_to
         if len(off):
             starts.append(x)
             units.append(int(off[0]))
-    lines = coactive_lines(prefix, np.array(starts), np.repeat(w2[:1], 4, axis=0),
-                           np.repeat(b2[:1], 4), np.array(units), 0.05, 1.0)
-    assert len(lines) >= 3
-    for line in lines:
-        z1 = prefix.preactivations(line.origin[None])[0][0]
-        assert np.sum(z1[units] > 0) >= 1
+    lines, source = coactive_lines(prefix, np.array(starts), np.repeat(w2[:1], 4, axis=0),
+                                   np.repeat(b2[:1], 4), np.array(units), 0.05, 1.0)
+    assert len(lines) >= 3 and len(source) == len(lines)
+    for line, i in zip(lines, source, strict=True):
+        assert prefix.preactivations(line.origin[None])[0][0, units[i]] > 0
         assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
         assert abs(np.linalg.norm(line.direction) - 1) < 1e-12
 

@@ -1,5 +1,6 @@
-"""Where to draw the next lines of a deep extraction, from the layers extracted so far (the
-:class:`~.prefix.Prefix`; no query is spent here).
+"""The lines of a deep extraction and their critical points (:func:`search_lines`): where they
+are drawn is worked out from the layers extracted so far (the :class:`~.prefix.Prefix`), with no
+query.
 
 A neuron of the next layer shows its weight on a unit below only at its critical points where
 that unit is active. Rows still partial after the random lines lack the units that were
@@ -18,18 +19,29 @@ inactive at every point seen, and the lines are aimed where those units are acti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
+from model_extraction.oracle import Oracle
+
+from .critical import CriticalPoints, find_critical_points, random_line
 from .prefix import Prefix
 from .search import Line
+from .signatures import Signatures
 
 Array = NDArray[np.float64]
 
-__all__ = ["aimed_origins", "coactive_lines", "line_into"]
+__all__ = ["MORE_LINES", "aimed_origins", "coactive_lines", "known_normals", "line_into",
+           "search_lines", "t_range", "toward_missing"]
 
+MORE_LINES = 16  # lines of each batch drawn after the first, and of each aimed batch
 _ASCENT_STEPS = 2000  # gradient steps of the ascent, the first half of 0.05 scale, then 0.01
 _TIE = 0.05  # |z_row - z_unit| under this (times scale): both pieces of the minimum are active
+_STARTS = 8  # critical points of a row the ascent starts from, for each unit it lacks
+_PER_UNIT = 2  # lines kept for each row and unit from the ascent
 
 
 def aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Generator,
@@ -93,14 +105,16 @@ def _pieces(prefix: Prefix, x: Array, rows: Array, biases: Array, units: NDArray
 
 
 def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
-                   units: NDArray[np.int64], target: float, scale: float) -> list[Line]:
+                   units: NDArray[np.int64], target: float,
+                   scale: float) -> tuple[list[Line], NDArray[np.int64]]:
     """Lines across next-layer hyperplanes where a unit below is active: from each of ``x``
     ``(n, d)`` (critical points of the partial ``rows`` ``(n, h_T)``, ``biases``), gradient
     ascent on ``min(z_row, z_unit - target)`` over the prefix (normalised steps; where the two
     are within ``_TIE`` the minimum-norm combination of their gradients, which raises both)
     until both are positive, then a line through the point of the row's hyperplane straight
     across from there, along the unit's level set. Points that do not get there within
-    ``_ASCENT_STEPS`` steps give no line."""
+    ``_ASCENT_STEPS`` steps give no line. Returns the lines and the index in ``x`` of the
+    point each came from."""
     x, live = np.array(x, dtype=np.float64), np.arange(len(x))
     for step in range(_ASCENT_STEPS):
         z_row, g_row, z_unit, g_unit = _pieces(prefix, x[live], rows[live], biases[live],
@@ -122,7 +136,7 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
     there = np.setdiff1d(np.arange(len(x)), live)
     _, g_row, _, g_unit = _pieces(prefix, x[there], rows[there], biases[there], units[there],
                                   target)
-    lines = []
+    lines, source = [], []
     for i, p, normal, along in zip(there, x[there], g_row, g_unit, strict=True):
         line = _across(p, normal, along) if along @ along > 0 else None
         for _ in range(8 if line is not None else 0):  # Newton steps along it, onto the plane
@@ -134,4 +148,107 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
             line = Line(line.origin - z[0] / slope * line.direction, line.direction)
         if line is not None and abs(z[0]) <= 1e-9 * (1.0 + abs(biases[i])):
             lines.append(line)
-    return lines
+            source.append(i)
+    return lines, np.array(source, dtype=np.int64)
+
+
+def t_range(reach: float) -> tuple[float, float]:
+    """The search interval of each line, asymmetric so that its origin is not a grid point."""
+    return -reach, 0.83 * reach
+
+
+def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
+            count: int, scale: float, reach: float,
+            aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
+            through: Array | None = None) -> CriticalPoints:
+    """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
+    with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
+    top layer are active (there the next layer's critical points show their weights on those
+    units, which partial signatures lack), and the normals of the points on the prefix's
+    hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each);
+    with ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
+    active there), the other half pass through those points."""
+    d = found.points.shape[1]
+    more = [random_line(rng, d, scale) for _ in range(count)]
+    if aim is not None and aim[1].any():
+        origins = aimed_origins(*aim, rng, count // 2, scale)
+        more[: len(origins)] = [Line(o, line.direction)
+                               for o, line in zip(origins, more[: len(origins)], strict=True)]
+    if through is not None and len(through):
+        picked = through[rng.choice(len(through), count // 2)]  # a few points: several each
+        more[count - len(picked):] = [Line(o, line.direction) for o, line in
+                                      zip(picked, more[count - len(picked):], strict=True)]
+    known = None if aim is None else known_normals(aim[0], scale)
+    first = len(lines)
+    lines += more  # counted from now on (a budget error says how many were drawn)
+    return found.join(find_critical_points(oracle, more, first_line=first,
+                                           t_range=t_range(reach), known=known))
+
+
+def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
+    """The normals of points on the prefix's hyperplanes (within ``1e-7 scale``), which
+    :func:`~.critical.find_critical_points` then does not measure."""
+    return lambda x: prefix.normals_on(x, 1e-7 * scale)
+
+
+def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
+                    partial: Signatures, rng: np.random.Generator,
+                    scale: float) -> CriticalPoints:
+    """``found`` plus critical points aimed at what partial rows lack: for each, one of its
+    critical points is moved (by :func:`line_into`, on the prefix, no query; where its Newton
+    steps do not get there, by the ascent of :func:`coactive_lines` from several of them,
+    :func:`_ascended`) along the row's estimated hyperplane until one unit it lacks is
+    active, and a short line across the hyperplane there, along which that unit stays active,
+    looks for the neuron again (a unit active on a tiny share of inputs is active only near
+    such a point). ``MORE_LINES`` lines,
+    each for a partial row drawn in proportion to the points it was seen at, from one of them
+    and for one unit it lacks, drawn anew each time (a deeper layer's points, seen in this
+    layer's basis, make many partial rows of a few points; a rare neuron's row has few points
+    too, and its turn comes; a last partial row gets every line).
+    """
+    if not len(partial.members):
+        return found
+    seen = np.array([len(m) for m in partial.members], dtype=np.float64)
+    picked = rng.choice(len(seen), MORE_LINES, p=seen / seen.sum())
+    lines, stuck = [], []
+    for i in picked:
+        k = int(rng.choice(partial.members[i]))
+        u = int(rng.choice(np.flatnonzero(~partial.known[i])))
+        line = line_into(prefix, found.points[k], partial.rows[i], float(partial.biases[i]),
+                         u, 0.05 * scale)
+        if line is not None:
+            lines.append(line)
+        else:
+            stuck.append((int(i), u))
+    if stuck:
+        lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale)
+    if not lines:
+        return found
+    reach = 0.2 * scale
+    return found.join(find_critical_points(oracle, lines, first_line=-1,
+                                           t_range=(-reach, 0.83 * reach),
+                                           known=known_normals(prefix, scale)))
+
+
+def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
+              stuck: list[tuple[int, int]], rng: np.random.Generator, scale: float) -> list[Line]:
+    """Lines from :func:`coactive_lines` for the ``stuck`` ``(row, unit)`` pairs of
+    ``partial`` (where :func:`line_into` did not get there): the ascent starts from up to
+    ``_STARTS`` critical points of the row (about one in three gets there on a trained MNIST
+    victim), and up to ``_PER_UNIT`` lines are kept for each pair."""
+    starts, pair = [], []
+    for j, (i, _) in enumerate(stuck):
+        members = partial.members[i]
+        starts.append(rng.choice(members, min(_STARTS, len(members)), replace=False))
+        pair += [j] * len(starts[-1])
+    pair_of = np.array(pair)
+    rows, units = (np.array([stuck[j][c] for j in pair_of]) for c in (0, 1))
+    lines, source = coactive_lines(prefix, found.points[np.concatenate(starts)],
+                                   partial.rows[rows], partial.biases[rows], units,
+                                   0.05 * scale, scale)
+    kept, count = [], np.zeros(len(stuck), dtype=np.int64)
+    for line, j in zip(lines, pair_of[source], strict=True):
+        if count[j] < _PER_UNIT:
+            kept.append(line)
+            count[j] += 1
+    return kept

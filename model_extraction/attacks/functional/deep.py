@@ -12,10 +12,11 @@ The phases, one module each, layer after layer:
    affine term in the inputs where that is not exact without one), then step
    5; else it is oriented from the deeper layers' critical points
    (:func:`.signs.signs_from_next_layer`: needs a contractive first layer, ``h1 ≤ d``);
-3. each next layer: its signatures in the basis of the active units of the layers extracted so
-   far (the :class:`.prefix.Prefix`), joined across regions and refitted through their critical
-   points (:mod:`.signatures`; solved jointly across points where one point's are not unique,
-   :mod:`.joint`), more lines until no batch finds a new neuron, then refined;
+3. each next layer (:mod:`.nextlayer`): its signatures in the basis of the active units of the
+   layers extracted so far (the :class:`.prefix.Prefix`), joined across regions and refitted
+   through their critical points (:mod:`.signatures`; solved jointly across points where one
+   point's are not unique, :mod:`.joint`), more lines, aimed where partial rows lack units
+   (:mod:`.aim`), until no batch finds a new neuron, then refined;
 4. if the logits are affine in that layer's activations (and in the layer below: an affine
    term carries a unit active wherever the attack queried), it is the last: its signs and the
    logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
@@ -40,18 +41,17 @@ from numpy.typing import NDArray
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
-from .aim import aimed_origins, coactive_lines, line_into
-from .critical import CriticalPoints, find_critical_points, random_line
-from .joint import joint_rows
+from .aim import MORE_LINES, search_lines
+from .critical import CriticalPoints
 from .lastlayer import fit_with_affine, orient_and_fit
-from .layers import Hyperplanes, first_layer, flat_above
+from .layers import Hyperplanes, first_layer
+from .nextlayer import grow, with_partial
 from .phases import PhaseLog
 from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
-from .search import Line
 from .selfcheck import SelfCheck, self_check_drawn
-from .signatures import Signatures, coefficients, complete_rows, distinct_neurons, next_layer
+from .signatures import distinct_neurons
 from .signs import signs_by_preimage, signs_from_next_layer
 
 Array = NDArray[np.float64]
@@ -59,7 +59,6 @@ Array = NDArray[np.float64]
 __all__ = ["extract_deep"]
 
 _FIRST_LINES = 24
-_MORE_LINES = 16
 _LAST_FIT = 1e-7  # relative residual of a logit fit on the last hidden layer's activations
 _UNEXPLAINED = 0.05  # share of critical points on no known hyperplane: a layer further up
 _MAX_DEPTH = 8
@@ -105,44 +104,6 @@ def _on_planes(found: CriticalPoints, planes: Hyperplanes, scale: float) -> NDAr
     dist = np.abs(found.points @ planes.rows.T + planes.offsets)
     same = np.abs(np.abs(found.normals @ planes.rows.T) - 1) < 1e-5
     return np.any((dist < 1e-7 * scale) & same, axis=1)
-
-
-def _t_range(reach: float) -> tuple[float, float]:
-    """The search interval of each line, asymmetric so that its origin is not a grid point."""
-    return -reach, 0.83 * reach
-
-
-def _search(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
-            count: int, scale: float, reach: float,
-            aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
-            through: Array | None = None) -> CriticalPoints:
-    """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
-    with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
-    top layer are active (there the next layer's critical points show their weights on those
-    units, which partial signatures lack), and the normals of the points on the prefix's
-    hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each);
-    with ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
-    active there), the other half pass through those points."""
-    d = found.points.shape[1]
-    more = [random_line(rng, d, scale) for _ in range(count)]
-    if aim is not None and aim[1].any():
-        origins = aimed_origins(*aim, rng, count // 2, scale)
-        more[: len(origins)] = [Line(o, line.direction)
-                               for o, line in zip(origins, more[: len(origins)], strict=True)]
-    if through is not None and len(through):
-        picked = through[rng.choice(len(through), count // 2)]  # a few points: several each
-        more[count - len(picked):] = [Line(o, line.direction) for o, line in
-                                      zip(picked, more[count - len(picked):], strict=True)]
-    known = None if aim is None else _known(aim[0], scale)
-    first = len(lines)
-    lines += more  # counted from now on (a budget error says how many were drawn)
-    return found.join(find_critical_points(oracle, more, first_line=first,
-                                           t_range=_t_range(reach), known=known))
-
-
-def _known(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
-    """The normals of points on the prefix's hyperplanes (as :func:`_grow` tells them)."""
-    return lambda x: prefix.normals_on(x, 1e-7 * scale)
 
 
 def extract_deep(
@@ -241,7 +202,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     scale, reach, max_lines = search
     check_points, check_tolerance = checking
     phases.enter("critical points")
-    found = _search(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
+    found = search_lines(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
     examined = 0
@@ -270,9 +231,9 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
                 "More lines (max_lines=) or a wider reach (reach=) may help.")
         phases.enter("critical points")
         # twice as many lines after a failed check: a pass of the phases costs far more
-        more = _MORE_LINES * (1 if failed is None else 2)
-        found = _search(oracle, found, lines, rng, more, scale, reach,
-                        (first, np.ones(first.widths[0], dtype=bool)), failed)
+        more = MORE_LINES * (1 if failed is None else 2)
+        found = search_lines(oracle, found, lines, rng, more, scale, reach,
+                             (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
 
 
@@ -410,11 +371,11 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     phases.known = prefix.widths
     try:
         while True:
-            found, layer, partial = _grow(oracle, found, prefix, lines, rng, phases, search)
+            found, layer, partial = grow(oracle, found, prefix, lines, rng, phases, search)
             if not len(layer.rows):
                 raise _Incomplete(f"no neuron found above the layers of widths "
                                   f"{prefix.widths} ({oracle.queries} queries)", prefix)
-            layer = _with(layer, partial)
+            layer = with_partial(layer, partial)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                        [found.points[m] for m in layer.members], rng,
@@ -442,14 +403,6 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
         raise
-
-
-def _with(layer: Signatures, partial: Signatures) -> Signatures:
-    """The neurons of ``layer`` and then those of ``partial``."""
-    return Signatures(np.vstack([layer.rows, partial.rows]),
-                      np.concatenate([layer.biases, partial.biases]),
-                      np.vstack([layer.known, partial.known]), layer.members + partial.members,
-                      np.concatenate([layer.residuals, partial.residuals]))
 
 
 def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
@@ -524,97 +477,3 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         raise _Incomplete(f"the signs of {int(np.sum(signs == 0))} of the {len(rows)} neurons "
                           f"of layer {layer} could not be decided", prefix)
     return prefix.then(rows * signs[:, None], biases * signs)
-
-
-def _grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
-          rng: np.random.Generator, phases: _Phases,
-          search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures, Signatures]:
-    """The next layer's neurons: known on every unit below and flat in the space of the
-    prefix's top activations (:func:`.layers.flat_above`; a neuron further up, seen in one
-    region, is not). More lines (half aimed where the units that partial rows lack are
-    active) until a batch finds no new neuron (no more than the most found after a batch so
-    far: the flatness test of a rare neuron, or of a neuron further up seen in one region,
-    can pass one batch and fail the next) and no partial row is left, or two batches find no
-    new neuron, or ``max_lines``. Returns the points found, the neurons and the partial rows
-    left that are flat (:func:`_settled`)."""
-    scale, reach, max_lines = search
-    before, stable = -1, 0
-    while True:
-        phases.enter("signatures", sum(prefix.widths))
-        rest = np.flatnonzero(np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale)
-        coef, ok = coefficients(prefix, found.points[rest], found.normals[rest])
-        layer = next_layer(prefix.top(found.points[rest[ok]]), coef[ok], rest[ok])
-        layer = joint_rows(layer, prefix, found.points, found.normals, rest[~ok], rng)
-        layer = complete_rows(layer, prefix, found.points, found.normals, rest[~ok])
-        complete = layer.known.all(axis=1)
-        neurons = complete.copy()
-        neurons[complete] = flat_above(
-            oracle, prefix, layer.rows[complete], layer.biases[complete], rng, scale=scale,
-            near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c])
-        stable = stable + 1 if neurons.sum() <= before else 0
-        if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
-            return found, layer.subset(neurons), _settled(oracle, prefix, layer.subset(
-                ~complete), [found.points[m] for m, c in zip(layer.members, complete,
-                                                             strict=True) if not c], rng, scale)
-        before = max(before, int(neurons.sum()))
-        phases.enter("critical points", sum(prefix.widths))
-        found = _toward_missing(oracle, found, prefix, layer.subset(~complete), rng, scale)
-        wanted = ~layer.known[~complete].all(axis=0)  # units some partial row lacks
-        found = _search(oracle, found, lines, rng, _MORE_LINES, scale, reach, (prefix, wanted))
-
-
-def _settled(oracle: Oracle, prefix: Prefix, partial: Signatures, near: list[Array],
-             rng: np.random.Generator, scale: float) -> Signatures:
-    """The rows of ``partial`` (critical points ``near``) that are flat in the space of the
-    prefix's top activations, their unknown entries set to 0: a neuron whose weight on a unit
-    of the layer below is unknown after the aimed lines was never seen at a critical point
-    where that unit is active (on a trained victim, a rare neuron of the last hidden layer and
-    a rare unit below it, never active together on two million Gaussian inputs). The weight
-    matters only where both are active; only the last hidden layer takes such rows, and the
-    self-check vouches for them."""
-    if not len(partial.members):
-        return partial
-    rows = np.where(partial.known, partial.rows, 0.0)
-    flat = flat_above(oracle, prefix, rows, partial.biases, rng, scale=scale, near=near)
-    return Signatures(rows, partial.biases, partial.known, partial.members,
-                      partial.residuals).subset(flat)
-
-
-def _toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
-                    partial: Signatures, rng: np.random.Generator,
-                    scale: float) -> CriticalPoints:
-    """``found`` plus critical points aimed at what partial rows lack: for each, one of its
-    critical points is moved (by :func:`.aim.line_into`, on the prefix, no query; where its
-    Newton steps do not get there, by the ascent of :func:`.aim.coactive_lines`) along the
-    row's estimated hyperplane until one unit it lacks is active, and a short line across the
-    hyperplane there, along which that unit stays active, looks for the neuron again (a unit
-    active on a tiny share of inputs is active only near such a point). ``_MORE_LINES`` lines,
-    each for a partial row drawn in proportion to the points it was seen at, from one of them
-    and for one unit it lacks, drawn anew each time (a deeper layer's points, seen in this
-    layer's basis, make many partial rows of a few points; a rare neuron's row has few points
-    too, and its turn comes; a last partial row gets every line).
-    """
-    if not len(partial.members):
-        return found
-    seen = np.array([len(m) for m in partial.members], dtype=np.float64)
-    picked = rng.choice(len(seen), _MORE_LINES, p=seen / seen.sum())
-    lines, stuck = [], []
-    for i in picked:
-        k = int(rng.choice(partial.members[i]))
-        u = int(rng.choice(np.flatnonzero(~partial.known[i])))
-        line = line_into(prefix, found.points[k], partial.rows[i], float(partial.biases[i]),
-                         u, 0.05 * scale)
-        if line is not None:
-            lines.append(line)
-        else:
-            stuck.append((k, i, u))
-    if stuck:
-        k, i, u = (np.array(c) for c in zip(*stuck, strict=True))
-        lines += coactive_lines(prefix, found.points[k], partial.rows[i], partial.biases[i], u,
-                                0.05 * scale, scale)
-    if not lines:
-        return found
-    reach = 0.2 * scale
-    return found.join(find_critical_points(oracle, lines, first_line=-1,
-                                           t_range=(-reach, 0.83 * reach),
-                                           known=_known(prefix, scale)))
