@@ -35,13 +35,11 @@ from .signatures import Signatures
 Array = NDArray[np.float64]
 
 __all__ = ["MORE_LINES", "aimed_origins", "coactive_lines", "known_normals", "line_into",
-           "search_lines", "t_range", "toward_missing"]
+           "search_lines", "t_range", "toward_missing", "toward_every_missing"]
 
 MORE_LINES = 16  # lines of each batch drawn after the first, and of each aimed batch
 _ASCENT_STEPS = 2000  # gradient steps of the ascent, the first half of 0.05 scale, then 0.01
 _TIE = 0.05  # |z_row - z_unit| under this (times scale): both pieces of the minimum are active
-_STARTS = 8  # critical points of a row the ascent starts from, for each unit it lacks
-_PER_UNIT = 2  # lines kept for each row and unit from the ascent
 
 
 def aimed_origins(prefix: Prefix, wanted: NDArray[np.bool_], rng: np.random.Generator,
@@ -192,8 +190,8 @@ def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
 
 
 def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
-                    partial: Signatures, rng: np.random.Generator,
-                    scale: float) -> CriticalPoints:
+                   partial: Signatures, rng: np.random.Generator,
+                   scale: float) -> CriticalPoints:
     """``found`` plus critical points aimed at what partial rows lack: for each, one of its
     critical points is moved (by :func:`line_into`, on the prefix, no query; where its Newton
     steps do not get there, by the ascent of :func:`coactive_lines` from several of them,
@@ -221,7 +219,30 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
         else:
             stuck.append((int(i), u))
     if stuck:
-        lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale)
+        lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale, (8, 2))
+    return _crossed(oracle, found, prefix, lines, scale)
+
+
+def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
+                         partial: Signatures, rng: np.random.Generator,
+                         scale: float) -> CriticalPoints:
+    """``found`` plus critical points for each unit each partial row lacks (the rows seen at
+    the most points first, ``MORE_LINES`` pairs at most): the ascent of
+    :func:`coactive_lines` from 256 points in all, near the rows' critical points, and up to
+    4 lines for each pair from those that get there. A last try before a row is kept partial
+    (:func:`toward_missing` draws rows and units at random, and a rare neuron's row may not get
+    its turn)."""
+    order = np.argsort([-len(m) for m in partial.members], kind="stable")
+    pairs = [(int(i), int(u)) for i in order for u in np.flatnonzero(~partial.known[i])]
+    pairs = pairs[:MORE_LINES]
+    lines = _ascended(found, prefix, partial, pairs, rng, scale, (256 // max(len(pairs), 1), 4))
+    return _crossed(oracle, found, prefix, lines, scale)
+
+
+def _crossed(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Line],
+             scale: float) -> CriticalPoints:
+    """``found`` plus the critical points of the short ``lines`` (``|t| ≤ 0.2 scale``), the
+    normals of those on the prefix's hyperplanes taken from it."""
     if not lines:
         return found
     reach = 0.2 * scale
@@ -231,24 +252,31 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
 
 
 def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
-              stuck: list[tuple[int, int]], rng: np.random.Generator, scale: float) -> list[Line]:
+              stuck: list[tuple[int, int]], rng: np.random.Generator, scale: float,
+              effort: tuple[int, int]) -> list[Line]:
     """Lines from :func:`coactive_lines` for the ``stuck`` ``(row, unit)`` pairs of
-    ``partial`` (where :func:`line_into` did not get there): the ascent starts from up to
-    ``_STARTS`` critical points of the row (about one in three gets there on a trained MNIST
-    victim), and up to ``_PER_UNIT`` lines are kept for each pair."""
+    ``partial``: with ``effort = (starts, per_unit)``, the ascent starts from ``starts``
+    points for each pair, the row's critical points in turn, each moved by Gaussian noise of
+    standard deviation ``0.1 scale`` (about one start in three gets there on a trained MNIST
+    victim, which has few points on a rare neuron's hyperplane), and up to ``per_unit`` lines
+    are kept for each pair."""
+    if not stuck:
+        return []
+    most, per_unit = effort
     starts, pair = [], []
     for j, (i, _) in enumerate(stuck):
         members = partial.members[i]
-        starts.append(rng.choice(members, min(_STARTS, len(members)), replace=False))
-        pair += [j] * len(starts[-1])
+        starts.append(members[np.arange(most) % len(members)])
+        pair += [j] * most
     pair_of = np.array(pair)
     rows, units = (np.array([stuck[j][c] for j in pair_of]) for c in (0, 1))
-    lines, source = coactive_lines(prefix, found.points[np.concatenate(starts)],
+    x = found.points[np.concatenate(starts)]
+    lines, source = coactive_lines(prefix, x + rng.standard_normal(x.shape) * 0.1 * scale,
                                    partial.rows[rows], partial.biases[rows], units,
                                    0.05 * scale, scale)
     kept, count = [], np.zeros(len(stuck), dtype=np.int64)
     for line, j in zip(lines, pair_of[source], strict=True):
-        if count[j] < _PER_UNIT:
+        if count[j] < per_unit:
             kept.append(line)
             count[j] += 1
     return kept

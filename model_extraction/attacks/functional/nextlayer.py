@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
-from .aim import MORE_LINES, search_lines, toward_missing
+from .aim import MORE_LINES, search_lines, toward_every_missing, toward_missing
 from .critical import CriticalPoints
 from .joint import joint_rows
 from .layers import flat_above
@@ -35,10 +35,12 @@ def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any]
     active) until a batch finds no new neuron (no more than the most found after a batch so
     far: the flatness test of a rare neuron, or of a neuron further up seen in one region,
     can pass one batch and fail the next) and no partial row is left, or two batches find no
-    new neuron, or ``max_lines``. Returns the points found, the neurons and the partial rows
-    left that are flat (:func:`settled`)."""
+    new neuron, or ``max_lines``; before it returns with partial rows, one last try aimed at
+    every unit they lack (:func:`.aim.toward_every_missing`), and the signatures again.
+    Returns the points found, the neurons and the partial rows left that are flat
+    (:func:`settled`)."""
     scale, reach, max_lines = search
-    before, stable = -1, 0
+    before, stable, tried = -1, 0, False
     while True:
         phases.enter("signatures", sum(prefix.widths))
         rest = np.flatnonzero(np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale)
@@ -52,7 +54,13 @@ def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any]
             oracle, prefix, layer.rows[complete], layer.biases[complete], rng, scale=scale,
             near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c])
         stable = stable + 1 if neurons.sum() <= before else 0
-        if (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines:
+        done = (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines
+        if done and not tried and not complete.all():  # a last try for the partial rows
+            phases.enter("critical points", sum(prefix.widths))
+            found, tried = toward_every_missing(oracle, found, prefix,
+                                                layer.subset(~complete), rng, scale), True
+            continue
+        if done:
             return found, layer.subset(neurons), settled(oracle, prefix, layer.subset(
                 ~complete), [found.points[m] for m, c in zip(layer.members, complete,
                                                              strict=True) if not c], rng, scale)
@@ -64,14 +72,14 @@ def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any]
 
 
 def settled(oracle: Oracle, prefix: Prefix, partial: Signatures, near: list[Array],
-             rng: np.random.Generator, scale: float) -> Signatures:
+            rng: np.random.Generator, scale: float) -> Signatures:
     """The rows of ``partial`` (critical points ``near``) that are flat in the space of the
     prefix's top activations, their unknown entries set to 0: a neuron whose weight on a unit
-    of the layer below is unknown after the aimed lines was never seen at a critical point
-    where that unit is active (on a trained victim, a rare neuron of the last hidden layer and
-    a rare unit below it, never active together on two million Gaussian inputs). The weight
-    matters only where both are active; only the last hidden layer takes such rows, and the
-    self-check vouches for them."""
+    of the layer below is unknown after the aimed lines and the last try was never seen at a
+    critical point where that unit is active (on a trained victim, a rare neuron of the last
+    hidden layer and a rare unit below it, never active together on two million Gaussian
+    inputs). The weight matters only where both are active; only the last hidden layer takes
+    such rows, and the self-check vouches for them."""
     if not len(partial.members):
         return partial
     rows = np.where(partial.known, partial.rows, 0.0)
