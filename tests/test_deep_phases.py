@@ -314,6 +314,8 @@ def test_where_newton_steps_stall_an_ascent_finds_the_row_and_the_unit_active_to
     assert len(lines) >= 3 and len(source) == len(lines)
     for line, i in zip(lines, source, strict=True):
         assert prefix.preactivations(line.origin[None])[0][0, units[i]] > 0
+        along = prefix.local(line.origin[None])[1][0][0, units[i]] @ prefix.layers[0][0]
+        assert abs(line.direction @ along) < 1e-10 * np.linalg.norm(along)
         assert abs(victim.layer_preactivations(line.origin[None])[1][0, 0]) < 1e-8
         assert abs(np.linalg.norm(line.direction) - 1) < 1e-12
 

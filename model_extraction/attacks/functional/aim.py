@@ -110,9 +110,10 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
     ascent on ``min(z_row, z_unit - target)`` over the prefix (normalised steps; where the two
     are within ``_TIE`` the minimum-norm combination of their gradients, which raises both)
     until both are positive, then a line through the point of the row's hyperplane straight
-    across from there, along the unit's level set. Points that do not get there within
-    ``_ASCENT_STEPS`` steps give no line. Returns the lines and the index in ``x`` of the
-    point each came from."""
+    across from there, along the unit's level set, brought onto the hyperplane by Newton steps
+    along it. Points that do not get there within ``_ASCENT_STEPS`` steps, or whose line's
+    Newton steps do not end on the hyperplane, give no line. Returns the lines and the index
+    in ``x`` of the point each came from."""
     x, live = np.array(x, dtype=np.float64), np.arange(len(x))
     for step in range(_ASCENT_STEPS):
         z_row, g_row, z_unit, g_unit = _pieces(prefix, x[live], rows[live], biases[live],
@@ -144,7 +145,11 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
             if abs(z[0]) <= 1e-12 * (1.0 + abs(biases[i])) or not slope < 0:
                 break
             line = Line(line.origin - z[0] / slope * line.direction, line.direction)
-        if line is not None and abs(z[0]) <= 1e-9 * (1.0 + abs(biases[i])):
+        if line is None:
+            continue
+        z, *_ = _pieces(prefix, line.origin[None], rows[i:i + 1], biases[i:i + 1],
+                        units[i:i + 1], target)
+        if abs(z[0]) <= 1e-9 * (1.0 + abs(biases[i])):  # on the plane, where it ended
             lines.append(line)
             source.append(i)
     return lines, np.array(source, dtype=np.int64)
@@ -226,15 +231,16 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
 def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                          partial: Signatures, rng: np.random.Generator,
                          scale: float) -> CriticalPoints:
-    """``found`` plus critical points for each unit each partial row lacks (the rows seen at
-    the most points first, ``MORE_LINES`` pairs at most): the ascent of
-    :func:`coactive_lines` from 256 points in all, near the rows' critical points, and up to
-    4 lines for each pair from those that get there. A last try before a row is kept partial
-    (:func:`toward_missing` draws rows and units at random, and a rare neuron's row may not get
-    its turn)."""
-    order = np.argsort([-len(m) for m in partial.members], kind="stable")
-    pairs = [(int(i), int(u)) for i in order for u in np.flatnonzero(~partial.known[i])]
-    pairs = pairs[:MORE_LINES]
+    """``found`` plus critical points for the units partial rows lack (``MORE_LINES``
+    ``(row, unit)`` pairs at most, one unit of each row in turn, the rows seen at the fewest
+    points first: a rare neuron's row has few): the ascent of :func:`coactive_lines` from 256
+    points in all, near the rows' critical points, and up to 4 lines for each pair from those
+    that get there. A last try before a row is kept partial (:func:`toward_missing` draws rows
+    and units at random, and a rare neuron's row may not get its turn)."""
+    order = np.argsort([len(m) for m in partial.members], kind="stable")
+    lacking = [np.flatnonzero(~partial.known[i]) for i in order]
+    pairs = [(int(i), int(units[r])) for r in range(max(map(len, lacking), default=0))
+             for i, units in zip(order, lacking, strict=True) if r < len(units)][:MORE_LINES]
     lines = _ascended(found, prefix, partial, pairs, rng, scale, (256 // max(len(pairs), 1), 4))
     return _crossed(oracle, found, prefix, lines, scale)
 

@@ -45,13 +45,12 @@ from .aim import MORE_LINES, search_lines
 from .critical import CriticalPoints
 from .lastlayer import fit_with_affine, orient_and_fit
 from .layers import Hyperplanes, first_layer
-from .nextlayer import grow, with_partial
+from .nextlayer import distinct_with_partial, grow, with_partial
 from .phases import PhaseLog
 from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
 from .selfcheck import SelfCheck, self_check_drawn
-from .signatures import distinct_neurons
 from .signs import signs_by_preimage, signs_from_next_layer
 
 Array = NDArray[np.float64]
@@ -139,7 +138,10 @@ def extract_deep(
     the oracle (it must be picklable), with the same results and the same query count.
 
     Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
-    ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so).
+    ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
+    and last-layer weights never seen at a critical point (the unit below was inactive at every
+    one of the neuron's), set to 0 and listed as ``[neuron, unit]`` pairs in
+    ``network.metadata["unseen_weights"]`` (a note says so).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
@@ -167,6 +169,21 @@ def extract_deep(
             oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
             (check_points, check_tolerance))
     phases.leave()
+    notes = _notes(network)
+    if hidden is not None and tuple(hidden) != network.widths:
+        carried = (" (a unit constant where the attack queried is carried by the affine term)"
+                   if network.skip is not None and network.widths[-1] < hidden[-1] else "")
+        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
+                              f"({oracle.queries} queries){carried}: omit hidden= to have the "
+                              "widths found, or check the victim's architecture")
+    return ExtractionResult(
+        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
+        lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
+        notes=notes, check=check.as_dict())
+
+
+def _notes(network: ReLUNetwork) -> list[str]:
+    """What the result must say about ``network``: an affine term, weights never seen."""
     notes = [] if network.skip is None else [
         f"the model has an affine term in the input of its last hidden layer (skip, "
         f"{network.skip.shape[0]} x {network.skip.shape[1]}): it carries the orientations the "
@@ -180,16 +197,7 @@ def extract_deep(
         "pairs) were never seen: the unit below was inactive at every critical point of the "
         "neuron, and they are set to 0; they matter only where both are active, which the "
         "self-check did not see"]
-    if hidden is not None and tuple(hidden) != network.widths:
-        carried = (" (a unit constant where the attack queried is carried by the affine term)"
-                   if network.skip is not None and network.widths[-1] < hidden[-1] else "")
-        raise ExtractionError(f"found widths {network.widths}, not the {tuple(hidden)} given "
-                              f"({oracle.queries} queries){carried}: omit hidden= to have the "
-                              "widths found, or check the victim's architecture")
-    return ExtractionResult(
-        network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
-        lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
-        notes=notes, check=check.as_dict())
+    return notes
 
 
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
@@ -375,13 +383,14 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             if not len(layer.rows):
                 raise _Incomplete(f"no neuron found above the layers of widths "
                                   f"{prefix.widths} ({oracle.queries} queries)", prefix)
-            layer = with_partial(layer, partial)
+            whole, layer = len(layer.rows), with_partial(layer, partial)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                        [found.points[m] for m in layer.members], rng,
                                        scale=scale, executor=executor)
-            keep = distinct_neurons(v, b, np.array([len(m) for m in layer.members]))
-            v, b, unseen = v[keep], b[keep], ~layer.known[keep]
+            keep = distinct_with_partial(v, b, layer, whole, _room(hidden, prefix))
+            # a weight never seen is 0 after the refit too, unless its points measured it
+            v, b, unseen = v[keep], b[keep], ~layer.known[keep] & (v[keep] == 0)
             phases.enter("last layer", len(v))
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
@@ -428,11 +437,17 @@ def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
     return np.vstack([gauss, *sides])
 
 
+def _room(hidden: tuple[int, ...] | None, prefix: Prefix) -> int | None:
+    """The width ``hidden=`` gives the layer on top of ``prefix`` (``None``: not given)."""
+    layer = len(prefix.widths)
+    return None if hidden is None or layer >= len(hidden) else hidden[layer]
+
+
 def _may_be_whole(hidden: tuple[int, ...] | None, prefix: Prefix, width: int) -> bool:
     """Whether a layer of ``width`` units found on top of ``prefix`` may be complete:
     ``hidden=`` gives no more units for it."""
-    layer = len(prefix.widths)
-    return hidden is None or layer >= len(hidden) or width >= hidden[layer]
+    room = _room(hidden, prefix)
+    return room is None or width >= room
 
 
 def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,

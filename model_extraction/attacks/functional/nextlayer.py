@@ -19,11 +19,11 @@ from .joint import joint_rows
 from .layers import flat_above
 from .phases import PhaseLog
 from .prefix import Prefix
-from .signatures import Signatures, coefficients, complete_rows, next_layer
+from .signatures import Signatures, coefficients, complete_rows, distinct_neurons, next_layer
 
 Array = NDArray[np.float64]
 
-__all__ = ["grow", "settled", "with_partial"]
+__all__ = ["distinct_with_partial", "grow", "settled", "with_partial"]
 
 
 def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
@@ -94,3 +94,25 @@ def with_partial(layer: Signatures, partial: Signatures) -> Signatures:
                       np.concatenate([layer.biases, partial.biases]),
                       np.vstack([layer.known, partial.known]), layer.members + partial.members,
                       np.concatenate([layer.residuals, partial.residuals]))
+
+
+def distinct_with_partial(rows: Array, biases: Array, layer: Signatures, whole: int,
+                          room: int | None) -> NDArray[np.int64]:
+    """The indices of the neurons kept among refined ``rows`` ``(m, h)``, ``biases`` of
+    ``layer`` (:func:`with_partial`: its first ``whole`` rows known everywhere, the rest
+    partial): :func:`.signatures.distinct_neurons` of the whole rows alone (a partial row
+    among them would make a square layer look expansive and switch its dependency test off),
+    then the partial rows that equal no row kept on their known entries, the most seen first,
+    up to ``room`` neurons in all (``hidden=``'s width; ``None``: no bound)."""
+    seen = np.array([len(m) for m in layer.members])
+    keep = [int(i) for i in distinct_neurons(rows[:whole], biases[:whole], seen[:whole])]
+    for i in whole + np.argsort(-seen[whole:], kind="stable"):
+        if room is not None and len(keep) >= room:
+            break
+        known = layer.known[i]
+        mine = np.append(rows[i][known], biases[i])
+        theirs = np.hstack([rows[keep][:, known], biases[keep][:, None]])
+        cos = np.abs(theirs @ mine) / (np.linalg.norm(theirs, axis=1) * np.linalg.norm(mine))
+        if not np.any(cos > 1 - 1e-9):
+            keep.append(int(i))
+    return np.array(keep, dtype=np.int64)
