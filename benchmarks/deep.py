@@ -189,7 +189,8 @@ def _line(r: dict) -> str:
     test = "-" if r["fidelity_test"] is None else f"{100 * r['fidelity_test']:.2f}%"
     bits = ", ".join(f"{b:.1f}" for b in r["layer_worst_bits"]) or "-"
     if r.get("unseen_weights"):  # set to 0: the bits of the last layer show it
-        bits += f" ({r['unseen_weights']} last-layer weight never seen)"
+        n = r["unseen_weights"]
+        bits += f" ({n} last-layer weight{'s' if n > 1 else ''} never seen)"
     return (f"| {r['victim']} | {seed} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
             f"{r['seconds']:.1f} s | {r['self_check_max_error']:.1e} | "
             f"{100 * r['fidelity_uniform']:.2f}% | {test} | {bits} |")
