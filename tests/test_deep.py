@@ -99,8 +99,8 @@ def test_an_affine_term_carries_what_no_critical_point_shows(victim, widths):
 
 def _never_together(share=0.03):
     """A 10-10-8-6-1 victim (seed 5) whose layer-2 unit 0 and layer-3 neuron 0 are each active
-    on 3% of Gaussian inputs, and never both: the neuron's weight on the unit, -3 times the
-    norm of the rest of its row, switches it off wherever the unit is active."""
+    on 3% of Gaussian inputs, and never both: the neuron's weight on the unit, -3 times its
+    row's norm, switches it off wherever the unit is active."""
     base = ReLUNetwork.random(10, (10, 8, 6), 1, seed=5)
     (w2, b2), (w3, b3) = ([np.array(a) for a in layer] for layer in base.hidden_layers)
     x = np.random.default_rng(7).standard_normal((100_000, 10))

@@ -160,10 +160,10 @@ def t_range(reach: float) -> tuple[float, float]:
     return -reach, 0.83 * reach
 
 
-def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any], rng: np.random.Generator,
-            count: int, scale: float, reach: float,
-            aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
-            through: Array | None = None) -> CriticalPoints:
+def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
+                 rng: np.random.Generator, count: int, scale: float, reach: float,
+                 aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
+                 through: Array | None = None) -> CriticalPoints:
     """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
@@ -203,11 +203,11 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
     :func:`_ascended`) along the row's estimated hyperplane until one unit it lacks is
     active, and a short line across the hyperplane there, along which that unit stays active,
     looks for the neuron again (a unit active on a tiny share of inputs is active only near
-    such a point). ``MORE_LINES`` lines,
-    each for a partial row drawn in proportion to the points it was seen at, from one of them
-    and for one unit it lacks, drawn anew each time (a deeper layer's points, seen in this
-    layer's basis, make many partial rows of a few points; a rare neuron's row has few points
-    too, and its turn comes; a last partial row gets every line).
+    such a point). ``MORE_LINES`` lines, each for a partial row drawn in proportion to the
+    points it was seen at, from one of them and for one unit it lacks, drawn anew each time (a
+    deeper layer's points, seen in this layer's basis, make many partial rows of a few points;
+    a rare neuron's row has few points too, and its turn comes; a last partial row gets every
+    line).
     """
     if not len(partial.members):
         return found
@@ -251,9 +251,8 @@ def _crossed(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[
     normals of those on the prefix's hyperplanes taken from it."""
     if not lines:
         return found
-    reach = 0.2 * scale
     return found.join(find_critical_points(oracle, lines, first_line=-1,
-                                           t_range=(-reach, 0.83 * reach),
+                                           t_range=t_range(0.2 * scale),
                                            known=known_normals(prefix, scale)))
 
 
