@@ -135,7 +135,8 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             "fidelity_uniform": metrics["fidelity_uniform"],
             "fidelity_test": metrics.get("fidelity_test"),
             "layer_worst_bits": bits, "min_layer_bits": min(bits) if bits else None,
-            "unseen_weights": len(result.network.metadata.get("unseen_weights", []))}
+            "unseen_weights": len(result.network.metadata.get("unseen_weights", [])),
+            "guessed_signs": len(result.network.metadata.get("guessed_signs", []))}
 
 
 def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
@@ -191,6 +192,9 @@ def _line(r: dict) -> str:
     if r.get("unseen_weights"):  # set to 0: the bits of the last layer show it
         n = r["unseen_weights"]
         bits += f" ({n} last-layer weight{'s' if n > 1 else ''} never seen)"
+    if r.get("guessed_signs"):  # statistical: the self-check vouched for the model
+        n = r["guessed_signs"]
+        bits += f" ({n} sign{'s' if n > 1 else ''} guessed)"
     return (f"| {r['victim']} | {seed} | {r['widths_found']} | 2^{r['log2_queries']:.1f} | "
             f"{r['seconds']:.1f} s | {r['self_check_max_error']:.1e} | "
             f"{100 * r['fidelity_uniform']:.2f}% | {test} | {bits} |")

@@ -12,6 +12,7 @@ from model_extraction.attacks.functional.layers import flat_above
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
+from model_extraction.attacks.functional.wiggle import signs_by_wiggle
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import ModelOracle
 
@@ -206,6 +207,17 @@ def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():
     assert oracle.calls == 2 and 0 < oracle.queries <= 6 * 16 * (len(b2) + 1)  # one batch
 
 
+def test_every_neuron_of_an_expansive_layer_is_flat_above_it():
+    # 16 units on top of 8: a segment across one hyperplane crosses another unless it is kept
+    # short of the other candidates' hyperplanes, and then tells nothing
+    victim = ReLUNetwork.random(20, (8, 16, 4), 1, seed=0)
+    oracle, prefix = ModelOracle(victim), _prefix(victim, 1)
+    (w2, b2), rng = victim.layers[1], np.random.default_rng(0)
+    passed = sum(int(flat_above(oracle, prefix, w2, b2, rng, scale=1.0).sum())
+                 for _ in range(4))
+    assert passed >= 4 * len(b2) - 1
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_signs_by_preimage_recover_flips_and_see_a_missing_neuron(seed):
     victim = _victim(seed=seed)
@@ -232,6 +244,40 @@ def test_signs_by_preimage_refuses_an_expansive_middle_layer():
     with pytest.raises(ValueError, match="contractive"):
         signs_by_preimage(ModelOracle(victim), _prefix(victim, 1), w2, b2,
                           np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("widths, d, seed, reached", [
+    ((10, 14, 6), 20, 0, True), ((8, 16, 6), 12, 1, True),  # 14 and 16 units on top of 10 and 8
+    ((10, 8, 6), 12, 0, True),  # contractive: every wiggle holds the others still
+    ((10, 20, 6), 20, 0, False),  # some units have more units active with them than rank
+])
+def test_neuron_wiggles_decide_only_right_signs(widths, d, seed, reached):
+    victim = ReLUNetwork.random(d, widths, 2, seed=seed)
+    oracle, prefix = ModelOracle(victim), _prefix(victim, 1)
+    w2, b2 = victim.layers[1]
+    rng = np.random.default_rng(seed)
+    flips = rng.choice([-1.0, 1.0], size=len(b2))
+    rows, biases, anywhere = w2 * flips[:, None], b2 * flips, [np.zeros((0, d))] * len(b2)
+    signs, guessed = signs_by_wiggle(oracle, prefix, rows, biases, anywhere, rng, scale=1.0)
+    exact = (np.abs(signs) == 1) & ~guessed
+    np.testing.assert_array_equal(signs[exact], flips[exact])
+    assert exact.all() == reached and exact.sum() >= len(b2) - 2
+    if not reached:  # a guess stands only where no exact wiggle decided, and is said
+        assert np.all((signs[~exact] == 0) | guessed[~exact])
+        return
+    assert 0 < oracle.queries <= 16 * 16 * 5 * len(b2)
+    # the signs given are kept, and only the others are probed
+    known = np.where(np.arange(len(b2)) < 3, 0.0, flips)
+    before = oracle.queries
+    again, _ = signs_by_wiggle(oracle, prefix, rows, biases, anywhere, rng, scale=1.0,
+                               known=known)
+    np.testing.assert_array_equal(again, flips)
+    assert oracle.queries - before <= 16 * 16 * 5 * 3
+    # without neuron 0, a wiggle may move it unseen: a sign decided is still right
+    missing, guessed = signs_by_wiggle(oracle, prefix, rows[1:], biases[1:], anywhere[1:], rng,
+                                       scale=1.0)
+    decided = (np.abs(missing) == 1) & ~guessed
+    np.testing.assert_array_equal(missing[decided], flips[1:][decided])
 
 
 def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():

@@ -21,7 +21,9 @@ The phases, one module each, layer after layer:
    term carries a unit active wherever the attack queried), it is the last: its signs and the
    logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
-   preimages (:func:`.signs.signs_by_preimage`) and added to the prefix, and step 3 repeats;
+   preimages (:func:`.signs.signs_by_preimage`) where the layer is contractive and by neuron
+   wiggles (:mod:`.wiggle`) where it is expansive, and added to the prefix, and step 3
+   repeats;
 5. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or more
    lines (half of them through the points it failed on, where a neuron it lacks is active)
    and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
@@ -52,6 +54,7 @@ from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
 from .selfcheck import SelfCheck, self_check_drawn
 from .signs import signs_by_preimage, signs_from_next_layer
+from .wiggle import signs_by_wiggle
 
 Array = NDArray[np.float64]
 
@@ -141,16 +144,18 @@ def extract_deep(
     ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
     and last-layer weights never seen at a critical point (the unit below was inactive at every
     one of the neuron's), set to 0 and listed as ``[neuron, unit]`` pairs in
-    ``network.metadata["unseen_weights"]`` (a note says so).
+    ``network.metadata["unseen_weights"]`` (a note says so), and middle-layer orientations
+    that are statistical guesses of the neuron wiggle (an expansive layer's neuron that no
+    exact wiggle reaches; ``network.metadata["guessed_signs"]``, ``[layer, neuron]`` pairs,
+    and a note).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
     layer (``h1 > d``; as the only hidden layer it is extracted, with an affine term in the
-    inputs where the logits do not fix its signs, ``h1 > K d``) or middle layer (sign
-    recovery by neuron wiggle is not implemented); and the oracle's errors (precision; a
-    :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase and layer
-    reached and the widths already extracted).
+    inputs where the logits do not fix its signs, ``h1 > K d``); and the oracle's errors
+    (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase
+    and layer reached and the widths already extracted).
     """
     oracle = as_oracle(oracle, input_dim=input_dim)
     d = input_dim if input_dim is not None else oracle.input_dim
@@ -197,6 +202,13 @@ def _notes(network: ReLUNetwork) -> list[str]:
         "pairs) were never seen: the unit below was inactive at every critical point of the "
         "neuron, and they are set to 0; they matter only where both are active, which the "
         "self-check did not see"]
+    guessed = network.metadata.get("guessed_signs", [])
+    notes += [] if not guessed else [
+        f"the orientations of {len(guessed)} middle-layer neurons (metadata['guessed_signs'] "
+        "lists [layer, neuron] pairs, from 1 and from 0) are statistical guesses of the "
+        "neuron wiggle, not exact decisions: no wiggle holds every unit active with them "
+        "still; the layers above were extracted on top of them; the self-check vouches for "
+        "the model"]
     return notes
 
 
@@ -399,7 +411,9 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                                                       _may_be_whole(hidden, prefix, len(v)))
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
                 meta = {"extracted_by": "functional/deep"} | (
-                    {"unseen_weights": np.argwhere(unseen).tolist()} if unseen.any() else {})
+                    {"unseen_weights": np.argwhere(unseen).tolist()} if unseen.any() else {}
+                ) | ({"guessed_signs": [list(p) for p in prefix.guessed]}
+                     if prefix.guessed else {})
                 network = ReLUNetwork(*prefix.layers[0], a, a0, meta, skip=skip,
                                       hidden_layers=(*prefix.layers[1:], (v_o, b_o)))
                 return found, network, residuals, (x_fit, y_fit)
@@ -407,7 +421,8 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                 raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
             whole = ~unseen.any(axis=1)  # a middle layer takes whole rows only
             phases.enter("signs", int(whole.sum()))
-            prefix = _orient(oracle, prefix, v[whole], b[whole], rng, scale)
+            prefix = _orient(oracle, prefix, v[whole], b[whole],
+                             [found.points[layer.members[i]] for i in keep[whole]], rng, scale)
             phases.known = prefix.widths
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
@@ -470,25 +485,27 @@ def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
     return bool(unexplained.mean() <= _UNEXPLAINED)
 
 
-def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
+def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array, critical: list[Array],
             rng: np.random.Generator, scale: float) -> Prefix:
-    """A middle layer's neurons, oriented by preimages, on top of ``prefix``. Raises
-    :class:`_Incomplete` when the probes show that a neuron of the layer is still missing, or
-    when a sign is undecided."""
+    """A middle layer's neurons, oriented on top of ``prefix``: by preimages where the layer is
+    contractive (:func:`.signs.signs_by_preimage`), by neuron wiggles (:mod:`.wiggle`, from
+    each neuron's ``critical`` points) where it is expansive and for the neurons the preimages
+    left undecided. Raises :class:`_Incomplete` when the probes show that a neuron of the
+    layer is still missing, or when a sign is undecided."""
     layer = len(prefix.widths) + 1
-    if len(rows) > min(prefix.widths):
-        raise ValueError(f"layer {layer} has at least {len(rows)} neurons on top of layers of "
-                         f"widths {prefix.widths}: sign recovery by preimages needs a "
-                         "contractive middle layer (the neuron wiggle of Canales-Martínez et "
-                         "al., EUROCRYPT 2024, is not implemented)")
-    try:
-        signs = signs_by_preimage(oracle, prefix, rows, biases, rng, bound=scale)
-    except ValueError as err:  # dependent rows: a neuron seen as two, or a wrong one
-        raise _Incomplete(f"layer {layer}: {err}", prefix) from err
+    signs, guessed = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
+    if len(rows) <= min(prefix.widths):
+        try:
+            signs = signs_by_preimage(oracle, prefix, rows, biases, rng, bound=scale)
+        except ValueError as err:  # dependent rows: a neuron seen as two, or a wrong one
+            raise _Incomplete(f"layer {layer}: {err}", prefix) from err
+    if not np.isnan(signs).any() and not signs.all():
+        signs, guessed = signs_by_wiggle(oracle, prefix, rows, biases, critical, rng,
+                                         scale=scale, known=signs)
     if np.isnan(signs).any():
         raise _Incomplete(f"layer {layer} is missing neurons (its {len(rows)} neurons found "
                           "do not hold the layer still)", prefix)
     if not signs.all():
         raise _Incomplete(f"the signs of {int(np.sum(signs == 0))} of the {len(rows)} neurons "
                           f"of layer {layer} could not be decided", prefix)
-    return prefix.then(rows * signs[:, None], biases * signs)
+    return prefix.then(rows * signs[:, None], biases * signs, np.flatnonzero(guessed))

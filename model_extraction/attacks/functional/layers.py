@@ -102,6 +102,23 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
 
 
+def _apart(prefix: Prefix, rows: Array, biases: Array, j: int, p: Array, radius: Array,
+           scale: float) -> Array:
+    """``radius`` ``(n,)`` of the segments through ``p`` ``(n, d)`` on candidate ``j``'s
+    hyperplane, shortened to 0.3 of the way to the nearest other candidate's hyperplane (not
+    below ``1e-3 scale``): a segment that crosses another neuron of the layer holds two kinks
+    and tells nothing, and an expansive layer has many near any point."""
+    others = np.delete(np.arange(len(rows)), j)
+    pres, jac = prefix.local(p)
+    value = np.maximum(pres[-1], 0.0) @ rows[others].T + biases[others]  # (n, m - 1)
+    normal = np.einsum("mk,nk,nkh->nmh", rows[others], pres[-1] > 0, jac[-1]) @ prefix.layers[0][0]
+    length = np.linalg.norm(normal, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.min(np.where(length > 0, np.abs(value) / length, np.inf), axis=1,
+                      initial=np.inf)
+    return np.minimum(radius, np.maximum(0.3 * room, 1e-3 * scale))
+
+
 def _placed(prefix: Prefix, row: Array, bias: float, starts: Array) -> tuple[Array, Array, Array]:
     """:func:`.prefix.placed_on` by three Newton steps, keeping the points they got onto the
     plane (where a neuron has a gradient on a sliver of the region only, few are: it is then
@@ -141,7 +158,7 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
             seeds = near[j][rng.choice(len(near[j]), tries)]
             p, unit, radius = _placed(prefix, row, float(bias),
                                       seeds + rng.standard_normal(seeds.shape) * 0.05 * scale)
-        tests.append((p, unit, radius))
+        tests.append((p, unit, _apart(prefix, rows, biases, j, p, radius, scale)))
     counts = [len(p) for p, _, _ in tests]
     if not sum(counts):
         return np.zeros(len(rows), dtype=bool)

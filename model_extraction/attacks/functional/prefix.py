@@ -24,17 +24,23 @@ __all__ = ["Prefix", "placed_on"]
 @dataclass(frozen=True)
 class Prefix:
     """Oriented hidden layers ``((W_1, b_1), …, (W_T, b_T))``, first to top: ``W_1`` is
-    ``(h_1, d)``, ``W_l`` is ``(h_l, h_{l-1})``; each is followed by a ReLU."""
+    ``(h_1, d)``, ``W_l`` is ``(h_l, h_{l-1})``; each is followed by a ReLU. ``guessed``: the
+    ``(layer, neuron)`` pairs (from 1, and from 0) whose orientation is a statistical guess
+    (:mod:`.wiggle`) rather than an exact decision."""
 
     layers: tuple[tuple[Array, Array], ...]
+    guessed: tuple[tuple[int, int], ...] = ()
 
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(len(b) for _, b in self.layers)
 
-    def then(self, weight: Array, bias: Array) -> Prefix:
-        """This prefix with one more layer on top."""
-        return Prefix((*self.layers, (weight, bias)))
+    def then(self, weight: Array, bias: Array, guessed: Array | None = None) -> Prefix:
+        """This prefix with one more layer on top (``guessed``: the indices of its neurons
+        whose orientation is a guess)."""
+        top = len(self.layers) + 1
+        more = () if guessed is None else tuple((top, int(i)) for i in guessed)
+        return Prefix((*self.layers, (weight, bias)), self.guessed + more)
 
     def preactivations(self, x: Array) -> list[Array]:
         """Every layer's pre-activations at ``x`` ``(n, d)``: ``(n, h_l)`` each."""

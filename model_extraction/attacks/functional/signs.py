@@ -102,7 +102,7 @@ def signs_from_next_layer(rows: Array, offsets: Array, points: Array,
     the layer (normal inside the rows' span; the others belong to no next-layer neuron).
 
     Raises ``ValueError`` for an expansive layer (``h > d``): the coefficients are then not
-    unique, and another method (neuron wiggle, Canales-Martínez et al., EUROCRYPT 2024) is needed.
+    unique (deep extraction refuses an expansive first layer below others).
     """
     h, d = rows.shape
     if h > d:
@@ -116,7 +116,7 @@ def signs_from_next_layer(rows: Array, offsets: Array, points: Array,
     return np.where(votes >= 0, 1.0, -1.0), inside
 
 
-def _all_active(prefix: Prefix, rows: Array,
+def all_active(prefix: Prefix, rows: Array,
                 biases: Array) -> tuple[Array, Array, list[tuple[Array, Array]]]:
     """Where every unit of ``prefix`` is active, its layers are affine in the first layer's
     activations ``a``: layer ``l ≥ 2`` is ``M_l a + m_l`` (the ``constraints``) and the layer
@@ -129,12 +129,14 @@ def _all_active(prefix: Prefix, rows: Array,
     return rows @ m_mat, rows @ m_vec + biases, constraints
 
 
-def _preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bound: float,
+def preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bound: float,
               rng: np.random.Generator) -> tuple[Array, float] | None:
     """First-layer activations ``a`` ``(h1,)`` in ``[0, bound]`` with ``p_row · a + q = 0`` and
-    every prefix unit active by a margin ``t``: the largest margin is found first, then a
-    random vertex with at least half of it (so that tries land in different places): ``(a, t)``,
-    or ``None`` when no such point exists."""
+    every first-layer unit and every ``constraints`` row held by a margin ``t`` (``a ≥ t``, ``M
+    a + m ≥ t`` for each ``(M, m)``: the prefix's deeper units active, from
+    :func:`all_active`, and any other affine condition): the largest margin is found first,
+    then a random vertex with at least half of it (so that tries land in different places):
+    ``(a, t)``, or ``None`` when no such point exists."""
     h1 = len(p_row)
     upper = [np.hstack([-np.eye(h1), np.ones((h1, 1))])]
     limits = [np.zeros(h1)]
@@ -151,7 +153,7 @@ def _preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bo
     return None if res.status != 0 else (res.x[:-1], float(res.x[-1]))
 
 
-def _side(y: Array) -> float:
+def side_that_moved(y: Array) -> float:
     """``+1`` or ``-1`` when exactly one side of the probe moved the logits (``y``: the answers
     at ``x``, ``x ± εΔ``, ``x ± εΔ/16``), linearly in ``ε``; ``nan`` when both sides moved
     linearly (a unit of the layer that the step did not hold still: one is missing); ``0``
@@ -186,10 +188,10 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
     Returns the signs ``(h,)``: 0 for a unit left undecided, ``nan`` for one whose probes moved
     the logits on both sides at every point tried (a unit not in ``rows`` moved: the layer is
     incomplete). Raises ``ValueError`` when the layer is wider than what the layers below let
-    through where all are active (``P`` has no right inverse: sign recovery there needs the
-    neuron wiggle of Canales-Martínez et al., EUROCRYPT 2024).
+    through where all are active (``P`` has no right inverse: :mod:`.wiggle` orients such a
+    layer).
     """
-    p_mat, q, constraints = _all_active(prefix, rows, biases)
+    p_mat, q, constraints = all_active(prefix, rows, biases)
     delta, *_ = np.linalg.lstsq(p_mat, np.eye(len(rows)), rcond=None)  # (h1, h)
     if np.abs(p_mat @ delta - np.eye(len(rows))).max() > 1e-8:
         raise ValueError(f"a middle layer of {len(rows)} units on top of layers of widths "
@@ -201,7 +203,7 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
         pending = np.flatnonzero((signs == 0) | np.isnan(signs))
         probes, units = [], []
         for j in pending:
-            found = _preimage(p_mat[j], float(q[j]), constraints, bound, rng)
+            found = preimage(p_mat[j], float(q[j]), constraints, bound, rng)
             if found is None:
                 continue
             a, margin = found
@@ -216,7 +218,7 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
         y = np.asarray(oracle(np.concatenate(probes)), dtype=np.float64).reshape(
             len(units), 5, -1)
         for j, answers in zip(units, y, strict=True):
-            signs[j] = _side(answers)
+            signs[j] = side_that_moved(answers)
         if np.all(np.abs(signs) == 1):
             break
     return signs
