@@ -205,7 +205,7 @@ def _notes(network: ReLUNetwork) -> list[str]:
     guessed = network.metadata.get("guessed_signs", [])
     notes += [] if not guessed else [
         f"the orientations of {len(guessed)} middle-layer neurons (metadata['guessed_signs'] "
-        "lists [layer, neuron] pairs, from 1 and from 0) are statistical guesses of the "
+        "lists [layer, neuron] pairs, layers counted from 1) are statistical guesses of the "
         "neuron wiggle, not exact decisions: no wiggle holds every unit active with them "
         "still; the layers above were extracted on top of them; the self-check vouches for "
         "the model"]

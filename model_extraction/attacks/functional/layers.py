@@ -139,7 +139,8 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     A neuron of a layer further up, seen several times in one region of the layer in between,
     looks like one there but not elsewhere. For each candidate, ``tries`` Gaussian points
     (standard deviation ``scale / 2``) are brought onto its hyperplane and a crossing test looks
-    for the kink there (all candidates in one batch of ``6 · tries · m`` queries at most): at
+    for the kink there, on a segment kept short of the other candidates' hyperplanes
+    (:func:`_apart`; all candidates in one batch of ``6 · tries · m`` queries at most): at
     least half of them must find it on the hyperplane, and at most one in four of the kinks
     found may lie elsewhere (a neuron further up is flat only where the layer in between keeps
     one activation pattern, so most points find nothing or another kink). With ``near``, each

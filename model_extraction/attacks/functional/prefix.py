@@ -25,8 +25,8 @@ __all__ = ["Prefix", "placed_on"]
 class Prefix:
     """Oriented hidden layers ``((W_1, b_1), …, (W_T, b_T))``, first to top: ``W_1`` is
     ``(h_1, d)``, ``W_l`` is ``(h_l, h_{l-1})``; each is followed by a ReLU. ``guessed``: the
-    ``(layer, neuron)`` pairs (from 1, and from 0) whose orientation is a statistical guess
-    (:mod:`.wiggle`) rather than an exact decision."""
+    ``(layer, neuron)`` pairs (layers counted from 1, neurons from 0) whose orientation is a
+    statistical guess (:mod:`.wiggle`) rather than an exact decision."""
 
     layers: tuple[tuple[Array, Array], ...]
     guessed: tuple[tuple[int, int], ...] = ()
