@@ -40,8 +40,13 @@ def test_extracts_a_deep_network(d, widths, k, seed):
 
 
 def test_refuses_what_it_cannot_extract():
-    with pytest.raises(ValueError, match="contractive"):
+    with pytest.raises(ValueError, match="8 units on 4 inputs: .*expansive first layer below "
+                                         "other hidden layers .*contractive"):
         extract_deep(ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0)), seed=0)
+    wide = ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0))
+    with pytest.raises(ValueError, match="expansive first layer"):
+        extract_deep(wide, seed=0, hidden=(8, 4))
+    assert wide.queries == 0  # refused before any query when hidden= says so
     with pytest.raises(ExtractionError, match="not the .* queries.*omit hidden="):
         extract_deep(ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0)), seed=0,
                      hidden=(10, 9))

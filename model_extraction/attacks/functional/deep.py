@@ -64,6 +64,10 @@ _FIRST_LINES = 24
 _LAST_FIT = 1e-7  # relative residual of a logit fit on the last hidden layer's activations
 _UNEXPLAINED = 0.05  # share of critical points on no known hyperplane: a layer further up
 _MAX_DEPTH = 8
+_EXPANSIVE_FIRST = (
+    "the first hidden layer has {h} units on {d} inputs: extract_deep does not extract an "
+    "expansive first layer below other hidden layers (its orientations need a contractive "
+    "one, h1 <= d); as the only hidden layer it is extracted (hidden=(h1,))")
 
 
 class _Incomplete(Exception):
@@ -119,7 +123,7 @@ def extract_deep(
 
     One hidden layer is the pipeline's first case (its signs and the logit layer come from
     the logits, affine in its activations and the inputs); the one-hidden-layer attack
-    (:func:`~.extract.extract_functional`) extracts it with 20 to 40 times fewer queries
+    (:func:`~.extract.extract_functional`) extracts it with 12 to 29 times fewer queries
     (docs/deep.md).
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
@@ -163,6 +167,8 @@ def extract_deep(
         raise ValueError("input_dim is required: the oracle does not say its number of inputs")
     if hidden is not None and (len(hidden) < 1 or min(hidden) < 1):
         raise ValueError(f"hidden={hidden}: extract_deep needs one or more positive widths")
+    if hidden is not None and len(hidden) > 1 and hidden[0] > d:
+        raise ValueError(_EXPANSIVE_FIRST.format(h=hidden[0], d=d))
     if check_points < 1 or not 0 < check_tolerance < 1:
         raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
                          "self-check needs at least one fresh point and a tolerance in (0, 1)")
@@ -196,12 +202,13 @@ def _notes(network: ReLUNetwork) -> list[str]:
         "attack queried; such a unit, if there is one, may make the model differ far from "
         "there"]
     unseen = network.metadata.get("unseen_weights", [])
+    many = len(unseen) > 1
     notes += [] if not unseen else [
-        f"{len(unseen)} weights of the last hidden layer (neurons "
-        f"{sorted({n for n, _ in unseen})}; metadata['unseen_weights'] lists [neuron, unit] "
-        "pairs) were never seen: the unit below was inactive at every critical point of the "
-        "neuron, and they are set to 0; they matter only where both are active, which the "
-        "self-check did not see"]
+        f"{len(unseen)} weight{'s' if many else ''} of the last hidden layer (neurons "
+        f"{sorted({n for n, _ in unseen})} of the model; metadata['unseen_weights'] lists "
+        f"[neuron, unit] pairs) {'were' if many else 'was'} never seen: the unit below was "
+        "inactive at every critical point of the neuron, and the weight is set to 0; it "
+        "matters only where both are active, which the self-check did not see"]
     guessed = network.metadata.get("guessed_signs", [])
     notes += [] if not guessed else [
         f"the orientations of {len(guessed)} middle-layer neurons (metadata['guessed_signs'] "
@@ -248,7 +255,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         if len(lines) >= max_lines:
             raise ExtractionError(
                 f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
-                "More lines (max_lines=) or a wider reach (reach=) may help.")
+                "More lines (max_lines=), a wider reach (reach=) or another seed= may help.")
         phases.enter("critical points")
         # twice as many lines after a failed check: a pass of the phases costs far more
         more = MORE_LINES * (1 if failed is None else 2)
@@ -347,6 +354,9 @@ def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float) -> Ar
     """The first layer's orientations: every critical point off its hyperplanes (a deeper
     neuron's) votes (:func:`.signs.signs_from_next_layer`; ``ValueError`` when ``h1 > d``)."""
     rest = np.flatnonzero(~_on_planes(found, planes, scale))
+    h, d = planes.rows.shape
+    if h > d:
+        raise ValueError(_EXPANSIVE_FIRST.format(h=h, d=d))
     return signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
                                  found.normals[rest])[0]
 
@@ -507,5 +517,6 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array, critical
                           "do not hold the layer still)", prefix)
     if not signs.all():
         raise _Incomplete(f"the signs of {int(np.sum(signs == 0))} of the {len(rows)} neurons "
-                          f"of layer {layer} could not be decided", prefix)
+                          f"of layer {layer} could not be decided (a neuron of the layer not "
+                          "found yet moves in the probes)", prefix)
     return prefix.then(rows * signs[:, None], biases * signs, np.flatnonzero(guessed))

@@ -94,8 +94,9 @@ def signs_by_wiggle(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     probes disagreed (a unit of the layer not in ``rows`` moved: it is missing); and which
     signs are guesses: where no exact wiggle decided a neuron in ``rounds`` rounds (on an
     expansive layer, a neuron may have more units active with it than the layers below let
-    through everywhere on its hyperplane: none exists), its guess stands if the evidence for
-    it is strong, and only the caller's self-check vouches for it.
+    through everywhere on its hyperplane: none exists; or a unit of the layer missing from
+    ``rows`` moved in its probes), its guess stands if the evidence for it is strong, and
+    only the caller's self-check vouches for it.
     """
     signs = np.zeros(len(rows)) if known is None else np.array(known, dtype=np.float64)
     votes = np.zeros(len(rows))  # the guess: evidence for +1 (> 0) or -1 (< 0)
