@@ -109,10 +109,8 @@ def _apart(prefix: Prefix, rows: Array, biases: Array, j: int, p: Array, radius:
     below ``1e-3 scale``): a segment that crosses another neuron of the layer holds two kinks
     and tells nothing, and an expansive layer has many near any point."""
     others = np.delete(np.arange(len(rows)), j)
-    pres, jac = prefix.local(p)
-    value = np.maximum(pres[-1], 0.0) @ rows[others].T + biases[others]  # (n, m - 1)
-    normal = np.einsum("mk,nk,nkh->nmh", rows[others], pres[-1] > 0, jac[-1]) @ prefix.layers[0][0]
-    length = np.linalg.norm(normal, axis=2)
+    value, grads = Prefix.layer_above(*prefix.local(p), rows[others], biases[others])
+    length = np.linalg.norm(grads @ prefix.layers[0][0], axis=2)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.min(np.where(length > 0, np.abs(value) / length, np.inf), axis=1,
                       initial=np.inf)

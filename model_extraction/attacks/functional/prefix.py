@@ -93,6 +93,16 @@ class Prefix:
         on = (dist[np.arange(len(x)), nearest] <= tolerance)[:, None] & (length > 0)
         return np.where(on, grads / np.where(length > 0, length, 1.0), np.nan)
 
+    @staticmethod
+    def layer_above(pres: list[Array], jac: list[Array], rows: Array,
+                    biases: Array) -> tuple[Array, Array]:
+        """The pre-activations ``(n, m)`` of next-layer neurons ``rows`` ``(m, h_T)``,
+        ``biases`` ``(m,)`` and their gradients in first-layer coordinates ``(n, m, h_1)``,
+        from :meth:`local`'s pre-activations and Jacobians at ``n`` points."""
+        top = pres[-1]
+        value = np.maximum(top, 0.0) @ rows.T + biases
+        return value, np.einsum("mk,nk,nkh->nmh", rows, top > 0, jac[-1])
+
     def next_normals(self, x: Array, row: Array) -> tuple[Array, Array]:
         """The value ``row · ReLU(z_T(x))`` ``(n,)`` and its input-space gradient ``(n, d)``:
         a next-layer neuron with weights ``row`` (its bias aside)."""

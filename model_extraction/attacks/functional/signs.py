@@ -153,16 +153,21 @@ def preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bou
     return None if res.status != 0 else (res.x[:-1], float(res.x[-1]))
 
 
+def how_far_moved(y: Array) -> tuple[Array, float]:
+    """How far each probe of ``y`` (the answers at ``x``, ``x ± εΔ``, ``x ± εΔ/16``) moved the
+    logits from ``x`` ``(4,)``, and the least move that is not rounding."""
+    return np.linalg.norm(y[1:] - y[0], axis=1), 1e-6 * (1.0 + np.abs(y).max())
+
+
 def side_that_moved(y: Array) -> float:
     """``+1`` or ``-1`` when exactly one side of the probe moved the logits (``y``: the answers
     at ``x``, ``x ± εΔ``, ``x ± εΔ/16``), linearly in ``ε``; ``nan`` when both sides moved
     linearly (a unit of the layer that the step did not hold still: one is missing); ``0``
     when undecided (nothing moved, or not linearly: another kink within the step)."""
-    moved = np.linalg.norm(y[1:] - y[0], axis=1)  # up, down, up/16, down/16
-    tol = 1e-9 * (1.0 + np.abs(y).max())
+    moved, least = how_far_moved(y)  # up, down, up/16, down/16
 
     def linear(big: float, small: float) -> bool:
-        return big > 1e3 * tol and abs(big / max(small, 1e-300) - 16.0) <= 0.16
+        return big > least and abs(big / max(small, 1e-300) - 16.0) <= 0.16
 
     for side, (big, small, big16, small16) in ((1.0, moved), (-1.0, moved[[1, 0, 3, 2]])):
         if linear(big, big16) and small <= 1e-4 * big and small16 <= 1e-4 * big:

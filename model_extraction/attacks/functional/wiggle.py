@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .prefix import Prefix
-from .signs import all_active, preimage, side_that_moved
+from .signs import all_active, how_far_moved, preimage, side_that_moved
 
 Array = NDArray[np.float64]
 
@@ -132,10 +132,9 @@ def _odds(signs: Array, votes: Array, exact: list[list[tuple[bytes, float]]]) ->
     where nothing is known (nor decided: ``nan`` signs), else the guess (the side of a clean
     exact probe, when there is one, over the votes) at a confidence that grows with the
     evidence, up to ``_SURE``."""
-    sure = 1.0 - 0.5 * np.exp(-np.abs(votes) / 2)
     seen = np.array([e[0][1] if len({side for _, side in e}) == 1 else 0.0 for e in exact])
-    side = np.where(seen != 0, seen, np.sign(votes))
-    guess = side * np.minimum(np.maximum(sure, 0.5 + 0.5 * (seen != 0)), _SURE)
+    sure = np.where(seen != 0, _SURE, np.minimum(1.0 - 0.5 * np.exp(-np.abs(votes) / 2), _SURE))
+    guess = np.where(seen != 0, seen, np.sign(votes)) * sure
     return np.where(np.abs(signs) == 1, signs, np.where(np.isnan(signs), 0.0, guess))
 
 
@@ -189,8 +188,7 @@ def _local(prefix: Prefix, rows: Array, biases: Array, j: int, x: Array, odds: A
            scale: float) -> _Local:
     """:class:`_Local` at ``x`` (``odds``: as :func:`_wiggles`)."""
     pres, jac = prefix.local(x)
-    g = np.einsum("hk,nk,nkm->nhm", rows, pres[-1] > 0, jac[-1])
-    z = np.maximum(pres[-1], 0.0) @ rows.T + biases
+    z, g = Prefix.layer_above(pres, jac, rows, biases)
     slope = np.linalg.norm(g[:, j] @ prefix.layers[0][0], axis=1)
     on = (slope > 0) & (np.abs(z[:, j]) <= 1e-9 * scale * slope)
     active = np.where(odds == 0, 0.5, np.where(np.sign(odds) * z > 0, np.abs(odds),
@@ -326,8 +324,7 @@ def _steps(held: Array, grad: Array, ridge: bool = False) -> tuple[Array, NDArra
 def _vote(answers: Array) -> float:
     """``+1`` when the ``+`` side moved the logits more than the ``−`` side (``answers``: at
     ``x, x ± εΔ, x ± εΔ/16``), ``−1`` when less, 0 when neither moved linearly."""
-    moved = np.linalg.norm(answers[1:] - answers[0], axis=1)
-    tol = 1e-9 * (1.0 + np.abs(answers).max())
-    if max(moved[0], moved[1]) <= 1e3 * tol:
+    moved, least = how_far_moved(answers)
+    if max(moved[0], moved[1]) <= least:
         return 0.0
     return float(np.sign(moved[0] - moved[1]))
