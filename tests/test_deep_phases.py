@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_extraction.attacks.functional.critical import find_critical_points, random_line
+from model_extraction.attacks.functional.critical import Span, find_critical_points, random_line
 from model_extraction.attacks.functional.layers import flat_above
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
@@ -91,6 +91,46 @@ def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix
         spared -= len(_regions(ts, off, True)[0])
     assert spared >= len(lines)
     assert known_by.queries <= measured_by.queries - 0.8 * spared * (2 * 12 + 1)
+
+
+def test_a_span_is_the_rows_and_two_checks_off_them():
+    rows = np.random.default_rng(0).standard_normal((6, 20))
+    rows[5] = rows[0] + rows[1]  # rank 5
+    span = Span.of(rows, np.random.default_rng(1))
+    assert span is not None and span.basis.shape == (7, 20) and span.checks == 2
+    np.testing.assert_allclose(span.basis @ span.basis.T, np.eye(7), atol=1e-12)
+    inside = span.basis[:5]
+    np.testing.assert_allclose(rows @ inside.T @ inside, rows, atol=1e-12)  # spans the rows
+    assert Span.of(rows[:, :7], np.random.default_rng(1)) is None  # 5 + 2 >= 7: no saving
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_normals_measured_in_the_first_layers_span_are_the_normals(missing):
+    """Once the first layer is known, every Jacobian row is in the span of its rows: measured
+    along that span, the normals are those measured along every coordinate (to their
+    precision), for ``2 (8 + 2) + 1`` queries a region instead of ``2 · 30 + 1``; with a
+    first-layer neuron left out of the span, its kinks and the kinks where it is active show
+    on the checks and are measured along every coordinate, so no normal loses its part off
+    the span."""
+    from model_extraction.attacks.functional.search import search_line
+
+    victim = _victim(widths=(8, 8, 6), d=30)
+    rows = victim.layers[0][0][1:] if missing else victim.layers[0][0]
+    rng = np.random.default_rng(3)
+    lines = [random_line(rng, 30, 1.0) for _ in range(12)]
+    searched, full_by, span_by = ModelOracle(victim), ModelOracle(victim), ModelOracle(victim)
+    for line in lines:
+        search_line(searched, line, (-4.0, 3.3), grid=512)
+    full = find_critical_points(full_by, lines)
+    spanned = find_critical_points(span_by, lines, span=Span.of(rows, rng))
+    np.testing.assert_allclose(spanned.points, full.points, atol=1e-12)
+    same = np.abs(np.sum(spanned.normals * full.normals, axis=1))
+    assert np.all(np.abs(same - 1) < 1e-9)  # equal up to sign
+    lost = victim.layers[0][0][0] / np.linalg.norm(victim.layers[0][0][0])
+    assert np.sum(np.abs(np.abs(spanned.normals @ lost) - 1) < 1e-9) >= 3
+    jacobians = [by.queries - searched.queries for by in (full_by, span_by)]
+    if not missing:  # 21 / 61 = 0.34 of the Jacobians' queries
+        assert jacobians[1] < 0.4 * jacobians[0]
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
-from .critical import CriticalPoints, find_critical_points, random_line
+from .critical import CriticalPoints, Span, find_critical_points, random_line
 from .prefix import Prefix
 from .search import Line
 from .signatures import Signatures
@@ -168,8 +168,9 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
     units, which partial signatures lack), and the normals of the points on the prefix's
-    hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each);
-    with ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
+    hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each),
+    the others measured in the span of its first layer (:class:`~.critical.Span`); with
+    ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
     active there), the other half pass through those points."""
     d = found.points.shape[1]
     more = [random_line(rng, d, scale) for _ in range(count)]
@@ -182,10 +183,11 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
         more[count - len(picked):] = [Line(o, line.direction) for o, line in
                                       zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else known_normals(aim[0], scale)
+    span = None if aim is None else Span.of(aim[0].layers[0][0], rng)
     first = len(lines)
     lines += more  # counted from now on (a budget error says how many were drawn)
     return found.join(find_critical_points(oracle, more, first_line=first,
-                                           t_range=t_range(reach), known=known))
+                                           t_range=t_range(reach), known=known, span=span))
 
 
 def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
@@ -225,7 +227,7 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
             stuck.append((int(i), u))
     if stuck:
         lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale, (8, 2))
-    return _crossed(oracle, found, prefix, lines, scale)
+    return _crossed(oracle, found, prefix, lines, rng, scale)
 
 
 def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
@@ -242,18 +244,20 @@ def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
     pairs = [(int(i), int(units[r])) for r in range(max(map(len, lacking), default=0))
              for i, units in zip(order, lacking, strict=True) if r < len(units)][:MORE_LINES]
     lines = _ascended(found, prefix, partial, pairs, rng, scale, (256 // max(len(pairs), 1), 4))
-    return _crossed(oracle, found, prefix, lines, scale)
+    return _crossed(oracle, found, prefix, lines, rng, scale)
 
 
 def _crossed(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Line],
-             scale: float) -> CriticalPoints:
+             rng: np.random.Generator, scale: float) -> CriticalPoints:
     """``found`` plus the critical points of the short ``lines`` (``|t| ≤ 0.2 scale``), the
-    normals of those on the prefix's hyperplanes taken from it."""
+    normals of those on the prefix's hyperplanes taken from it, the others measured in the
+    span of its first layer."""
     if not lines:
         return found
     return found.join(find_critical_points(oracle, lines, first_line=-1,
                                            t_range=t_range(0.2 * scale),
-                                           known=known_normals(prefix, scale)))
+                                           known=known_normals(prefix, scale),
+                                           span=Span.of(prefix.layers[0][0], rng)))
 
 
 def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
