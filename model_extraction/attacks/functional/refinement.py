@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
+from .aim import coactive_lines
 from .planes import pinned_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
@@ -30,6 +31,8 @@ __all__ = ["better_plane", "refit_first_layer", "refit_next_layer"]
 _NEAR = 1e-6  # a point found this close to the estimated hyperplane lies on it
 _SUPPORT = 4  # a coordinate non-zero at fewer points than this is not fitted
 _NEXT_POINTS = 8  # points per unknown of a deeper hyperplane (3 left some 24 bits precise)
+_RARE = 3 * _SUPPORT  # points sought where a unit below is active, if fewer of a neuron's are
+_RARE_STARTS = 8  # ascents toward each such (neuron, unit) pair
 
 
 def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float, float]:
@@ -41,8 +44,9 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     and hides the others; kinks of other neurons that passed the tests, or crossings located
     poorly; never a drop that leaves a coordinate non-zero at fewer than ``_SUPPORT`` points
     of the half, which would leave the plane undetermined) must predict the other better than
-    the current estimate does, else the estimate is kept (also when the points lie in a
-    subspace that leaves the hyperplane undetermined).
+    the current estimate does (:func:`_medians`: better where it is worst, and not ten times
+    worse overall), else the estimate is kept (also when the points lie in a subspace that
+    leaves the hyperplane undetermined).
     Returns row, offset and the relative residual on the held-out half of the plane fitted on
     the other half, or of the estimate when it is kept (NaN when there are too few points).
 
@@ -68,10 +72,10 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
     if len(held) <= d:
         return row, offset, np.nan
     scale = np.abs(held).max() + 1.0
-    old = np.median(np.abs(held @ row + offset))
+    old = _medians(held, row, offset)
     first = pinned_plane(fit, row, offset)
     if first is None:
-        return row, offset, float(old / scale)  # the points do not pin down one hyperplane
+        return row, offset, float(old[0] / scale)  # the points do not pin one hyperplane
     n, c, _ = first
     count = np.count_nonzero(fit, axis=0)
     for _ in range(16):  # the worst first: a point far off pulls the fit, and hides the others
@@ -83,12 +87,29 @@ def better_plane(points: Array, row: Array, offset: float) -> tuple[Array, float
             break
         fit, count = fit[~worst], after
         n, c, _ = plane_through(fit, n, c)
-    new = np.median(np.abs(held @ n + c))
-    if not new < old:
-        return row, offset, float(old / scale)
-    both = np.concatenate([fit, held[np.abs(held @ n + c) <= 10 * new + 1e-300]])
+    new = _medians(held, n, c)
+    # better where it is worst, and not ten times worse overall (a fit pulled by points far
+    # off, in a few regions, that the median of one coordinate does not set aside)
+    if not (new[1] < old[1] and new[0] <= max(10 * old[0], 1e-14 * scale)):
+        return row, offset, float(old[0] / scale)
+    both = np.concatenate([fit, held[np.abs(held @ n + c) <= 10 * new[0] + 1e-300]])
     n, c, _ = plane_through(both, n, c)
-    return n, c, float(new / scale)
+    return n, c, float(new[0] / scale)
+
+
+def _medians(points: Array, row: Array, offset: float) -> tuple[float, float]:
+    """How far ``points`` ``(m, d)`` are off the hyperplane: the median distance ``|row · x +
+    offset|`` over all of them, and the largest median over the points where one coordinate
+    is non-zero (for each coordinate non-zero at two points or more). A median ignores the
+    few points far off (other neurons' kinks); one per coordinate sees an error in the weight
+    of a unit active at a minority of the points, which the median over all does not."""
+    off = np.abs(points @ row + offset)
+    live = points != 0
+    count = np.count_nonzero(live, axis=0)
+    overall = worst = float(np.median(off))
+    for column in live.T[(count >= 2) & (count < len(points))]:  # a full one: the overall
+        worst = max(worst, float(np.median(off[column])))
+    return overall, worst
 
 
 def _first_task(oracle: Oracle, row: Array, offset: float, p: Array,
@@ -155,23 +176,69 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     critical points ``anchors[j]`` ``(m_j, d)`` (moved off the anchor within its region), half
     anywhere (for regions far apart, which pin the hyperplane down in every direction), each
     brought onto the estimate along its local normal and then located by a crossing test (one
-    task per neuron, as :func:`refit_first_layer`). Returns the rows, biases and relative
-    residuals, as :func:`refit_first_layer` does."""
+    task per neuron, as :func:`refit_first_layer`); and, for each unit of the top layer active
+    at fewer than ``_RARE`` of those points (its weight is otherwise not fitted, see
+    :func:`better_plane`, and keeps the precision of the signatures), up to ``_RARE`` points
+    on the hyperplane where that unit is active (:func:`_where_rare`). Returns the rows, biases
+    and relative residuals, as :func:`refit_first_layer` does."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
-    argsets = []
-    for j, anchor in enumerate(anchors):
+    starts = []
+    for anchor in anchors:
         n = _NEXT_POINTS * (h + 1)
-        near = anchor[rng.integers(len(anchor), size=n - n // 2)]
-        step = rng.standard_normal(near.shape)
-        room = np.min(prefix.distances(near), axis=1)
-        room = np.where(np.isfinite(room), room, 0.0)
-        near = near + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
+        near = _jittered(prefix, anchor[rng.integers(len(anchor), size=n - n // 2)], rng)
         far = rng.standard_normal((n // 2, d)) * 0.5 * scale  # where the lines start
-        p, unit, radius = placed_on(prefix, rows[j], float(biases[j]),
-                                    np.concatenate([near, far]))
+        starts.append(np.concatenate([near, far]))
+    placed = [placed_on(prefix, rows[j], float(biases[j]), p) for j, p in enumerate(starts)]
+    rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale)
+    argsets = []
+    for j, (on, more) in enumerate(zip(placed, rare, strict=True)):
+        if len(more):
+            on = tuple(np.concatenate(pair) for pair in zip(
+                on, placed_on(prefix, rows[j], float(biases[j]), more), strict=True))
+        p, unit, radius = on
         argsets.append((prefix, rows[j], float(biases[j]), p, unit, radius + 1e-12 * scale))
-    done = _run_tasks(oracle, _next_task, argsets, 6 * _NEXT_POINTS * (h + 1) * len(anchors),
+    done = _run_tasks(oracle, _next_task, argsets, 6 * sum(len(a[3]) for a in argsets),
                       executor)
     return (np.array([r[0] for r in done]).reshape(rows.shape), np.array([r[1] for r in done]),
             np.array([r[2] for r in done]))
+
+
+def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
+                anchors: list[Array], rng: np.random.Generator, scale: float) -> list[Array]:
+    """For each neuron ``j``, points ``(m_j, d)`` near its estimated hyperplane where a unit of
+    the top layer is active that is active at fewer than ``_RARE`` of the points ``placed[j]``
+    on it: ``_RARE_STARTS`` ascents of :func:`~.aim.coactive_lines` (no query) for
+    each such unit, from the neuron's critical points ``anchors[j]`` moved by Gaussian noise
+    of ``0.1 scale``; the points reached, in turn, make ``_RARE`` points for the pair, each
+    moved within its region (:func:`_jittered`; the caller brings them back onto the
+    hyperplane)."""
+    pairs = []
+    for j, p in enumerate(placed):
+        active = np.count_nonzero(prefix.top(p) > 0, axis=0)
+        pairs += [(j, int(u)) for u in np.flatnonzero(active < _RARE)]
+    d = placed[0].shape[1] if placed else 0
+    out: list[list[Array]] = [[] for _ in placed]
+    if not pairs:
+        return [np.zeros((0, d)) for _ in placed]
+    pair = np.repeat(np.arange(len(pairs)), _RARE_STARTS)
+    js, units = (np.array([pairs[k][c] for k in pair]) for c in (0, 1))
+    x = np.array([anchors[j][rng.integers(len(anchors[j]))] for j in js])
+    lines, source = coactive_lines(prefix, x + rng.standard_normal(x.shape) * 0.1 * scale,
+                                   rows[js], biases[js], units, 0.05 * scale, scale)
+    reached = pair[source]
+    for k in np.unique(reached):
+        origins = np.array([line.origin for line, r in zip(lines, reached, strict=True)
+                            if r == k])
+        out[pairs[k][0]].append(_jittered(prefix, origins[np.arange(_RARE) % len(origins)],
+                                          rng))
+    return [np.concatenate(o) if o else np.zeros((0, d)) for o in out]
+
+
+def _jittered(prefix: Prefix, x: Array, rng: np.random.Generator) -> Array:
+    """Points ``x`` ``(n, d)`` each moved in a random direction by 0.3 of its distance to the
+    nearest hyperplane of the prefix (within its region: the same units active)."""
+    step = rng.standard_normal(x.shape)
+    room = np.min(prefix.distances(x), axis=1)
+    room = np.where(np.isfinite(room), room, 0.0)
+    return x + 0.3 * (room / np.linalg.norm(step, axis=1))[:, None] * step
