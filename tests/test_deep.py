@@ -118,12 +118,15 @@ def _never_together(share=0.03):
                        hidden_layers=((w2, b2), (w3, b3)))
 
 
-@pytest.mark.parametrize("seed, seen", [(2, True), (7, False)])
+@pytest.mark.parametrize("seed, seen", [(2, True), (7, True), (8, False)])
 def test_a_weight_seen_only_off_the_gaussian_region_is_found_or_said(seed, seen):
     """A last-layer neuron whose weight on a unit below shows only where both are active, never
     together on 400,000 Gaussian inputs: an ascent over the layers extracted finds where they
-    are (seed 2), or, where it does not (seed 7), the neuron is kept with that weight at 0 and
-    the result lists it (before either, the attack missed the neuron and refused)."""
+    are, and a critical point there (seed 2), or the weight is measured from the kinks of
+    lines across the neuron's hyperplane where the unit is active (seed 7: :mod:`.unseen`;
+    before it, the weight was listed), or, where neither gets there (seed 8), the neuron is
+    kept with that weight at 0 and the result lists it (before all three, the attack missed
+    the neuron and refused)."""
     victim = _never_together()
     x = np.random.default_rng(3).standard_normal((400_000, 10))
     pres = victim.layer_preactivations(x)
@@ -171,7 +174,7 @@ def test_the_depth_one_case_of_the_pipeline(d, h, k, hidden):
 def test_too_few_lines_or_too_deep_is_an_error_not_a_model():
     three = ReLUNetwork.random(10, (10, 8, 6), 1, seed=0)
     with pytest.raises(ExtractionError, match="not returned"):
-        extract_deep(ModelOracle(three), seed=0, max_lines=40)
+        extract_deep(ModelOracle(three), seed=0, max_lines=24)
     rare = ReLUNetwork.random(40, (20, 10), 1, seed=0)  # one neuron active on ~8% of inputs
     with pytest.raises(ExtractionError, match="misses the oracle"):
         extract_deep(ModelOracle(rare), seed=0, max_lines=24)
@@ -268,3 +271,28 @@ def test_the_notes_say_which_orientations_are_guesses():
     guessed = replace(net, metadata={"guessed_signs": [[2, 1], [2, 4]]})
     (note,) = _notes(guessed)
     assert "orientations of 2 middle-layer neurons" in note and "guessed_signs" in note
+
+
+def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active():
+    """The rest of the row known, each kink of a line across the neuron's hyperplane where the
+    unit is active gives a candidate weight; the neuron's own kinks agree across lines, and
+    their value is the weight, whichever orientation the row has (no Jacobian is measured:
+    line searches only)."""
+    from model_extraction.attacks.functional.prefix import Prefix
+    from model_extraction.attacks.functional.unseen import measure_unseen
+
+    victim = _never_together()
+    prefix = Prefix(victim.layers[:2])
+    w3, b3 = (np.array(a) for a in victim.layers[2])
+    rng = np.random.default_rng(0)
+    anchors = [prefix.onto(rng.standard_normal((64, 10)), w3[j], float(b3[j]), 20)
+               for j in range(len(b3))]
+    unseen = np.zeros(w3.shape, dtype=bool)
+    unseen[0, 0] = True
+    for sign in (1.0, -1.0):
+        oracle = ModelOracle(victim)
+        rows = sign * np.where(unseen, 0.0, w3)
+        out = measure_unseen(oracle, prefix, rows, sign * b3, unseen, anchors, rng, 1.0)
+        assert abs(out[0, 0] / sign - w3[0, 0]) < 1e-8 * abs(w3[0, 0])
+        np.testing.assert_array_equal(np.delete(out.ravel(), 0), np.delete(rows.ravel(), 0))
+        assert 0 < oracle.queries < 20_000

@@ -235,6 +235,30 @@ def test_coefficients_are_the_next_layers_weights_on_active_units():
         np.testing.assert_allclose(c, scale * expect, atol=1e-8 * np.abs(c).max())
 
 
+def test_kinks_crowded_along_a_line_are_not_measured(monkeypatch):
+    """Kinks a few 1e-8 apart (rounding, along a line that runs along a hyperplane) would need
+    steps too short to tell a slope from rounding: no Jacobian is measured for them, and the
+    kinks of the same line apart from them are measured as before."""
+    from model_extraction.attacks.functional import critical
+    from model_extraction.attacks.functional.search import search_line
+
+    victim = _victim()
+    line = random_line(np.random.default_rng(0), 12, 1.0)
+    kinks, stats = search_line(ModelOracle(victim), line, (-4.0, 3.3), grid=512)
+
+    def crowded(*args, **kwargs):  # the true kinks, and 40 more 1e-8 apart past the last
+        far = kinks[-1].t + 0.5
+        return kinks + [type(kinks[0])(far + 1e-8 * k, kinks[0].slope_change)
+                        for k in range(40)], stats
+
+    by_alone, by_crowd = ModelOracle(victim), ModelOracle(victim)
+    alone = find_critical_points(by_alone, [line])
+    monkeypatch.setattr(critical, "search_line", crowded)  # a search that costs nothing
+    with_crowd = find_critical_points(by_crowd, [line])
+    np.testing.assert_allclose(with_crowd.points, alone.points, atol=1e-12)
+    assert len(alone) >= 5 and by_crowd.queries == by_alone.queries - stats.queries
+
+
 def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():
     victim = _victim(seed=2)
     oracle, prefix, rng = ModelOracle(victim), _prefix(victim, 1), np.random.default_rng(0)

@@ -54,6 +54,7 @@ from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
 from .selfcheck import SelfCheck, self_check_drawn
 from .signs import signs_by_preimage, signs_from_next_layer
+from .unseen import measure_unseen
 from .wiggle import signs_by_wiggle
 
 Array = NDArray[np.float64]
@@ -413,6 +414,10 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             keep = distinct_with_partial(v, b, layer, whole, _room(hidden, prefix))
             # a weight never seen is 0 after the refit too, unless its points measured it
             v, b, unseen = v[keep], b[keep], ~layer.known[keep] & (v[keep] == 0)
+            if unseen.any():  # measured where both units are active, if lines get there
+                v = measure_unseen(oracle, prefix, v, b, unseen,
+                                   [found.points[layer.members[i]] for i in keep], rng, scale)
+                unseen &= v == 0
             phases.enter("last layer", len(v))
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
                                 scale)
