@@ -19,7 +19,9 @@ The phases, one module each, layer after layer:
    (:mod:`.aim`), until no batch finds a new neuron, then refined;
 4. if the logits are affine in that layer's activations (and in the layer below: an affine
    term carries a unit active wherever the attack queried), it is the last: its signs and the
-   logit layer by least squares (:mod:`.lastlayer`); if not, the neurons whose hyperplanes are
+   logit layer by least squares (:mod:`.lastlayer`; a weight never seen at a critical point
+   measured first from the kinks of lines where both units are active, :mod:`.unseen`); if
+   not, the neurons whose hyperplanes are
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
    preimages (:func:`.signs.signs_by_preimage`) where the layer is contractive and by neuron
    wiggles (:mod:`.wiggle`) where it is expansive, and added to the prefix, and step 3
@@ -148,11 +150,11 @@ def extract_deep(
     Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
     ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
     and last-layer weights never seen at a critical point (the unit below was inactive at every
-    one of the neuron's), set to 0 and listed as ``[neuron, unit]`` pairs in
-    ``network.metadata["unseen_weights"]`` (a note says so), and middle-layer orientations
-    that are statistical guesses of the neuron wiggle (an expansive layer's neuron that no
-    exact wiggle reaches; ``network.metadata["guessed_signs"]``, ``[layer, neuron]`` pairs,
-    and a note).
+    one of the neuron's) and not measured on the lines of :mod:`.unseen`, set to 0 and listed
+    as ``[neuron, unit]`` pairs in ``network.metadata["unseen_weights"]`` (a note says so),
+    and middle-layer orientations that are statistical guesses of the neuron wiggle (an
+    expansive layer's neuron that no exact wiggle reaches; ``network.metadata
+    ["guessed_signs"]``, ``[layer, neuron]`` pairs, and a note).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
     finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
