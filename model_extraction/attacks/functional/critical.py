@@ -232,9 +232,9 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
     search left an interval unresolved or stopped early (a critical point may be missing between
     two found), no region is shared on it. Points whose normal cannot be measured cleanly are
     left out, and so are the points closer than ``1e-7`` (in ``t``) to the next, whose steps
-    would be too short to tell a slope from rounding (a line along a hyperplane: an aimed line
-    that follows a unit's level set, and ran parallel to a hyperplane, 1e-12 off, gave 1,214
-    kinks a few 1e-8 apart, and 600,000 queries of Jacobians, all but one of them noise).
+    would be too short to tell a slope from rounding (a line along a hyperplane, as an aimed
+    line that follows a unit's level set may be, finds kinks a few 1e-8 apart by the hundred,
+    whose Jacobians are noise).
     ``first_line`` numbers the lines (for :attr:`CriticalPoints.line`).
     ``known(points (m, d)) → (m, d)``: the normals of the points that lie on a hyperplane
     already extracted (NaN rows for the others), which are then taken from it, with no query.

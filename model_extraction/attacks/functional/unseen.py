@@ -57,7 +57,7 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         far = rng.standard_normal((_STARTS - _STARTS // 4, d)) * 0.5 * scale
         starts += [near, prefix.onto(far, rows[i], float(biases[i]), 20)]
     # both orientations: the ascent seeks the row's positive side, which is the neuron's
-    # active side only if the row is oriented, and a last layer's is not oriented yet
+    # active side only if the row is oriented, and the layer is not oriented yet
     pair = np.tile(np.repeat(np.arange(len(pairs)), _STARTS), 2)
     sign = np.repeat([1.0, -1.0], len(pair) // 2)[:, None]
     lines, source = coactive_lines(prefix, np.tile(np.concatenate(starts), (2, 1)),
