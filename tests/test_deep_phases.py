@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_extraction.attacks.functional.critical import Span, find_critical_points, random_line
+from model_extraction.attacks.functional.critical import (
+    CriticalPoints,
+    Span,
+    find_critical_points,
+    random_line,
+)
 from model_extraction.attacks.functional.layers import flat_above
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
@@ -131,6 +136,36 @@ def test_normals_measured_in_the_first_layers_span_are_the_normals(missing):
     jacobians = [by.queries - searched.queries for by in (full_by, span_by)]
     if not missing:  # 21 / 61 = 0.34 of the Jacobians' queries
         assert jacobians[1] < 0.4 * jacobians[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_first_lines_are_measured_in_the_span_of_the_normals_before_them(seed):
+    """Before any layer is known, each line's Jacobians are measured along the span of the
+    normals of the lines before it: the same lines, critical points and normals (to 1e-9) as
+    when every Jacobian is measured along every coordinate, for a fraction of the queries,
+    although the span of the first line's normals leaves out 5 of the first victim's 8
+    first-layer neurons and 3 of the second's 10 (their kinks are measured along every
+    coordinate, and add them)."""
+    from model_extraction.attacks.functional.aim import first_lines, search_lines, t_range
+    from model_extraction.attacks.functional.search import search_line
+
+    victim = _victim(widths=(8, 8, 6), d=30) if seed == 0 else _victim(widths=(10, 8), d=40)
+    d = victim.layers[0][0].shape[1]
+    full_by, span_by = ModelOracle(victim), ModelOracle(victim)
+    full_lines, span_lines = [], []
+    full = search_lines(full_by, CriticalPoints.empty(d), full_lines,
+                        np.random.default_rng(seed), 12, 1.0, 4.0)
+    spanned = first_lines(span_by, d, span_lines, np.random.default_rng(seed), 12, 1.0, 4.0)
+    assert all(np.array_equal(a.origin, b.origin) and np.array_equal(a.direction, b.direction)
+               for a, b in zip(full_lines, span_lines, strict=True))
+    np.testing.assert_allclose(spanned.points, full.points, atol=1e-12)
+    same = np.abs(np.sum(spanned.normals * full.normals, axis=1))
+    assert np.all(np.abs(same - 1) < 1e-9)  # equal up to sign
+    searched = ModelOracle(victim)
+    for line in full_lines:
+        search_line(searched, line, t_range(4.0), grid=512)
+    jacobians = [by.queries - searched.queries for by in (full_by, span_by)]
+    assert jacobians[1] < 0.6 * jacobians[0]
 
 
 @pytest.mark.parametrize("k", [1, 3])

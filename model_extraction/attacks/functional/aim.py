@@ -34,11 +34,13 @@ from .signatures import Signatures
 
 Array = NDArray[np.float64]
 
-__all__ = ["MORE_LINES", "aimed_origins", "coactive_lines", "known_normals", "line_into",
+__all__ = ["MORE_LINES", "aimed_origins", "coactive_lines", "first_lines", "known_normals",
+           "line_into",
            "search_lines", "t_range", "toward_missing", "toward_every_missing"]
 
 MORE_LINES = 16  # lines of each batch drawn after the first, and of each aimed batch
 _ASCENT_STEPS = 2000  # gradient steps of the ascent, the first half of 0.05 scale, then 0.01
+_SPAN_RTOL = 1e-6  # a normal is exact far beyond this: smaller singular values are noise
 _TIE = 0.05  # |z_row - z_unit| under this (times scale): both pieces of the minimum are active
 
 
@@ -163,7 +165,7 @@ def t_range(reach: float) -> tuple[float, float]:
 def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
                  rng: np.random.Generator, count: int, scale: float, reach: float,
                  aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
-                 through: Array | None = None) -> CriticalPoints:
+                 through: Array | None = None, span: Span | None = None) -> CriticalPoints:
     """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
@@ -171,7 +173,8 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
     hyperplanes are taken from it instead of measured (up to ``2 (2d + 1)`` queries saved each),
     the others measured in the span of its first layer (:class:`~.critical.Span`); with
     ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
-    active there), the other half pass through those points."""
+    active there), the other half pass through those points; without ``aim``, the Jacobians
+    are measured along ``span`` where it is given."""
     d = found.points.shape[1]
     more = [random_line(rng, d, scale) for _ in range(count)]
     if aim is not None and aim[1].any():
@@ -183,11 +186,34 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
         more[count - len(picked):] = [Line(o, line.direction) for o, line in
                                       zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else known_normals(aim[0], scale)
-    span = None if aim is None else Span.of(aim[0].layers[0][0], rng)
+    span = span if aim is None else Span.of(aim[0].layers[0][0], rng)
     first = len(lines)
     lines += more  # counted from now on (a budget error says how many were drawn)
     return found.join(find_critical_points(oracle, more, first_line=first,
                                            t_range=t_range(reach), known=known, span=span))
+
+
+def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generator,
+                count: int, scale: float, reach: float) -> CriticalPoints:
+    """The critical points of the ``count`` first random lines (appended to ``lines``), before
+    any layer is known.
+
+    Every Jacobian row lies in the span of the first layer's rows, and so does every normal:
+    each line's Jacobians are measured along the span of the normals found on the lines before
+    it (:class:`~.critical.Span`; its rank counts the singular values above ``_SPAN_RTOL`` of
+    the largest; ``2 (r + 2) + 1`` queries a region instead of ``2d + 1``). A kink where a
+    first-layer neuron outside that span is active is measured along every coordinate, and its
+    normal adds the neuron's direction for the next line. The first line is measured along
+    every coordinate. The lines are those :func:`search_lines` would draw for ``count`` at
+    once."""
+    found, span = CriticalPoints.empty(d), None
+    for _ in range(count):
+        seen = len(found)
+        found = search_lines(oracle, found, lines, rng, 1, scale, reach, span=span)
+        rows = (found.normals if span is None
+                else np.vstack([span.basis[: -span.checks], found.normals[seen:]]))
+        span = Span.of(rows, rng, rtol=_SPAN_RTOL) if len(rows) else None
+    return found
 
 
 def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:

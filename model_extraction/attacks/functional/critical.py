@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
@@ -81,14 +82,17 @@ class Span:
     checks: int
 
     @staticmethod
-    def of(rows: Array, rng: np.random.Generator) -> Span | None:
+    def of(rows: Array, rng: np.random.Generator, rtol: float = 1e-10) -> Span | None:
         """The span of ``rows`` ``(h, d)`` with :data:`_CHECKS` random checks off it, or
         ``None`` where it is no cheaper than the ``d`` coordinates (``rank + checks ≥ d``).
         The checks are drawn from a child of ``rng`` (:meth:`numpy.random.Generator.spawn`),
         so that what ``rng`` draws next, the lines, does not depend on them."""
         d = rows.shape[1]
-        _, s, vt = np.linalg.svd(rows, full_matrices=False)
-        inside = vt[: int(np.sum(s > 1e-10 * s[0]))] if len(s) and s[0] > 0 else vt[:0]
+        try:
+            _, s, vt = np.linalg.svd(rows, full_matrices=False)
+        except np.linalg.LinAlgError:  # LAPACK's gesdd does not converge on rare matrices
+            _, s, vt = scipy.linalg.svd(rows, full_matrices=False, lapack_driver="gesvd")
+        inside = vt[: int(np.sum(s > rtol * s[0]))] if len(s) and s[0] > 0 else vt[:0]
         if len(inside) + _CHECKS >= d:
             return None
         off = rng.spawn(1)[0].standard_normal((_CHECKS, d))

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
-from .aim import MORE_LINES, search_lines
+from .aim import MORE_LINES, first_lines, search_lines
 from .critical import CriticalPoints
 from .lastlayer import fit_with_affine, orient_and_fit
 from .layers import Hyperplanes, first_layer
@@ -232,7 +232,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     scale, reach, max_lines = search
     check_points, check_tolerance = checking
     phases.enter("critical points")
-    found = search_lines(oracle, CriticalPoints.empty(d), lines, rng, _FIRST_LINES, scale, reach)
+    found = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
     examined = 0
