@@ -98,7 +98,9 @@ def compare_networks(
     uniformly from the box ``input_bounds``. ``up_to_constant``: the extracted logits are the
     victim's up to a constant per input (extraction from probabilities), so the logit error is
     measured after centring each row. Fidelities are fractions in ``[0, 1]``, errors absolute,
-    bits ``-log2`` of the mean absolute error of unit-norm rows.
+    bits ``-log2`` of the mean absolute error of unit-norm rows. When both networks have the
+    same depth, two hidden layers or more, ``"layers"`` holds each hidden layer's precision
+    (:func:`layer_precision`: units matched, wrong signs, worst and mean bits).
     """
     rng = np.random.default_rng(seed)
     lo, hi = input_bounds

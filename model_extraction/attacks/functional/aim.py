@@ -194,7 +194,7 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
 
 
 def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generator,
-                count: int, scale: float, reach: float) -> CriticalPoints:
+                count: int, scale: float, reach: float) -> tuple[CriticalPoints, dict[int, Span]]:
     """The critical points of the ``count`` first random lines (appended to ``lines``), before
     any layer is known.
 
@@ -205,15 +205,19 @@ def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generat
     first-layer neuron outside that span is active is measured along every coordinate, and its
     normal adds the neuron's direction for the next line. The first line is measured along
     every coordinate. The lines are those :func:`search_lines` would draw for ``count`` at
-    once."""
-    found, span = CriticalPoints.empty(d), None
+    once. Also returns the span of each line measured along one, by line number, so that its
+    normals can be carried into the span of the refined first layer
+    (:meth:`~.critical.Span.carried`): one estimated from normals is off by a few 1e-10."""
+    found, span, spans = CriticalPoints.empty(d), None, {}
     for _ in range(count):
         seen = len(found)
+        if span is not None:
+            spans[len(lines)] = span
         found = search_lines(oracle, found, lines, rng, 1, scale, reach, span=span)
         rows = (found.normals if span is None
                 else np.vstack([span.basis[: -span.checks], found.normals[seen:]]))
         span = Span.of(rows, rng, rtol=_SPAN_RTOL) if len(rows) else None
-    return found
+    return found, spans
 
 
 def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:

@@ -101,6 +101,29 @@ class Span:
         return Span(np.vstack([inside, off]), _CHECKS)
 
 
+    def carried(self, normals: Array, rows: Array) -> Array:
+        """``normals`` ``(m, d)`` measured along this span, carried into the span of ``rows``
+        ``(h, d)`` (the first layer, refined since): each is the vector of that span with the
+        same slopes along this span's basis, which is the normal itself if this span held
+        the true one's directions but was tilted (an estimate from normals errs by a few
+        1e-10). Rows off this span (neurons outside it, inactive where it was used) are left
+        out; normals that are not in this span (measured along every coordinate) and spans
+        whose rank differs from that of the rows kept are returned as they are."""
+        inside = self.basis[: len(self.basis) - self.checks]
+        near = np.linalg.norm(rows - (rows @ inside.T) @ inside, axis=1) <= 1e-6 * np.linalg.norm(
+            rows, axis=1)
+        _, s, vt = np.linalg.svd(rows[near], full_matrices=False)
+        true = vt[: int(np.sum(s > 1e-10 * s[0]))] if len(s) and s[0] > 0 else vt[:0]
+        if len(true) != len(inside):
+            return normals
+        slopes = normals @ inside.T
+        here = np.linalg.norm(normals - slopes @ inside, axis=1) <= 1e-12
+        out = normals.copy()
+        moved = np.linalg.solve((true @ inside.T).T, slopes[here].T).T @ true
+        out[here] = moved / np.linalg.norm(moved, axis=1, keepdims=True)
+        return out
+
+
 def random_line(rng: np.random.Generator, d: int, scale: float) -> Line:
     """A line through a Gaussian point of standard deviation ``scale / 2``, uniform direction."""
     direction = rng.standard_normal(d)

@@ -4,7 +4,9 @@ paper's setting (any float64 input).
 
 The phases, one module each, layer after layer:
 
-1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`);
+1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`; the
+   Jacobians of each of the first lines measured in the span of the normals found before it,
+   :func:`.aim.first_lines`);
 2. the first layer: the hyperplanes that are flat everywhere (:mod:`.layers`), refined
    (:mod:`.refinement`); when almost every critical point is on one of them (or ``hidden`` has
    one width) and the logits are affine in their activations and the inputs, the first layer is
@@ -46,7 +48,7 @@ from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .aim import MORE_LINES, first_lines, search_lines
-from .critical import CriticalPoints
+from .critical import CriticalPoints, Span
 from .lastlayer import fit_with_affine, orient_and_fit
 from .layers import Hyperplanes, first_layer
 from .nextlayer import distinct_with_partial, grow, with_partial
@@ -232,13 +234,18 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     scale, reach, max_lines = search
     check_points, check_tolerance = checking
     phases.enter("critical points")
-    found = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach)
+    found, spans = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
     examined = 0
     while True:
         phases.enter("first layer")
         planes, examined = _more_planes(oracle, found, planes, rng, scale, examined), len(found)
+        if spans:  # once: the first lines' normals into the span of the refined first layer
+            phases.enter("refinement", len(planes.rows))
+            found = _carried(found, spans, _refined_first(oracle, planes, rng, scale, executor,
+                                                          refined)[0])
+            spans = {}
         try:
             found, network, residuals, held = _layers(
                 oracle, found, planes, lines, rng, phases, search, hidden, executor, refined)
@@ -265,6 +272,16 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         found = search_lines(oracle, found, lines, rng, more, scale, reach,
                              (first, np.ones(first.widths[0], dtype=bool)), failed)
     return network, residuals, check
+
+
+def _carried(found: CriticalPoints, spans: dict[int, Span], rows: Array) -> CriticalPoints:
+    """``found`` with the normals of each line of ``spans`` (measured along that
+    :class:`~.critical.Span`) carried into the span of the first layer's ``rows``."""
+    normals = found.normals.copy()
+    for line, span in spans.items():
+        on = found.line == line
+        normals[on] = span.carried(normals[on], rows)
+    return CriticalPoints(found.points, normals, found.line)
 
 
 def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
