@@ -207,7 +207,8 @@ def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generat
     every coordinate. The lines are those :func:`search_lines` would draw for ``count`` at
     once. Also returns the span of each line measured along one, by line number, so that its
     normals can be carried into the span of the refined first layer
-    (:meth:`~.critical.Span.carried`): one estimated from normals is off by a few 1e-10."""
+    (:meth:`~.critical.Span.carried`): one estimated from normals is tilted by about their
+    errors."""
     found, span, spans = CriticalPoints.empty(d), None, {}
     for _ in range(count):
         seen = len(found)

@@ -105,8 +105,8 @@ class Span:
         """``normals`` ``(m, d)`` measured along this span, carried into the span of ``rows``
         ``(h, d)`` (the first layer, refined since): each is the vector of that span with the
         same slopes along this span's basis, which is the normal itself if this span held
-        the true one's directions but was tilted (an estimate from normals errs by a few
-        1e-10). Rows off this span (neurons outside it, inactive where it was used) are left
+        the true one's directions but was tilted (an estimate from normals is, by about their
+        own errors). Rows off this span (neurons outside it, inactive where it was used) are left
         out; normals that are not in this span (measured along every coordinate) and spans
         whose rank differs from that of the rows kept are returned as they are."""
         inside = self.basis[: len(self.basis) - self.checks]
