@@ -35,8 +35,7 @@ from .signatures import Signatures
 Array = NDArray[np.float64]
 
 __all__ = ["MORE_LINES", "aimed_origins", "coactive_lines", "first_lines", "known_normals",
-           "line_into",
-           "search_lines", "t_range", "toward_missing", "toward_every_missing"]
+           "line_into", "search_lines", "t_range", "toward_missing", "toward_every_missing"]
 
 MORE_LINES = 16  # lines of each batch drawn after the first, and of each aimed batch
 _ASCENT_STEPS = 2000  # gradient steps of the ascent, the first half of 0.05 scale, then 0.01

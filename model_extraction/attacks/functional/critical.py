@@ -100,7 +100,6 @@ class Span:
         off = np.linalg.qr(off.T)[0].T
         return Span(np.vstack([inside, off]), _CHECKS)
 
-
     def carried(self, normals: Array, rows: Array) -> Array:
         """``normals`` ``(m, d)`` measured along this span, carried into the span of ``rows``
         ``(h, d)`` (the first layer, refined since): each is the vector of that span with the
