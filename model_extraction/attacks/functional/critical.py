@@ -88,11 +88,7 @@ class Span:
         The checks are drawn from a child of ``rng`` (:meth:`numpy.random.Generator.spawn`),
         so that what ``rng`` draws next, the lines, does not depend on them."""
         d = rows.shape[1]
-        try:
-            _, s, vt = np.linalg.svd(rows, full_matrices=False)
-        except np.linalg.LinAlgError:  # LAPACK's gesdd does not converge on rare matrices
-            _, s, vt = scipy.linalg.svd(rows, full_matrices=False, lapack_driver="gesvd")
-        inside = vt[: int(np.sum(s > rtol * s[0]))] if len(s) and s[0] > 0 else vt[:0]
+        inside = _row_space(rows, rtol)
         if len(inside) + _CHECKS >= d:
             return None
         off = rng.spawn(1)[0].standard_normal((_CHECKS, d))
@@ -111,8 +107,7 @@ class Span:
         inside = self.basis[: len(self.basis) - self.checks]
         near = np.linalg.norm(rows - (rows @ inside.T) @ inside, axis=1) <= 1e-6 * np.linalg.norm(
             rows, axis=1)
-        _, s, vt = np.linalg.svd(rows[near], full_matrices=False)
-        true = vt[: int(np.sum(s > 1e-10 * s[0]))] if len(s) and s[0] > 0 else vt[:0]
+        true = _row_space(rows[near], 1e-10)
         if len(true) != len(inside):
             return normals
         slopes = normals @ inside.T
@@ -121,6 +116,16 @@ class Span:
         moved = np.linalg.solve((true @ inside.T).T, slopes[here].T).T @ true
         out[here] = moved / np.linalg.norm(moved, axis=1, keepdims=True)
         return out
+
+
+def _row_space(rows: Array, rtol: float) -> Array:
+    """An orthonormal basis ``(r, d)`` of the span of ``rows`` ``(h, d)``: the right singular
+    vectors whose singular values exceed ``rtol`` times the largest."""
+    try:
+        _, s, vt = np.linalg.svd(rows, full_matrices=False)
+    except np.linalg.LinAlgError:  # LAPACK's gesdd does not converge on rare matrices
+        _, s, vt = scipy.linalg.svd(rows, full_matrices=False, lapack_driver="gesvd")
+    return vt[: int(np.sum(s > rtol * s[0]))] if len(s) and s[0] > 0 else vt[:0]
 
 
 def random_line(rng: np.random.Generator, d: int, scale: float) -> Line:
