@@ -11,6 +11,7 @@ from model_extraction.attacks.functional.critical import (
     CriticalPoints,
     Span,
     find_critical_points,
+    line_kinks,
     random_line,
 )
 from model_extraction.attacks.functional.layers import flat_above
@@ -73,7 +74,6 @@ def test_onto_brings_far_points_onto_a_rare_neurons_hyperplane(seed):
 
 def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix():
     from model_extraction.attacks.functional.critical import _regions
-    from model_extraction.attacks.functional.search import search_line
 
     victim = _victim(seed=1)
     prefix, rng = _prefix(victim, 2), np.random.default_rng(3)
@@ -89,8 +89,7 @@ def test_critical_points_on_known_hyperplanes_take_their_normals_from_the_prefix
     # each known point spares the Jacobians only it needed (its neighbours may need them too)
     spared = 0
     for line in lines:
-        ts = np.array([k.t for k in search_line(ModelOracle(victim), line, (-4.0, 3.3),
-                                                grid=512)[0]])
+        ts = np.array([k.t for k in line_kinks(ModelOracle(victim), line, (-4.0, 3.3))[0]])
         off = np.isnan(prefix.normals_on(line.at(ts), 1e-7)[:, 0])
         spared += len(_regions(ts, np.ones(len(ts), bool), True)[0])
         spared -= len(_regions(ts, off, True)[0])
@@ -139,7 +138,6 @@ def test_normals_measured_in_the_first_layers_span_are_the_normals(missing):
     first-layer neuron left out of the span, its kinks and the kinks where it is active show
     on the checks and are measured along every coordinate, so no normal loses its part off
     the span."""
-    from model_extraction.attacks.functional.search import search_line
 
     victim = _victim(widths=(8, 8, 6), d=30)
     rows = victim.layers[0][0][1:] if missing else victim.layers[0][0]
@@ -147,7 +145,7 @@ def test_normals_measured_in_the_first_layers_span_are_the_normals(missing):
     lines = [random_line(rng, 30, 1.0) for _ in range(12)]
     searched, full_by, span_by = ModelOracle(victim), ModelOracle(victim), ModelOracle(victim)
     for line in lines:
-        search_line(searched, line, (-4.0, 3.3), grid=512)
+        line_kinks(searched, line, (-4.0, 3.3))
     full = find_critical_points(full_by, lines)
     spanned = find_critical_points(span_by, lines, span=Span.of(rows, rng))
     np.testing.assert_allclose(spanned.points, full.points, atol=1e-12)
@@ -168,7 +166,6 @@ def test_the_first_lines_are_measured_in_the_span_of_the_normals_before_them(see
     queries, although the span of the first line's normals leaves out three first-layer
     neurons or more (their kinks are measured along every coordinate, and add them)."""
     from model_extraction.attacks.functional.aim import first_lines, search_lines, t_range
-    from model_extraction.attacks.functional.search import search_line
 
     victim = _victim(widths=(8, 8, 6), d=30) if seed == 0 else _victim(widths=(10, 8), d=40)
     d = victim.layers[0][0].shape[1]
@@ -189,7 +186,7 @@ def test_the_first_lines_are_measured_in_the_span_of_the_normals_before_them(see
     assert np.sum(np.linalg.norm(rows - rows @ inside.T @ inside, axis=1) > 1e-6) >= 3
     searched = ModelOracle(victim)
     for line in full_lines:
-        search_line(searched, line, t_range(4.0), grid=512)
+        line_kinks(searched, line, t_range(4.0))
     jacobians = [by.queries - searched.queries for by in (full_by, span_by)]
     assert jacobians[1] < 0.6 * jacobians[0]
 
@@ -200,11 +197,10 @@ def test_consecutive_critical_points_share_the_region_between_them(k, monkeypatc
     between them: the same normals as Jacobians measured beside each point, for about half the
     queries on a line that crosses many, whatever the batches of probes."""
     from model_extraction.attacks.functional import critical
-    from model_extraction.attacks.functional.search import search_line
 
     victim = _victim(seed=2, k=k)
     line = random_line(np.random.default_rng(4), 12, 1.0)
-    kinks = search_line(ModelOracle(victim), line, (-4.0, 3.3), grid=512)[0]
+    kinks = line_kinks(ModelOracle(victim), line, (-4.0, 3.3))[0]
     ts, slopes = np.array([k.t for k in kinks]), np.array([k.slope_change for k in kinks])
     need = np.ones(len(ts), dtype=bool)
     need[len(ts) // 2] = False  # taken from a known hyperplane: its neighbours share nothing
@@ -301,11 +297,10 @@ def test_kinks_crowded_along_a_line_are_not_measured(monkeypatch):
     steps too short to tell a slope from rounding: no Jacobian is measured for them, and the
     kinks of the same line apart from them are measured as before."""
     from model_extraction.attacks.functional import critical
-    from model_extraction.attacks.functional.search import search_line
 
     victim = _victim()
     line = random_line(np.random.default_rng(0), 12, 1.0)
-    kinks, stats = search_line(ModelOracle(victim), line, (-4.0, 3.3), grid=512)
+    kinks, stats = line_kinks(ModelOracle(victim), line, (-4.0, 3.3))
 
     def crowded(*args, **kwargs):  # the true kinks, and 40 more 1e-8 apart past the last
         far = kinks[-1].t + 0.5

@@ -31,11 +31,11 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
-from .search import Line, search_line
+from .search import Kink, Line, LineSearchStats, search_line
 
 Array = NDArray[np.float64]
 
-__all__ = ["CriticalPoints", "Span", "find_critical_points", "random_line"]
+__all__ = ["CriticalPoints", "Span", "find_critical_points", "line_kinks", "random_line"]
 
 _AGREE = 1e-7  # relative agreement of the two step sizes that vouches for a Jacobian column
 _RANK_ONE = 1e-6  # second singular value of the jump, relative to the first, still rank one
@@ -44,6 +44,11 @@ _PROBES = 2**22  # most floats of one batch of probes (32 MiB), unless one point
 _CHECKS = 2  # random directions off the span, whose slopes must vanish
 _CROWDED = 1e-7  # a kink this close to the next (in t): its Jacobians would be noise
 _OFF_SPAN = 1e-6  # a check's slope, relative to the largest slope, that is not rounding
+_GRID = 64  # equal intervals of a line's first batch of 2-linearity tests (3 (_GRID + 1) queries)
+# Offset of the probes that verify a candidate, relative to its interval: a second kink closer
+# to the candidate than that can hide behind it, so the offset is kept as short, in t, as 1e-2
+# of a 512-interval grid's (above search_line's slope step, 1e-3, as it must be).
+_VERIFY = 1e-2 * _GRID / 512
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,13 @@ def random_line(rng: np.random.Generator, d: int, scale: float) -> Line:
     """A line through a Gaussian point of standard deviation ``scale / 2``, uniform direction."""
     direction = rng.standard_normal(d)
     return Line(rng.standard_normal(d) * 0.5 * scale, direction / np.linalg.norm(direction))
+
+
+def line_kinks(oracle: Oracle, line: Line, t_range: tuple[float, float],
+               ) -> tuple[list[Kink], LineSearchStats]:
+    """The critical points of ``line`` in ``t_range`` (:func:`~.search.search_line`: a first
+    batch of ``3 (_GRID + 1)`` queries, then halvings; the kinks and the search's statistics)."""
+    return search_line(oracle, line, t_range, grid=_GRID, verify_step=_VERIFY)
 
 
 def _jacobians(oracle: Oracle, points: Array, step: Array,
@@ -251,7 +263,6 @@ def _normals(oracle: Oracle, line: Line, ts: Array, slope_change: Array,
 
 def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int = 0,
                          t_range: tuple[float, float] = (-4.0, 3.3),
-                         grid: int = 512,
                          known: Callable[[Array], Array] | None = None,
                          span: Span | None = None) -> CriticalPoints:
     """Search each of ``lines`` for critical points and measure each one's normal.
@@ -276,7 +287,7 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
     d = len(lines[0].origin) if lines else 0
     found = CriticalPoints.empty(d)
     for i, line in enumerate(lines):
-        kinks, stats = search_line(oracle, line, t_range, grid=grid)
+        kinks, stats = line_kinks(oracle, line, t_range)
         ts = np.array([k.t for k in kinks])
         slopes = np.array([k.slope_change for k in kinks])
         xs = line.at(ts) if len(ts) else np.zeros((0, d))
