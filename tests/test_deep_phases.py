@@ -292,6 +292,31 @@ def test_coefficients_are_the_next_layers_weights_on_active_units():
         np.testing.assert_allclose(c, scale * expect, atol=1e-8 * np.abs(c).max())
 
 
+def test_two_kinks_close_together_are_both_found_for_a_fraction_of_a_fine_grids_queries():
+    """Two kinks 2.9e-4 apart (in t) on a line of a 20-8-16-4-1 victim: probes that verify a
+    candidate at 1e-2 of an interval of a 64-interval grid (1.1e-3) fall outside both, and the
+    pair passes for one kink; :func:`.critical.line_kinks` keeps them as close to a candidate
+    as a 512-interval grid does, and finds every kink that grid finds, for a third of its
+    queries or less."""
+    from model_extraction.attacks.functional.search import search_line
+
+    victim = ReLUNetwork.random(20, (8, 16, 4), 1, seed=1)
+    rng = np.random.default_rng(0)
+    line = [random_line(rng, 20, 1.0) for _ in range(22)][-1]
+    fine, coarse, searched = (ModelOracle(victim) for _ in range(3))
+
+    def where(kinks):
+        return np.array([k.t for k in kinks])
+
+    want = where(search_line(fine, line, (-4.0, 3.3), grid=512)[0])
+    wide = where(search_line(coarse, line, (-4.0, 3.3), grid=64)[0])
+    got = where(line_kinks(searched, line, (-4.0, 3.3))[0])
+    assert np.sum(np.abs(want - 0.9927) < 1e-3) == 2 and np.sum(np.abs(wide - 0.9927) < 1e-3) == 1
+    assert len(got) == len(want) > 20
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    assert searched.queries <= fine.queries / 3
+
+
 def test_kinks_crowded_along_a_line_are_not_measured(monkeypatch):
     """Kinks a few 1e-8 apart (rounding, along a line that runs along a hyperplane) would need
     steps too short to tell a slope from rounding: no Jacobian is measured for them, and the

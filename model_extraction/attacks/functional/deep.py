@@ -128,7 +128,7 @@ def extract_deep(
 
     One hidden layer is the pipeline's first case (its signs and the logit layer come from
     the logits, affine in its activations and the inputs); the one-hidden-layer attack
-    (:func:`~.extract.extract_functional`) extracts it with 12 to 29 times fewer queries
+    (:func:`~.extract.extract_functional`) extracts it with 10 to 26 times fewer queries
     (docs/deep.md).
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
