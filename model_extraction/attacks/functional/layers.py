@@ -90,9 +90,7 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             group = np.flatnonzero(same & on & free)
             if len(set(found.line[group].tolist())) < min_lines:
                 continue
-            n, c = normals[i], float(offsets[i])
-            if len(group) > pts.shape[1]:
-                n, c, _ = plane_through(pts[group], normals[i])
+            n, c = _group_plane(pts[group], normals[group], normals[i])
             if is_flat(oracle, n, c, rng, scale=scale):
                 free[group] = False
                 rows.append(n)
@@ -100,6 +98,19 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
                 members.append(group)
     d = pts.shape[1]
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
+
+
+def _group_plane(points: Array, normals: Array, first: Array) -> tuple[Array, float]:
+    """The hyperplane of a group of critical points ``(m, d)`` with their unit normals: fitted
+    through the points when they pin it (``m > d``), else the mean of the normals (oriented as
+    ``first``), whose errors average out, at the median offset of the points, which the line
+    search locates far more precisely than any normal."""
+    if len(points) > points.shape[1]:
+        n, c, _ = plane_through(points, first)
+        return n, float(c)
+    n = np.sum(normals * np.sign(normals @ first)[:, None], axis=0)
+    n /= np.linalg.norm(n)
+    return n, float(-np.median(points @ n))
 
 
 def _apart(prefix: Prefix, rows: Array, biases: Array, j: int, p: Array, radius: Array,
