@@ -14,7 +14,7 @@ from model_extraction.attacks.functional.critical import (
     line_kinks,
     random_line,
 )
-from model_extraction.attacks.functional.layers import flat_above
+from model_extraction.attacks.functional.layers import first_layer, flat_above, is_flat
 from model_extraction.attacks.functional.prefix import Prefix
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
@@ -338,6 +338,35 @@ def test_kinks_crowded_along_a_line_are_not_measured(monkeypatch):
     with_crowd = find_critical_points(by_crowd, [line])
     np.testing.assert_allclose(with_crowd.points, alone.points, atol=1e-12)
     assert len(alone) >= 5 and by_crowd.queries == by_alone.queries - stats.queries
+
+
+def test_a_first_layer_hyperplane_is_estimated_from_all_its_points_and_normals():
+    """Twenty critical points of one first-layer neuron, on twenty lines, their normals off by
+    2e-9 and the first one's by 3e-8: the hyperplane of the first normal alone lies off the
+    neuron's by more than the flatness test's 1e-8 where the test's lines cross it, and fails
+    the test for most neurons; the group's (the mean normal, at the points' median offset) passes
+    for every one, ten times closer to the neuron's row."""
+    victim = ReLUNetwork.random(40, (10, 8), 2, seed=0)
+    w, b = victim.layers[0]
+    failed = 0
+    for u in range(10):
+        row, offset = w[u] / np.linalg.norm(w[u]), b[u] / np.linalg.norm(w[u])
+        rng = np.random.default_rng(0)
+        points = rng.standard_normal((20, 40)) * 0.5
+        points -= (points @ row + offset)[:, None] * row
+        noise = rng.standard_normal((20, 40))
+        noise *= 2e-9 / np.linalg.norm(noise, axis=1, keepdims=True)
+        noise[0] *= 15
+        normals = row + noise
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        found = CriticalPoints(points, normals, np.arange(20))
+        planes = first_layer(ModelOracle(victim), found, np.random.default_rng(1), scale=1.0)
+        assert len(planes.rows) == 1
+        n = planes.rows[0] * np.sign(planes.rows[0] @ row)
+        assert np.linalg.norm(n - row) < 0.1 * np.linalg.norm(normals[0] - row)
+        failed += not is_flat(ModelOracle(victim), normals[0], float(-normals[0] @ points[0]),
+                              np.random.default_rng(1), scale=1.0)
+    assert failed >= 8
 
 
 def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():
