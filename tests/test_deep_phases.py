@@ -166,6 +166,7 @@ def test_the_first_lines_are_measured_in_the_span_of_the_normals_before_them(see
     queries, although the span of the first line's normals leaves out three first-layer
     neurons or more (their kinks are measured along every coordinate, and add them)."""
     from model_extraction.attacks.functional.aim import first_lines, search_lines, t_range
+    from model_extraction.attacks.functional.critical import _row_space
 
     victim = _victim(widths=(8, 8, 6), d=30) if seed == 0 else _victim(widths=(10, 8), d=40)
     d = victim.layers[0][0].shape[1]
@@ -180,8 +181,7 @@ def test_the_first_lines_are_measured_in_the_span_of_the_normals_before_them(see
     same = np.abs(np.sum(spanned.normals * full.normals, axis=1))
     assert np.all(np.abs(same - 1) < 1e-9)  # equal up to sign
     first = spanned.normals[spanned.line == 0]  # the span the second line was measured in
-    _, sv, vt = np.linalg.svd(first, full_matrices=False)
-    inside = vt[: int(np.sum(sv > 1e-6 * sv[0]))]
+    inside = _row_space(first, 1e-6)
     rows = victim.layers[0][0] / np.linalg.norm(victim.layers[0][0], axis=1, keepdims=True)
     assert np.sum(np.linalg.norm(rows - rows @ inside.T @ inside, axis=1) > 1e-6) >= 3
     searched = ModelOracle(victim)
