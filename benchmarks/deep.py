@@ -8,6 +8,7 @@ Usage::
     MODEL_EXTRACTION_DATA=path/to/data python benchmarks/deep.py --shapes --mnist 32-32 \\
         --reach 40 --max-lines 1024 --victim-dir victims    # a trained 784-32-32-10 victim
     python benchmarks/deep.py --shapes 40-20-1 --attack one-layer   # the one-layer attack
+    python benchmarks/deep.py --shapes 40-20-1 --attack deep-phases # no one-layer hypothesis
 
 Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim trained the paper's
 way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
@@ -66,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lines searched before a victim is refused (extract_deep's max_lines)")
     p.add_argument("--check-points", type=int, default=CHECK_POINTS,
                    help="fresh queries of each self-check (extract_deep's check_points)")
-    p.add_argument("--attack", choices=["deep", "one-layer"], default="deep",
-                   help="extract_deep (any depth), or the one-hidden-layer attack "
-                        "(extract_functional in the paper's setting, its own defaults: --reach "
-                        "and --max-lines do not apply) to compare with on d-h-K victims")
+    p.add_argument("--attack", choices=["deep", "deep-phases", "one-layer"], default="deep",
+                   help="extract_deep (any depth; it tests the one-hidden-layer hypothesis "
+                        "first), its deep phases alone (one_layer=False), or the "
+                        "one-hidden-layer attack (extract_functional in the paper's setting, "
+                        "its own defaults: --reach and --max-lines do not apply) to compare "
+                        "with on d-h-K victims")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--attack-seeds", type=int, nargs="+", default=[0],
@@ -120,7 +123,8 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
                                         seed=attack_seed, progress=phase, **own)  # its own check
         else:
             result = extract_deep(oracle, seed=attack_seed, reach=reach, max_lines=max_lines,
-                                  check_points=check_points, progress=phase)
+                                  check_points=check_points, progress=phase,
+                                  one_layer=attack == "deep")
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
@@ -128,7 +132,9 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
     metrics = compare_networks(victim, result.network, input_bounds=bounds, test_inputs=test)
     bits = ([layer["worst_bits"] for layer in layer_precision(victim, result.network)]
             if victim.depth == result.network.depth else [])
+    tested = result.phases.get("one-layer hypothesis")  # refuted: what testing it cost
     return {**row, "queries": result.queries, "log2_queries": float(np.log2(result.queries)),
+            "hypothesis_queries": None if tested is None else tested.queries,
             "seconds": seconds, "lines": result.lines,
             "widths": list(result.network.widths), "widths_found": list(result.network.widths),
             "self_check_max_error": result.check["max_error"],

@@ -7,7 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_extraction.attacks.functional import ExtractionError, OracleMismatchError
+from model_extraction.attacks.functional import (
+    ExtractionError,
+    OracleMismatchError,
+    extract_functional,
+)
 from model_extraction.attacks.functional.deep import extract_deep
 from model_extraction.evaluation import compare_networks
 from model_extraction.network import ReLUNetwork
@@ -138,8 +142,9 @@ def test_a_weight_seen_only_off_the_gaussian_region_is_found_or_said(seed, seen)
     np.testing.assert_allclose(result.network.logits(x[:20_000]), victim.logits(x[:20_000]),
                                rtol=1e-7, atol=1e-7)
     unseen = result.network.metadata.get("unseen_weights", [])
+    assert "found bent hyperplanes" in result.notes[0]  # the one-layer hypothesis, refuted
     if seen:
-        assert not unseen and not result.notes
+        assert not unseen and not result.notes[1:]
         assert all(layer["worst_bits"] >= 25 for layer in metrics["layers"])
     else:
         (neuron, unit), = unseen
@@ -170,6 +175,39 @@ def test_the_depth_one_case_of_the_pipeline(d, h, k, hidden):
     assert metrics["worst_unit_bits"] >= 30 and result.network.skip is None
 
 
+def test_the_one_layer_hypothesis_is_tested_first():
+    """The pipeline tries the one-hidden-layer attack first (hypothesis.py): on one hidden layer
+    its model is the result, for a fraction of the deep phases' queries; on a deeper victim,
+    bends refute it within a few lines, its queries are a phase of their own, and the deep
+    phases then run as they run alone; with one width given, bends are an error at once."""
+    one = ReLUNetwork.random(40, 20, 1, seed=1)
+    result = extract_deep(ModelOracle(one), seed=0)
+    alone = extract_deep(ModelOracle(one), seed=0, one_layer=False)
+    assert result.mode == "default" and result.network.widths == alone.network.widths == (20,)
+    assert result.check["points"] == 4096 and result.queries * 4 < alone.queries
+    same = extract_functional(ModelOracle(one), stay_in_bounds=False, input_bounds=(-0.5, 0.5))
+    small = extract_deep(ModelOracle(one), seed=0, check_points=256)  # the attack's own check
+    assert small.queries == same.queries and small.notes == same.notes
+    np.testing.assert_allclose(small.network.weight0, same.network.weight0, rtol=1e-12)
+    metrics = compare_networks(one, result.network, input_bounds=(-2.0, 2.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["worst_unit_bits"] >= 30
+    deep = ReLUNetwork.random(10, (10, 10), 1, seed=0)
+    oracle = ModelOracle(deep)
+    result = extract_deep(oracle, seed=0)
+    alone = extract_deep(ModelOracle(deep), seed=0, one_layer=False)
+    tested = result.phases["one-layer hypothesis"].queries
+    assert 0 < tested < 0.05 * result.queries and "found bent hyperplanes" in result.notes[0]
+    assert result.queries == oracle.queries == alone.queries + tested
+    assert result.queries == sum(c.queries for c in result.phases.values())
+    assert result.notes[1:] == alone.notes and result.network.widths == alone.network.widths
+    for ours, theirs in zip(result.network.layers, alone.network.layers, strict=True):
+        np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12, atol=1e-15)
+    given = ModelOracle(deep)
+    with pytest.raises(ExtractionError, match="bend.*more hidden layers than hidden=\\(20,\\)"):
+        extract_deep(given, seed=0, hidden=(20,))
+    assert given.queries == tested
+
+
 def test_too_few_lines_or_too_deep_is_an_error_not_a_model():
     three = ReLUNetwork.random(10, (10, 8, 6), 1, seed=0)
     with pytest.raises(ExtractionError, match="not returned"):
@@ -191,8 +229,6 @@ def test_a_budget_that_runs_out_says_which_layer_was_reached(budget, where):
 
 
 def test_extract_functional_finds_the_depth_in_the_papers_setting():
-    from model_extraction.attacks.functional import extract_functional
-
     victim = ReLUNetwork.random(10, (10, 10), 2, seed=3)
     oracle = ModelOracle(victim)
     result = extract_functional(oracle, stay_in_bounds=False)  # no depth given
@@ -220,19 +256,21 @@ def test_the_self_check_says_what_share_it_vouches_for():
 
 
 def test_an_expansive_single_layer_missing_a_rare_neuron_draws_more_lines():
-    """h1 > d, one neuron active on a sliver: a first pass without it is not refused as an
-    expansive first layer of a deeper network, but searched again until the neuron is found."""
+    """h1 > d, one neuron active on a sliver: a first pass of the deep phases without it is not
+    refused as an expansive first layer of a deeper network, but searched again until the
+    neuron is found (the one-hidden-layer attack, which the pipeline tries first, finds it
+    too)."""
     victim = ReLUNetwork.random(30, 40, 3, seed=1)
     w, b = victim.weight0.copy(), victim.bias0.copy()
     w[0] /= np.linalg.norm(w[0])
     b[0] = -1.6  # active where a Gaussian of standard deviation 0.5 is beyond 3.2 sigma
     victim = ReLUNetwork(w, b, *victim.layers[-1])
-    oracle = ModelOracle(victim)
-    result = extract_deep(oracle, seed=0)
-    assert result.network.widths == (40,) and result.lines > 24
-    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
-    assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
-    assert metrics["fidelity_uniform"] == 1.0
+    for one_layer in (False, True):
+        result = extract_deep(ModelOracle(victim), seed=0, one_layer=one_layer)
+        assert result.network.widths == (40,) and (one_layer or result.lines > 24)
+        metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+        assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
+        assert metrics["fidelity_uniform"] == 1.0
 
 
 @settings(max_examples=20, deadline=None)

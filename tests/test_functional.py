@@ -137,7 +137,9 @@ def test_paper_mode_extracts_the_victim(random_victim):
 
 
 def test_hidden_mismatch_is_a_clear_error(random_victim):
-    with pytest.raises(ExtractionError, match="hidden=13"):
+    # the one-layer attack finds 12 units; the deep phases, which the pipeline tries next,
+    # find one layer of 12
+    with pytest.raises(ExtractionError, match=r"found widths \(12,\), not the \(13,\) given"):
         extract_functional(ModelOracle(random_victim), hidden=13, max_lines=3,
                            stay_in_bounds=False)
 
@@ -269,3 +271,21 @@ def test_no_ghost_units(d, h, k, seed):
     assert result.network.hidden == h
     assert m["fidelity_uniform"] == 1.0
     assert m["worst_unit_bits"] >= 30
+
+
+def test_rows_too_many_for_the_votes_are_oriented_by_the_affine_term_they_leave():
+    """h > d: the Jacobians' votes cannot orient dependent rows, kept as found; the affine term
+    they leave, ``-Σ g_ν r_νᵀ`` over the units kept the wrong way round, says which ones
+    (``h ≤ K d``), and the model then needs no affine term (before, 22 of 40 units were kept the
+    wrong way round, carried by it). Where ``h > K d`` the term stays, and the model is exact."""
+    victim = ReLUNetwork.random(30, 40, 3, seed=1)
+    result = extract_functional(ModelOracle(victim), stay_in_bounds=False)
+    metrics = compare_networks(victim, result.network, input_bounds=(-2.0, 2.0))
+    assert result.network.skip is None and metrics["fidelity_uniform"] == 1.0
+    assert metrics["units_matched"] == 40 and metrics["wrong_signs"] == 0
+    assert any("orientations from the affine term" in note for note in result.notes)
+    undecided = ReLUNetwork.random(10, 20, 1, seed=0)
+    result = extract_functional(ModelOracle(undecided), stay_in_bounds=False)
+    metrics = compare_networks(undecided, result.network, input_bounds=(-2.0, 2.0))
+    assert result.network.skip is not None and metrics["fidelity_uniform"] == 1.0
+    assert metrics["max_logit_error"] < 1e-7

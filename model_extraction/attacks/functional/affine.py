@@ -23,6 +23,8 @@ Array = NDArray[np.float64]
 
 __all__ = ["fit_output_layer"]
 
+_ROUND_OFF = 1e-12  # relative errors below this are float64 round-off of the fit
+
 
 def fit_output_layer(
     rows: Array, biases: Array, outs: Array, jac_points: Array, jacs: Array, x: Array, y: Array
@@ -39,9 +41,10 @@ def fit_output_layer(
         ``(n, d)`` answered queries and their ``(n, K)`` answers.
 
     Returns ``weight1 (K, h)``, ``bias1 (K,)``, ``skip (K, d)`` or ``None`` when the model without
-    an affine term reproduces the answers as well, and the largest error on the answers relative
-    to their scale. ``S`` is the element-wise median over the Jacobians (a probe that crossed a
-    hyperplane spoils its own Jacobian, not the median).
+    an affine term reproduces the answers as well (to a factor 2, or to round-off, 1e-12),
+    and the largest error on the answers relative to their scale. ``S`` is the element-wise
+    median over the Jacobians (a probe that crossed a hyperplane spoils its own Jacobian, not
+    the median).
     """
     w1 = outs.T.copy()
     active = (jac_points @ rows.T + biases) > 0  # (m, h)
@@ -54,6 +57,7 @@ def fit_output_layer(
     with_skip = hidden + x @ skip.T
     bias = np.median(y - with_skip, axis=0)
     error = float(np.max(np.abs(with_skip + bias - y))) / scale
-    if plain_error <= 2.0 * error + 1e-14:
+    # not for an error at round-off (a term of 1e-13 fitted to it is noise, not a unit)
+    if plain_error <= max(2.0 * error, _ROUND_OFF):
         return w1, plain_bias, None, plain_error
     return w1, bias, skip, error

@@ -4,6 +4,10 @@ paper's setting (any float64 input).
 
 The phases, one module each, layer after layer:
 
+0. the hypothesis of one hidden layer (:mod:`.hypothesis`): the one-hidden-layer attack
+   (:mod:`.onelayer`), whose savings hold at depth one only; its model is the result when it
+   passes its self-check, else (hyperplanes that bend, or its
+   :class:`~.result.ExtractionError`) the steps below go on, its queries counted;
 1. critical points and their hyperplanes' normals along random lines (:mod:`.critical`; the
    Jacobians of each of the first lines measured in the span of the normals found before it,
    :func:`.aim.first_lines`);
@@ -49,6 +53,8 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .aim import MORE_LINES, first_lines, search_lines
 from .critical import CriticalPoints, Span
+from .extract import FunctionalExtraction
+from .hypothesis import Refuted, one_layer_attack, try_one_layer
 from .lastlayer import fit_with_affine, orient_and_fit
 from .layers import Hyperplanes, first_layer
 from .nextlayer import distinct_with_partial, grow, with_partial
@@ -122,14 +128,14 @@ def extract_deep(
     scale: float = 1.0, reach: float | None = None, seed: int = 0, max_lines: int = 256,
     check_points: int = 4096,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
-    executor: Any = None,
+    executor: Any = None, one_layer: bool | FunctionalExtraction = True,
 ) -> ExtractionResult:
     """Extract a ``d → h1 → … → hL → K`` ReLU network (``L ≥ 1``) from its float64 logits.
 
-    One hidden layer is the pipeline's first case (its signs and the logit layer come from
-    the logits, affine in its activations and the inputs); the one-hidden-layer attack
-    (:func:`~.extract.extract_functional`) extracts it with 10 to 26 times fewer queries
-    (docs/deep.md).
+    One hidden layer is the pipeline's first case: the one-hidden-layer attack tests that
+    hypothesis first (:mod:`.hypothesis`; ``one_layer``), and the deep phases go on where it
+    is refuted (their own depth-one case, where its self-check failed, takes the signs and the
+    logit layer from the logits, affine in the layer's activations and the inputs).
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
     ``(n, d) → (n, K)``; ``hidden``: the widths, if known (the depth is then taken from it, and
@@ -148,6 +154,12 @@ def extract_deep(
     ``executor``: a :class:`model_extraction.sweep.Executor` (``make_executor("local")`` for a
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
+    ``one_layer``: ``True`` tests the one-hidden-layer hypothesis first with the one-layer
+    attack's defaults (lines through ``[-scale/2, scale/2]^d``, this ``seed`` and self-check,
+    ``hidden[0]`` when ``hidden`` has one width; not when it has more), ``False`` runs the deep
+    phases alone, and a :class:`~.extract.FunctionalExtraction` (``mode="default"``,
+    ``stay_in_bounds=False``) tests it with those settings; where it holds, its
+    :class:`~.result.ExtractionResult` is returned as it is (``mode="default"``).
 
     Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
     ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
@@ -159,7 +171,8 @@ def extract_deep(
     ["guessed_signs"]``, ``[layer, neuron]`` pairs, and a note).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
-    finished or the widths found differ from ``hidden``; ``ValueError`` for ``check_points <
+    finished or the widths found differ from ``hidden`` (at once when ``hidden`` has one width
+    and the one-layer hypothesis found hyperplanes that bend); ``ValueError`` for ``check_points <
     1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
     layer (``h1 > d``; as the only hidden layer it is extracted, with an affine term in the
     inputs where the logits do not fix its signs, ``h1 > K d``); and the oracle's errors
@@ -177,15 +190,31 @@ def extract_deep(
     if check_points < 1 or not 0 < check_tolerance < 1:
         raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
                          "self-check needs at least one fresh point and a tolerance in (0, 1)")
+    attack = one_layer_attack(one_layer, hidden, scale=scale, seed=seed,
+                              check_points=check_points, check_tolerance=check_tolerance)
+    held = None if attack is None else try_one_layer(attack, oracle, d, progress)
+    if isinstance(held, ExtractionResult):
+        return held
+    if held is not None and held.bent and hidden is not None:
+        raise ExtractionError(f"{held.why} The victim has more hidden layers than "
+                              f"hidden={tuple(hidden)} says: omit hidden= to have the depth "
+                              "found")
     rng = np.random.default_rng(seed)
     reach = 4.0 * scale if reach is None else reach
     phases, lines = _Phases(oracle, progress), []
-    with phases.budget(lines):
-        network, residuals, check = _until_checked(
-            oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
-            (check_points, check_tolerance))
+    if held is not None:
+        phases.costs["one-layer hypothesis"] = held.cost
+    try:
+        with phases.budget(lines):
+            network, residuals, check = _until_checked(
+                oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
+                (check_points, check_tolerance))
+    except ExtractionError as err:
+        if held is None:
+            raise
+        raise ExtractionError(f"{_refuted(held)}, which failed: {err}") from err
     phases.leave()
-    notes = _notes(network)
+    notes = _notes(network) if held is None else [_refuted(held), *_notes(network)]
     if hidden is not None and tuple(hidden) != network.widths:
         carried = (" (a unit constant where the attack queried is carried by the affine term)"
                    if network.skip is not None and network.widths[-1] < hidden[-1] else "")
@@ -196,6 +225,13 @@ def extract_deep(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
         notes=notes, check=check.as_dict())
+
+
+def _refuted(held: Refuted) -> str:
+    """The note on the one-hidden-layer hypothesis, refuted."""
+    why = "found bent hyperplanes" if held.bent else "failed its self-check"
+    return (f"the one-hidden-layer attack {why} after {held.cost.queries:,} queries (counted, "
+            "phase 'one-layer hypothesis'): extracted as a deep network")
 
 
 def _notes(network: ReLUNetwork) -> list[str]:

@@ -31,10 +31,9 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import BudgetExhaustedError, as_oracle
 
-from .checks import BentHyperplanesError
 from .onelayer.run import execute, start, where
 from .phases import ProgressFn
-from .result import ExtractionError, ExtractionResult
+from .result import ExtractionResult
 
 Array = NDArray[np.float64]
 
@@ -179,47 +178,28 @@ def extract_functional(
 ) -> ExtractionResult:
     """Functionally-equivalent extraction (§6) as one function call.
 
-    See :class:`FunctionalExtraction` for the parameters. ``hidden`` may also be the widths
-    ``(h1, …, hL)`` of two or more hidden layers: :func:`~.deep.extract_deep` then runs, in the
-    paper's setting only (``stay_in_bounds=False``). Without ``hidden``, in that setting, a
-    victim whose hyperplanes bend (the one-layer attack's
-    :class:`~.checks.BentHyperplanesError`) is extracted as a deep network, the queries already
-    spent counted, and a note says so.
+    See :class:`FunctionalExtraction` for the parameters. In the paper's setting
+    (``stay_in_bounds=False``, default mode) this is the pipeline of :func:`~.deep.extract_deep`,
+    which extracts any depth: the one-hidden-layer attack configured here tests its hypothesis
+    first (:mod:`.hypothesis`) and, where hyperplanes bend or its model fails its self-check,
+    the deep phases go on (the queries already spent counted; a note says so). ``hidden`` may
+    then also be the widths ``(h1, …, hL)``: the deep phases run at once.
     """
     widths = None if hidden is None or isinstance(hidden, int) else tuple(hidden)
     if widths is not None and len(widths) == 1:
         hidden, widths = widths[0], None
     deep_ok = mode == "default" and options.get("stay_in_bounds", True) is False
-    if widths is not None:
-        if not deep_ok:
-            raise ValueError("hidden=(h1, h2, ...) needs mode='default' and stay_in_bounds=False:"
-                             " deep networks are extracted in the paper's setting only")
-        return _deep(oracle, input_dim, widths, input_bounds, seed, progress, options)
-    attack = FunctionalExtraction(
-        mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options
-    )
-    oracle = as_oracle(oracle, input_dim=input_dim)
-    try:
+    if widths is not None and not deep_ok:
+        raise ValueError("hidden=(h1, h2, ...) needs mode='default' and stay_in_bounds=False:"
+                         " deep networks are extracted in the paper's setting only")
+    attack = None if widths is not None else FunctionalExtraction(
+        mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options)
+    if attack is not None and not deep_ok:
         return attack.run(oracle, input_dim=input_dim, progress=progress)
-    except BentHyperplanesError as err:
-        if not deep_ok or hidden is not None:
-            raise
-        spent = oracle.queries
-        try:
-            result = _deep(oracle, input_dim, None, input_bounds, seed, progress, options)
-        except ExtractionError as deep_err:
-            raise ExtractionError(f"{err} Extracted as a deep network instead: "
-                                  f"{deep_err}") from deep_err
-        result.notes.insert(0, f"the one-hidden-layer attack found bent hyperplanes after "
-                               f"{spent:,} queries (counted): extracted as a deep network")
-        return result
-
-
-def _deep(oracle: Any, input_dim: int | None, widths: tuple[int, ...] | None,
-                bounds: tuple[float, float], seed: int, progress: ProgressFn | None,
-                options: dict[str, Any]) -> ExtractionResult:
     from .deep import extract_deep
 
     keep = {k: options[k] for k in ("check_points", "check_tolerance") if k in options}
-    return extract_deep(oracle, input_dim=input_dim, hidden=widths,  # type: ignore[arg-type]
-                        scale=bounds[1] - bounds[0], seed=seed, progress=progress, **keep)
+    given = widths if widths is not None else None if hidden is None else (hidden,)
+    return extract_deep(oracle, input_dim=input_dim, hidden=given,
+                        scale=input_bounds[1] - input_bounds[0], seed=seed, progress=progress,
+                        one_layer=False if attack is None else attack, **keep)

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
 
-__all__ = ["fit_with_affine", "orient_and_fit"]
+__all__ = ["fit_with_affine", "flipped_units", "orient_and_fit"]
 
 
 _OUTLIER = 10.0  # a residual this many times the median stands out
@@ -61,6 +61,20 @@ def fit_with_affine(below: Array, rows: Array, biases: Array,
     return coef[:h].T, coef[h + h_below], coef[h : h + h_below].T, residual
 
 
+def flipped_units(outs: Array, rows: Array, affine: Array) -> Array:
+    """Which units of a hidden layer are kept the wrong way round, from the affine term they
+    leave: ``outs`` ``(K, h)`` are the units' logit weights (the logits' jumps across their
+    hyperplanes), ``rows`` ``(h, h_below)``, and ``affine`` ``(K, h_below)`` the logits' affine
+    term in the layer below, ``-Σ_{ν flipped} outs_ν rows_νᵀ`` (a unit ``ν`` kept the wrong way
+    round computes ``ReLU(-z) = ReLU(z) - z``). Returns ``(h,)`` least-squares coefficients,
+    1 for a flipped unit and 0 for the others where the system fixes them (``h ≤ K h_below``
+    and the ``outs_ν rows_νᵀ`` independent); a coefficient far from both is left open."""
+    h = len(rows)
+    system = np.stack([-(outs[:, v, None] * rows[v][None, :]).ravel() for v in range(h)], axis=1)
+    flipped, *_ = np.linalg.lstsq(system, affine.ravel(), rcond=None)
+    return np.asarray(flipped, dtype=np.float64)
+
+
 def orient_and_fit(below: Array, rows: Array, biases: Array,
                    y: Array) -> tuple[Array, Array, Array, Array, float]:
     """Orient the last hidden layer and fit the logit layer.
@@ -76,8 +90,7 @@ def orient_and_fit(below: Array, rows: Array, biases: Array,
     z = below @ rows.T + biases
     coef, _ = _any_orientation(below, z, y)
     a, b = coef[:h].T, coef[h : h + below.shape[1]].T  # (K, h), (K, h_below)
-    system = np.stack([-(a[:, v, None] * rows[v][None, :]).ravel() for v in range(h)], axis=1)
-    flipped, *_ = np.linalg.lstsq(system, b.ravel(), rcond=None)
+    flipped = flipped_units(a, rows, b)
     signs = np.where(flipped > 0.5, -1.0, 1.0)
 
     def fit(s: Array) -> tuple[Array, float]:

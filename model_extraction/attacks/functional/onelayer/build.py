@@ -9,6 +9,7 @@ from model_extraction.network import ReLUNetwork
 
 from ..affine import fit_output_layer
 from ..jacobian import jacobians
+from ..lastlayer import flipped_units
 from ..result import ExtractionError
 from ..signs import fit_last_layer, signs_from_jacobians, signs_from_nullspace
 from .state import Measured, Run, Units
@@ -18,6 +19,7 @@ Array = NDArray[np.float64]
 __all__ = ["build_network"]
 
 _SIGN_JACOBIANS = 512  # Jacobians that vote on the signs and fit the affine term, at most
+_DEPENDENT = "the rows are linearly dependent"
 
 
 def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
@@ -51,6 +53,9 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
         w1, b1, resid = fit_last_layer(w0, b0, x, y)
     else:
         w1, b1, skip, resid = fit_output_layer(w0, b0, outs, *picked, x, y)
+        if skip is not None and len(rows) and np.linalg.matrix_rank(rows) < len(rows):
+            w0, b0, (w1, b1, skip, resid) = _oriented_by_affine(
+                run, w0, b0, outs, picked, x, y, (w1, b1, skip, resid))
         if skip is not None:
             run.notes.append("the model carries an affine term (units active on the whole "
                              "domain, mirrored units, or orientations left as found)")
@@ -66,6 +71,29 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
          "input_bounds": list(run.cfg.input_bounds)},
         skip=skip,
     )
+
+
+def _oriented_by_affine(run: Run, rows: Array, biases: Array, outs: Array,
+                        picked: tuple[Array, Array], x: Array, y: Array,
+                        fitted: tuple[Array, Array, Array, float],
+                        ) -> tuple[Array, Array, tuple[Array, Array, Array | None, float]]:
+    """Rows too many to be oriented by the Jacobians' votes (dependent: ``h > d``), kept as
+    found with the affine term ``fitted`` they leave: that term is ``-Σ g_ν r_νᵀ`` over the
+    units kept the wrong way round, a linear system for which they are where ``h ≤ K d``
+    (:func:`~..lastlayer.flipped_units`, as the deep pipeline orients its last layer). The
+    units it decides are turned and the output layer fitted again, kept if no affine term is
+    left; else the rows stay as found (``fitted``)."""
+    flipped = flipped_units(outs.T, rows, fitted[2])
+    if np.any(np.minimum(np.abs(flipped), np.abs(flipped - 1)) > 0.1):
+        return rows, biases, fitted  # undecided: orientations the logits leave open
+    signs = np.where(flipped > 0.5, -1.0, 1.0)
+    again = fit_output_layer(rows * signs[:, None], biases * signs, outs, *picked, x, y)
+    if again[2] is not None:
+        return rows, biases, fitted
+    run.notes[:] = [n for n in run.notes if not n.startswith(_DEPENDENT)] + [
+        "the rows are linearly dependent (h > d): unit orientations from the affine term "
+        "they left as found (h <= K d), no query"]
+    return rows * signs[:, None], biases * signs, again
 
 
 def _check_units(run: Run, units: Units) -> None:
@@ -125,9 +153,8 @@ def _signs(run: Run, units: Units, measured: Measured, rows: Array, biases: Arra
         measured.remember(points, values)
         return signs_from_nullspace(run.oracle, rows, points, values, 1e-3 * run.width)
     if np.linalg.matrix_rank(rows) < len(rows):
-        run.notes.append("the rows are linearly dependent (h > d, or inputs that never "
-                         "vary): unit orientations left as found; the affine term makes "
-                         "the model exact")
+        run.notes.append(f"{_DEPENDENT} (h > d, or inputs that never vary): unit "
+                         "orientations left as found; the affine term makes the model exact")
         return np.ones(len(rows))
     # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
     # (the votes are 0 or 1 up to rounding), so large victims use a random subset (picked).

@@ -1,0 +1,76 @@
+"""The pipeline's first phase: the hypothesis that the victim has one hidden layer.
+
+Before the phases of :mod:`.deep`, which tell the layers apart and extract any depth, the
+pipeline assumes one hidden layer and extracts it with the attack of Jagielski et al. (2020, §6;
+:mod:`.onelayer`). At depth one every unit's output vector is one vector everywhere: a line's
+crossings of the units found are predicted with their slope changes, and the Jacobian of a
+region follows from a measured one across them without a query. Neither holds deeper (a
+first-layer unit's output vector changes wherever a deeper unit changes state), and those
+savings are most of the one-layer attack's economy (docs/deep.md). The hypothesis is refuted
+when hyperplanes bend (a critical point where a unit found predicts a crossing, with another
+slope change: :class:`~.checks.BentHyperplanesError`, seen within a few lines) or when its model
+fails its self-check; the queries it spent stay counted, and the deep phases go on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from model_extraction.oracle import Oracle
+
+from .checks import BentHyperplanesError
+from .extract import FunctionalExtraction
+from .phases import ProgressFn
+from .result import ExtractionError, ExtractionResult, PhaseCost
+
+__all__ = ["Refuted", "one_layer_attack", "try_one_layer"]
+
+
+@dataclass(frozen=True)
+class Refuted:
+    """Why the hypothesis fell (the one-layer attack's error message), whether hyperplanes bent
+    (``False``: its model failed its self-check) and what it cost."""
+
+    why: str
+    bent: bool
+    cost: PhaseCost
+
+
+def one_layer_attack(one_layer: bool | FunctionalExtraction, hidden: tuple[int, ...] | None,
+                     *, scale: float, seed: int, check_points: int,
+                     check_tolerance: float) -> FunctionalExtraction | None:
+    """The attack that tests the hypothesis: ``one_layer`` itself when it is one (it must work
+    in the paper's setting, ``mode="default"``, ``stay_in_bounds=False``), else, for ``True``,
+    the one-layer attack's defaults on lines through the box ``[-scale/2, scale/2]^d`` with the
+    pipeline's ``seed``, self-check and width (``hidden=(h,)``); ``None`` when the hypothesis is
+    not tested (``one_layer=False``, or ``hidden`` gives two widths or more). Raises
+    ``ValueError`` for an attack that would query elsewhere."""
+    if isinstance(one_layer, FunctionalExtraction):
+        if one_layer.mode != "default" or one_layer.stay_in_bounds:
+            raise ValueError("one_layer= must be a FunctionalExtraction with mode='default' and "
+                             "stay_in_bounds=False: the deep phases query outside any box")
+        return one_layer
+    if one_layer is not True or (hidden is not None and len(hidden) > 1):
+        return None
+    return FunctionalExtraction(
+        hidden=None if hidden is None else hidden[0], input_bounds=(-scale / 2, scale / 2),
+        seed=seed, stay_in_bounds=False, check_points=check_points,
+        check_tolerance=check_tolerance)
+
+
+def try_one_layer(attack: FunctionalExtraction, oracle: Oracle, d: int,
+                   progress: ProgressFn | None) -> ExtractionResult | Refuted:
+    """The one-layer attack's result when the hypothesis holds, else :class:`Refuted`: by
+    bends, or by the attack's :class:`~.result.ExtractionError` (a model that failed its
+    self-check, or a width other than ``hidden=h``: a deeper victim shows more units than its
+    first layer has). The oracle's errors (its budget, a precision or output check) pass
+    through."""
+    before, start = oracle.queries, time.perf_counter()
+    try:
+        return attack.run(oracle, input_dim=d, progress=progress)
+    except BentHyperplanesError as err:
+        why, bent = str(err), True
+    except ExtractionError as err:
+        why, bent = str(err), False
+    return Refuted(why, bent, PhaseCost(oracle.queries - before, time.perf_counter() - start))
