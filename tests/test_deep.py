@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from model_extraction.attacks.functional import (
     ExtractionError,
+    FunctionalExtraction,
     OracleMismatchError,
     extract_functional,
 )
@@ -206,6 +207,12 @@ def test_the_one_layer_hypothesis_is_tested_first():
     with pytest.raises(ExtractionError, match="bend.*more hidden layers than hidden=\\(20,\\)"):
         extract_deep(given, seed=0, hidden=(20,))
     assert given.queries == tested
+    with pytest.raises(ValueError, match="one_layer='yes': True, False or a Functional"):
+        extract_deep(given, one_layer="yes")  # not taken for True, nor for False
+    with pytest.raises(ValueError, match="hidden=10 and hidden= says 20: give the width once"):
+        extract_deep(given, hidden=(20,), one_layer=FunctionalExtraction(
+            hidden=10, stay_in_bounds=False))
+    assert given.queries == tested  # refused before any query
 
 
 def test_too_few_lines_or_too_deep_is_an_error_not_a_model():

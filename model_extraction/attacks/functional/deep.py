@@ -158,8 +158,10 @@ def extract_deep(
     attack's defaults (lines through ``[-scale/2, scale/2]^d``, this ``seed`` and self-check,
     ``hidden[0]`` when ``hidden`` has one width; not when it has more), ``False`` runs the deep
     phases alone, and a :class:`~.extract.FunctionalExtraction` (``mode="default"``,
-    ``stay_in_bounds=False``) tests it with those settings; where it holds, its
-    :class:`~.result.ExtractionResult` is returned as it is (``mode="default"``).
+    ``stay_in_bounds=False``) tests it with those settings (``ValueError``, before any query,
+    for another value); where it holds, its :class:`~.result.ExtractionResult` is returned as
+    it is (``mode="default"``, no phase ``one-layer hypothesis``); where it is refuted,
+    ``progress`` is told so (phase ``one-layer hypothesis refuted``) before the deep phases.
 
     Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
     ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
@@ -196,9 +198,12 @@ def extract_deep(
     if isinstance(held, ExtractionResult):
         return held
     if held is not None and held.bent and hidden is not None:
-        raise ExtractionError(f"{held.why} The victim has more hidden layers than "
-                              f"hidden={tuple(hidden)} says: omit hidden= to have the depth "
-                              "found")
+        raise ExtractionError(f"hyperplanes bend (the one-hidden-layer attack, after "
+                              f"{held.cost.queries:,} queries): the victim has more hidden "
+                              f"layers than hidden={tuple(hidden)} says; omit hidden= to have "
+                              "the depth found")
+    if held is not None and progress is not None:  # the phases' names are the attack's own
+        progress("one-layer hypothesis refuted", oracle.queries, 0, None)
     rng = np.random.default_rng(seed)
     reach = 4.0 * scale if reach is None else reach
     phases, lines = _Phases(oracle, progress), []

@@ -15,7 +15,9 @@ fails its self-check; the queries it spent stay counted, and the deep phases go 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from model_extraction.oracle import Oracle
 
@@ -40,23 +42,30 @@ class Refuted:
 def one_layer_attack(one_layer: bool | FunctionalExtraction, hidden: tuple[int, ...] | None,
                      *, scale: float, seed: int, check_points: int,
                      check_tolerance: float) -> FunctionalExtraction | None:
-    """The attack that tests the hypothesis: ``one_layer`` itself when it is one (it must work
-    in the paper's setting, ``mode="default"``, ``stay_in_bounds=False``), else, for ``True``,
-    the one-layer attack's defaults on lines through the box ``[-scale/2, scale/2]^d`` with the
-    pipeline's ``seed``, self-check and width (``hidden=(h,)``); ``None`` when the hypothesis is
-    not tested (``one_layer=False``, or ``hidden`` gives two widths or more). Raises
-    ``ValueError`` for an attack that would query elsewhere."""
-    if isinstance(one_layer, FunctionalExtraction):
-        if one_layer.mode != "default" or one_layer.stay_in_bounds:
-            raise ValueError("one_layer= must be a FunctionalExtraction with mode='default' and "
-                             "stay_in_bounds=False: the deep phases query outside any box")
-        return one_layer
-    if one_layer is not True or (hidden is not None and len(hidden) > 1):
+    """The attack that tests the hypothesis, or ``None`` when it is not tested
+    (``one_layer=False``, or ``hidden`` gives two widths or more). ``True``: the one-layer
+    attack's defaults on lines through the box ``[-scale/2, scale/2]^d``, with the pipeline's
+    ``seed`` and self-check; a :class:`~.extract.FunctionalExtraction`: those settings (it must
+    work in the paper's setting, ``mode="default"``, ``stay_in_bounds=False``). Either way
+    with ``hidden=(h,)``'s width. Raises ``ValueError`` for any other ``one_layer``, an attack
+    that would query elsewhere, or one whose ``hidden`` is not ``hidden``'s width."""
+    if not isinstance(one_layer, bool | np.bool_ | FunctionalExtraction):
+        raise ValueError(f"one_layer={one_layer!r}: True, False or a FunctionalExtraction")
+    if one_layer is False or not one_layer or (hidden is not None and len(hidden) > 1):
         return None
-    return FunctionalExtraction(
-        hidden=None if hidden is None else hidden[0], input_bounds=(-scale / 2, scale / 2),
-        seed=seed, stay_in_bounds=False, check_points=check_points,
-        check_tolerance=check_tolerance)
+    width = None if hidden is None else hidden[0]
+    if not isinstance(one_layer, FunctionalExtraction):
+        return FunctionalExtraction(
+            hidden=width, input_bounds=(-scale / 2, scale / 2), seed=seed, stay_in_bounds=False,
+            check_points=check_points, check_tolerance=check_tolerance)
+    if one_layer.mode != "default" or one_layer.stay_in_bounds:
+        raise ValueError(f"one_layer= must be a FunctionalExtraction with mode='default' and "
+                         f"stay_in_bounds=False (got mode={one_layer.mode!r}, stay_in_bounds="
+                         f"{one_layer.stay_in_bounds}): the deep phases query outside any box")
+    if width is not None and one_layer.hidden not in (None, width):
+        raise ValueError(f"one_layer has hidden={one_layer.hidden} and hidden= says {width}: "
+                         "give the width once")
+    return replace(one_layer, hidden=width) if width is not None else one_layer
 
 
 def try_one_layer(attack: FunctionalExtraction, oracle: Oracle, d: int,
