@@ -134,8 +134,9 @@ def extract_deep(
 
     One hidden layer is the pipeline's first case: the one-hidden-layer attack tests that
     hypothesis first (:mod:`.hypothesis`; ``one_layer``), and the deep phases go on where it
-    is refuted (their own depth-one case, where its self-check failed, takes the signs and the
-    logit layer from the logits, affine in the layer's activations and the inputs).
+    is refuted (their own depth-one case, where it could not vouch for a model, takes the
+    signs and the logit layer from the logits, affine in the layer's activations and the
+    inputs).
 
     ``oracle``: an :class:`~model_extraction.oracle.Oracle`, a network or a callable
     ``(n, d) → (n, K)``; ``hidden``: the widths, if known (the depth is then taken from it, and
@@ -217,7 +218,7 @@ def extract_deep(
     except ExtractionError as err:
         if held is None:
             raise
-        raise ExtractionError(f"{_refuted(held)}, which failed: {err}") from err
+        raise ExtractionError(f"{_refuted(held, 'the deep phases')} failed: {err}") from err
     phases.leave()
     notes = _notes(network) if held is None else [_refuted(held), *_notes(network)]
     if hidden is not None and tuple(hidden) != network.widths:
@@ -232,11 +233,11 @@ def extract_deep(
         notes=notes, check=check.as_dict())
 
 
-def _refuted(held: Refuted) -> str:
-    """The note on the one-hidden-layer hypothesis, refuted."""
-    why = "found bent hyperplanes" if held.bent else "failed its self-check"
+def _refuted(held: Refuted, then: str = "extracted as a deep network") -> str:
+    """The note on the one-hidden-layer hypothesis, refuted, and ``then`` what followed."""
+    why = "found bent hyperplanes" if held.bent else "could not vouch for a model"
     return (f"the one-hidden-layer attack {why} after {held.cost.queries:,} queries (counted, "
-            "phase 'one-layer hypothesis'): extracted as a deep network")
+            f"phase 'one-layer hypothesis'): {then}")
 
 
 def _notes(network: ReLUNetwork) -> list[str]:

@@ -8,8 +8,9 @@ region follows from a measured one across them without a query. Neither holds de
 first-layer unit's output vector changes wherever a deeper unit changes state), and those
 savings are most of the one-layer attack's economy (docs/deep.md). The hypothesis is refuted
 when hyperplanes bend (a critical point where a unit found predicts a crossing, with another
-slope change: :class:`~.checks.BentHyperplanesError`, seen within a few lines) or when its model
-fails its self-check; the queries it spent stay counted, and the deep phases go on.
+slope change: :class:`~.checks.BentHyperplanesError`, seen within a few lines) or when it
+cannot vouch for a model (its :class:`~.result.ExtractionError`: a failed self-check, a width
+other than the one given); the queries it spent stay counted, and the deep phases go on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["Refuted", "one_layer_attack", "try_one_layer"]
 @dataclass(frozen=True)
 class Refuted:
     """Why the hypothesis fell (the one-layer attack's error message), whether hyperplanes bent
-    (``False``: its model failed its self-check) and what it cost."""
+    (``False``: it could not vouch for a model) and what it cost."""
 
     why: str
     bent: bool
