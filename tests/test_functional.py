@@ -289,3 +289,19 @@ def test_rows_too_many_for_the_votes_are_oriented_by_the_affine_term_they_leave(
     metrics = compare_networks(undecided, result.network, input_bounds=(-2.0, 2.0))
     assert result.network.skip is not None and metrics["fidelity_uniform"] == 1.0
     assert metrics["max_logit_error"] < 1e-7
+
+
+def test_the_attacks_own_precision_estimate_is_nan_where_it_cannot_be_made():
+    """``estimated_bits`` comes from the residual of each row's rank-one fit to a ``K × d``
+    Jacobian difference. With one output that fit is exact whatever the row's error, and the
+    estimate read the 60-bit cap on rows 35 to 42 bits precise: it is NaN there, and the summary
+    says nothing. With several outputs it follows the precision measured against the victim."""
+    single = ReLUNetwork.random(40, 20, 1, seed=0)
+    result = extract_functional(ModelOracle(single), stay_in_bounds=False)
+    assert result.estimated_bits.shape == (20,) and np.isnan(result.estimated_bits).all()
+    assert result.summary()["estimated_bits_min"] is None
+    several = ReLUNetwork.random(40, 20, 3, seed=0)
+    result = extract_functional(ModelOracle(several), stay_in_bounds=False)
+    measured = compare_networks(several, result.network, input_bounds=(-2.0, 2.0))
+    assert np.isfinite(result.estimated_bits).all()
+    assert abs(np.mean(result.estimated_bits) - measured["mean_bits"]) < 3

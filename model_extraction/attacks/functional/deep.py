@@ -305,9 +305,12 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
                    f"{network.num_outputs} network misses the oracle by a relative "
                    f"{check.max_error:.1e} (tolerance {check_tolerance:.0e})")
         if len(lines) >= max_lines:
+            given = ("" if hidden is None else " Or hidden= gives more layers or units than "
+                     "the victim has: omit it to have them found.")
             raise ExtractionError(
                 f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
-                "More lines (max_lines=), a wider reach (reach=) or another seed= may help.")
+                f"More lines (max_lines=), a wider reach (reach=) or another seed= may help."
+                f"{given}")
         phases.enter("critical points")
         # twice as many lines after a failed check: a pass of the phases costs far more
         more = MORE_LINES * (1 if failed is None else 2)
@@ -466,7 +469,7 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             found, layer, partial = grow(oracle, found, prefix, lines, rng, phases, search)
             if not len(layer.rows):
                 raise _Incomplete(f"no neuron found above the layers of widths "
-                                  f"{prefix.widths} ({oracle.queries} queries)", prefix)
+                                  f"{prefix.widths}", prefix)
             whole, layer = len(layer.rows), with_partial(layer, partial)
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,

@@ -31,7 +31,8 @@ class ExtractionResult:
     ``estimated_bits`` is the attack's own estimate of the precision of each recovered row of
     the first hidden layer (from the residuals of its fits; no access to the victim's
     weights), so it can be reported against a real API where the true weights are unknown;
-    NaN for a row it cannot estimate. A deeper layer's rows are not estimated: the residuals
+    NaN for a row it cannot estimate (every row of a one-output victim, whose rank-one fits
+    leave no residual). A deeper layer's rows are not estimated: the residuals
     of their fits do not see the errors carried up from the layers below, and can claim
     several bits more than the layer has (``docs/deep.md``). ``check`` is what the
     self-check measured before the model was returned (fresh in-domain ``points`` and held
