@@ -199,7 +199,7 @@ def extract_functional(
     from .deep import extract_deep
 
     keep = {k: options[k] for k in ("check_points", "check_tolerance") if k in options}
-    given = widths if widths is not None else None if hidden is None else (hidden,)
+    given = widths or (None if hidden is None else (hidden,))
     return extract_deep(oracle, input_dim=input_dim, hidden=given,
                         scale=input_bounds[1] - input_bounds[0], seed=seed, progress=progress,
                         one_layer=False if attack is None else attack, **keep)

@@ -52,7 +52,7 @@ def one_layer_attack(one_layer: bool | FunctionalExtraction, hidden: tuple[int, 
     that would query elsewhere, or one whose ``hidden`` is not ``hidden``'s width."""
     if not isinstance(one_layer, bool | np.bool_ | FunctionalExtraction):
         raise ValueError(f"one_layer={one_layer!r}: True, False or a FunctionalExtraction")
-    if one_layer is False or not one_layer or (hidden is not None and len(hidden) > 1):
+    if not one_layer or (hidden is not None and len(hidden) > 1):
         return None
     width = None if hidden is None else hidden[0]
     if not isinstance(one_layer, FunctionalExtraction):

@@ -19,7 +19,11 @@ Array = NDArray[np.float64]
 __all__ = ["build_network"]
 
 _SIGN_JACOBIANS = 512  # Jacobians that vote on the signs and fit the affine term, at most
-_DEPENDENT = "the rows are linearly dependent"
+_DEPENDENT = {  # the note on rows the Jacobians' votes cannot orient, turned or not
+    False: "the rows are linearly dependent (h > d, or inputs that never vary): unit "
+           "orientations left as found; the affine term makes the model exact",
+    True: "the rows are linearly dependent (h > d): unit orientations from the affine term "
+          "they left as found (h <= K d), no query"}
 
 
 def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
@@ -32,10 +36,11 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
     _check_units(run, units)
     rows = np.array(units.rows).reshape(-1, run.d)
     biases = np.array(units.biases)
+    dependent = bool(len(units)) and np.linalg.matrix_rank(rows) < len(rows)
     run.log.enter("signs", len(units))
     if len(units):
         outs, picked = np.array(units.outs), _jacobian_subset(measured)
-        signs = _signs(run, units, measured, rows, biases, outs, picked)
+        signs = _signs(run, units, measured, (rows, biases, outs, dependent), picked)
     run.log.leave(len(units))
 
     run.log.enter("last layer", len(units))
@@ -53,9 +58,10 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
         w1, b1, resid = fit_last_layer(w0, b0, x, y)
     else:
         w1, b1, skip, resid = fit_output_layer(w0, b0, outs, *picked, x, y)
-        if skip is not None and len(rows) and np.linalg.matrix_rank(rows) < len(rows):
-            w0, b0, (w1, b1, skip, resid) = _oriented_by_affine(
-                run, w0, b0, outs, picked, x, y, (w1, b1, skip, resid))
+        if dependent:  # the Jacobians' votes could not orient the rows
+            w0, b0, (w1, b1, skip, resid), turned = _oriented_by_affine(
+                w0, b0, outs, picked, x, y, (w1, b1, skip, resid))
+            run.notes.append(_DEPENDENT[turned])
         if skip is not None:
             run.notes.append("the model carries an affine term (units active on the whole "
                              "domain, mirrored units, or orientations left as found)")
@@ -73,27 +79,25 @@ def build_network(run: Run, units: Units, measured: Measured) -> ReLUNetwork:
     )
 
 
-def _oriented_by_affine(run: Run, rows: Array, biases: Array, outs: Array,
-                        picked: tuple[Array, Array], x: Array, y: Array,
-                        fitted: tuple[Array, Array, Array, float],
-                        ) -> tuple[Array, Array, tuple[Array, Array, Array | None, float]]:
+def _oriented_by_affine(rows: Array, biases: Array, outs: Array, picked: tuple[Array, Array],
+                        x: Array, y: Array, fitted: tuple[Array, Array, Array | None, float],
+                        ) -> tuple[Array, Array, tuple[Array, Array, Array | None, float], bool]:
     """Rows too many to be oriented by the Jacobians' votes (dependent: ``h > d``), kept as
     found with the affine term ``fitted`` they leave: that term is ``-Σ g_ν r_νᵀ`` over the
     units kept the wrong way round, a linear system for which they are where ``h ≤ K d``
     (:func:`~..lastlayer.flipped_units`, as the deep pipeline orients its last layer). The
     units it decides are turned and the output layer fitted again, kept if no affine term is
-    left; else the rows stay as found (``fitted``)."""
+    left (the last item returned: ``True``); else the rows stay as found (``fitted``)."""
+    if fitted[2] is None:
+        return rows, biases, fitted, False
     flipped = flipped_units(outs.T, rows, fitted[2])
     if np.any(np.minimum(np.abs(flipped), np.abs(flipped - 1)) > 0.1):
-        return rows, biases, fitted  # undecided: orientations the logits leave open
+        return rows, biases, fitted, False  # undecided: orientations the logits leave open
     signs = np.where(flipped > 0.5, -1.0, 1.0)
     again = fit_output_layer(rows * signs[:, None], biases * signs, outs, *picked, x, y)
     if again[2] is not None:
-        return rows, biases, fitted
-    run.notes[:] = [n for n in run.notes if not n.startswith(_DEPENDENT)] + [
-        "the rows are linearly dependent (h > d): unit orientations from the affine term "
-        "they left as found (h <= K d), no query"]
-    return rows * signs[:, None], biases * signs, again
+        return rows, biases, fitted, False
+    return rows * signs[:, None], biases * signs, again, True
 
 
 def _check_units(run: Run, units: Units) -> None:
@@ -137,13 +141,15 @@ def _jacobian_subset(measured: Measured) -> tuple[Array, Array]:
             np.array([measured.jacs[i] for i in pick]))
 
 
-def _signs(run: Run, units: Units, measured: Measured, rows: Array, biases: Array, outs: Array,
-           picked: tuple[Array, Array]) -> Array:
-    """Global signs (§6.5): the null-space steps in paper mode; in default mode votes of the
-    Jacobians already measured, where the rows are independent (elsewhere the affine term
-    makes any orientation exact, and the rows keep the one they were found with)."""
+def _signs(run: Run, units: Units, measured: Measured,
+           found: tuple[Array, Array, Array, bool], picked: tuple[Array, Array]) -> Array:
+    """Global signs (§6.5) of the units ``found`` (rows, biases, output vectors, and whether
+    the rows are dependent): the null-space steps in paper mode; in default mode votes of the
+    Jacobians already measured, where the rows are independent (elsewhere the rows keep the
+    orientation they were found with, for :func:`_oriented_by_affine`)."""
+    rows, biases, outs, dependent = found
     if run.cfg.mode == "paper":
-        if np.linalg.matrix_rank(rows) < len(rows):
+        if dependent:
             raise ExtractionError(
                 "the recovered rows are linearly dependent; paper mode's sign recovery "
                 "(§6.5) assumes h < d independent rows. Use the default mode."
@@ -152,9 +158,7 @@ def _signs(run: Run, units: Units, measured: Measured, rows: Array, biases: Arra
         values = np.asarray(run.oracle(points), dtype=np.float64)
         measured.remember(points, values)
         return signs_from_nullspace(run.oracle, rows, points, values, 1e-3 * run.width)
-    if np.linalg.matrix_rank(rows) < len(rows):
-        run.notes.append(f"{_DEPENDENT} (h > d, or inputs that never vary): unit "
-                         "orientations left as found; the affine term makes the model exact")
+    if dependent:
         return np.ones(len(rows))
     # Every Jacobian votes on every unit's sign; a few hundred votes per unit decide it
     # (the votes are 0 or 1 up to rounding), so large victims use a random subset (picked).

@@ -112,8 +112,8 @@ def execute(run: Run, units: Units, measured: Measured) -> ExtractionResult:
 def _estimated_bits(units: Units, outputs: int, mode: str) -> Array:
     """``-log2`` of each row's estimated mean absolute error (at most 60). NaN for every row
     in default mode when the victim has one output: its Jacobian differences are ``1 × d``,
-    rank one exactly, and leave no residual to estimate from (they read 60 bits where the rows
-    had 35 to 42: ``test_the_attacks_own_precision_estimate_is_nan_where_it_cannot_be_made``)."""
+    rank one exactly, and leave no residual to estimate from (the cap, 60 bits, whatever the
+    rows' error: ``test_the_attacks_own_precision_estimate_is_nan_where_it_cannot_be_made``)."""
     if mode == "default" and outputs == 1:
         return np.full(len(units), np.nan)
     return -np.log2(np.maximum(np.array(units.errors, dtype=np.float64), 2.0**-60))
