@@ -9,6 +9,7 @@ Usage::
         --reach 40 --max-lines 1024 --victim-dir victims    # a trained 784-32-32-10 victim
     python benchmarks/deep.py --shapes 40-20-1 --attack one-layer   # the one-layer attack
     python benchmarks/deep.py --shapes 40-20-1 --attack deep-phases # no one-layer hypothesis
+    python benchmarks/deep.py --box -1 1         # every query inside [-1, 1]^d (an API's box)
 
 Each row: a random victim (He-scaled Gaussian weights), or an MNIST victim trained the paper's
 way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
@@ -16,7 +17,10 @@ way (Adam, 20 epochs, batch 128; cached in ``--victim-dir``), extracted by
 (log2), wall time, self-check error, fidelity on 10,000 uniform points of ``[-2, 2]^d`` and the
 bits of precision of each hidden layer (worst unit found; a width found below the victim's
 means units were not found), measured against the victim afterwards;
-an MNIST victim's fidelity is also measured on its 10,000 test images.
+an MNIST victim's fidelity is also measured on its 10,000 test images. With ``--box LO HI``
+every query stays inside ``[LO, HI]^d`` (``input_bounds=``; MNIST victims also get
+``--reference`` training images as ``reference_inputs=``), and the uniform fidelity is
+measured on that box.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "one-hidden-layer attack (extract_functional in the paper's setting, "
                         "its own defaults: --reach and --max-lines do not apply) to compare "
                         "with on d-h-K victims")
+    p.add_argument("--box", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="the input box every query stays in (extract_deep's input_bounds)")
+    p.add_argument("--reference", type=int, default=0,
+                   help="with --box: MNIST training images given as reference_inputs")
     p.add_argument("--victim-dir", type=Path, default=None, help="cache of trained victims")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="victim seeds")
     p.add_argument("--attack-seeds", type=int, nargs="+", default=[0],
@@ -104,7 +112,8 @@ def mnist_victim(widths: str, seed: int, cache: Path | None) -> tuple[ReLUNetwor
 
 def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             test: np.ndarray | None = None, max_lines: int = 256,
-            check_points: int = CHECK_POINTS, attack: str = "deep", attack_seed: int = 0) -> dict:
+            check_points: int = CHECK_POINTS, attack: str = "deep", attack_seed: int = 0,
+            box: tuple[float, float] | None = None, reference: np.ndarray | None = None) -> dict:
     oracle = ModelOracle(victim)
     started = time.perf_counter()
     row: dict = {"victim": name, "seed": seed, "attack": attack, "attack_seed": attack_seed,
@@ -115,16 +124,18 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
         log.info("%s seed %d: %7.1f s, %d queries: %s (%d units)", name, seed,
                  time.perf_counter() - started, queries, phase, units)
 
-    bounds = (0.0, 1.0) if test is not None else (-2.0, 2.0)
+    bounds = tuple(box) if box is not None else (0.0, 1.0) if test is not None else (-2.0, 2.0)
     try:
         if attack == "one-layer":
             own = {} if check_points == CHECK_POINTS else {"check_points": check_points}
-            result = extract_functional(oracle, stay_in_bounds=False, input_bounds=bounds,
+            result = extract_functional(oracle, stay_in_bounds=box is not None,
+                                        input_bounds=bounds, reference_inputs=reference,
                                         seed=attack_seed, progress=phase, **own)  # its own check
         else:
             result = extract_deep(oracle, seed=attack_seed, reach=reach, max_lines=max_lines,
                                   check_points=check_points, progress=phase,
-                                  one_layer=attack == "deep")
+                                  one_layer=attack == "deep", input_bounds=box,
+                                  reference_inputs=reference)
     except ExtractionError as err:
         return {**row, "error": str(err), "queries": oracle.queries,
                 "seconds": time.perf_counter() - started}
@@ -145,11 +156,12 @@ def run_one(name: str, victim: ReLUNetwork, seed: int, reach: float | None,
             "guessed_signs": len(result.network.metadata.get("guessed_signs", []))}
 
 
-def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None) -> dict:
+def deep_cell(c: dict, victim: ReLUNetwork, test: np.ndarray | None,
+              reference: np.ndarray | None = None) -> dict:
     """One extraction: a sweep cell (in-process or a Ray task)."""
     return run_one(c["victim"], victim, c["seed"], c["reach"], test, c.get("max_lines", 256),
                    c.get("check_points", CHECK_POINTS), c.get("attack", "deep"),
-                   c.get("attack_seed", 0))
+                   c.get("attack_seed", 0), c.get("box"), reference)
 
 
 def _checks(args: argparse.Namespace, attack_seed: int) -> dict:
@@ -157,7 +169,9 @@ def _checks(args: argparse.Namespace, attack_seed: int) -> dict:
     (the cells of earlier runs keep their keys)."""
     return ({} if args.check_points == CHECK_POINTS else {"check_points": args.check_points}
             ) | ({} if args.attack == "deep" else {"attack": args.attack}
-                 ) | ({} if attack_seed == 0 else {"attack_seed": attack_seed})
+                 ) | ({} if attack_seed == 0 else {"attack_seed": attack_seed}
+                 ) | ({} if args.box is None else {"box": list(args.box)}
+                      ) | ({} if not args.reference else {"reference": args.reference})
 
 
 def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tuple]]:
@@ -170,11 +184,13 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
             cell = Cell({"table": "deep", "victim": shape, "seed": seed, "reach": args.reach,
                          "max_lines": args.max_lines, **_checks(args, attack_seed)})
             cells.append(cell)
-            inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None)
+            inputs[cell.key] = (executor.defer(_random_victim, d, tuple(widths), k, seed), None,
+                                None)
     for widths in args.mnist:
         for seed in args.seeds:
             victim, test = mnist_victim(widths, seed, args.victim_dir)
-            shared = (executor.put(victim), executor.put(test))
+            shared = (executor.put(victim), executor.put(test),
+                      executor.put(_reference_images(args.reference, seed)))
             for attack_seed in args.attack_seeds:
                 cell = Cell({"table": "deep", "victim": f"MNIST 784-{widths}-10", "seed": seed,
                              "reach": args.reach, "max_lines": args.max_lines,
@@ -182,6 +198,16 @@ def _cells(args: argparse.Namespace, executor) -> tuple[list[Cell], dict[str, tu
                 cells.append(cell)
                 inputs[cell.key] = shared
     return cells, inputs
+
+
+def _reference_images(n: int, seed: int) -> np.ndarray | None:
+    """``n`` MNIST training images (drawn with ``seed``) the attacker holds, or ``None``."""
+    if not n:
+        return None
+    from model_extraction.datasets import load_dataset
+
+    train = load_dataset("mnist", "train").flat()
+    return train[np.random.default_rng(seed).choice(len(train), n, replace=False)]
 
 
 def _random_victim(d: int, widths: tuple[int, ...], k: int, seed: int) -> ReLUNetwork:
@@ -211,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.check_points < 1 or args.max_lines < 1:
         parser.error("--check-points and --max-lines must be at least 1")
+    if args.box is not None and not args.box[1] > args.box[0]:
+        parser.error("--box LO HI needs LO < HI")
+    if args.reference and (args.box is None or args.reference < 2):
+        parser.error("--reference N needs --box (the images must lie in it) and N >= 2")
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
@@ -223,7 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r.result for r in sweep.records if r.status == "ok"]
     own = args.attack == "one-layer" and args.check_points == CHECK_POINTS
     size = "its default number of" if own else f"{args.check_points}"
-    print(f"{args.attack} attack, self-check on {size} fresh points:\n")
+    where = ("" if args.box is None else f", every query inside [{args.box[0]:g}, "
+             f"{args.box[1]:g}]^d" + (f" ({args.reference} reference images)"
+                                     if args.reference else ""))
+    print(f"{args.attack} attack, self-check on {size} fresh points{where}:\n")
     print("| victim | seed | widths found | queries | wall time | self-check | fidelity "
           "(uniform) | fidelity (test) | worst bits per layer |\n" + "|---" * 9 + "|")
     print("\n".join(_line(r) for r in rows) + failures_markdown(sweep))

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from model_extraction.cli import app
@@ -21,13 +22,14 @@ def test_extract_command_on_embedded_digits(tmp_path):
     assert (tmp_path / "x.safetensors").exists()
 
 
-def test_extract_command_reports_every_layer_of_a_deep_victim(tmp_path):
+@pytest.mark.parametrize("where", [["--unbounded"], ["--input-range", "-1", "1"]])
+def test_extract_command_reports_every_layer_of_a_deep_victim(tmp_path, where):
     from model_extraction.network import ReLUNetwork
 
     saved = tmp_path / "victim.safetensors"
     ReLUNetwork.random(10, (10, 10), 1, seed=0).save(saved)
     out = tmp_path / "report.json"
-    res = CliRunner().invoke(app, ["extract", "--victim", str(saved), "--unbounded",
+    res = CliRunner().invoke(app, ["extract", "--victim", str(saved), *where,
                                    "--no-progress", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "layer 2, bits" in res.output  # measured against the victim's copy

@@ -10,13 +10,12 @@ from hypothesis import strategies as st
 from model_extraction.attacks.functional import (
     ExtractionError,
     FunctionalExtraction,
-    OracleMismatchError,
     extract_functional,
 )
 from model_extraction.attacks.functional.deep import extract_deep
 from model_extraction.evaluation import compare_networks
 from model_extraction.network import ReLUNetwork
-from model_extraction.oracle import BudgetExhaustedError, ModelOracle
+from model_extraction.oracle import BudgetExhaustedError, CallableOracle, ModelOracle
 
 
 @pytest.mark.parametrize("d, widths, k, seed", [
@@ -246,10 +245,54 @@ def test_extract_functional_finds_the_depth_in_the_papers_setting():
         "fidelity_uniform"] == 1.0
     given = extract_functional(ModelOracle(victim), hidden=(10, 10), stay_in_bounds=False)
     assert given.network.widths == (10, 10) and given.queries < result.queries
-    with pytest.raises(ValueError, match="stay_in_bounds=False"):
-        extract_functional(ModelOracle(victim), hidden=(10, 10))  # in the box: not yet
-    with pytest.raises(OracleMismatchError):
-        extract_functional(ModelOracle(victim))  # in the box, the one-layer refusal stands
+    with pytest.raises(ValueError, match="paper mode"):
+        extract_functional(ModelOracle(victim), hidden=(10, 10), mode="paper")
+
+
+def _boxed(victim, lo, hi):
+    """The victim's logits, failing the test on any query outside ``[lo, hi]^d``."""
+    def fn(x):
+        assert x.min() >= lo and x.max() <= hi, "a query left the box"
+        return victim.logits(x)
+    return CallableOracle(fn, input_dim=victim.input_dim, output_kind="logits")
+
+
+@pytest.mark.parametrize("d, widths, k, seed", [(10, (10, 10), 1, 0), (10, (10, 10), 2, 3),
+                                                (40, (20, 10), 1, 0)])
+def test_a_deep_network_is_extracted_without_a_query_outside_the_box(d, widths, k, seed):
+    """extract_functional's default: the API's box is enforced, and the pipeline extracts any
+    depth inside it (the one-layer hypothesis refuted there first)."""
+    victim = ReLUNetwork.random(d, widths, k, seed=seed)
+    oracle = _boxed(victim, -1.0, 1.0)
+    result = extract_functional(oracle, input_bounds=(-1.0, 1.0))
+    assert result.mode == "deep" and result.network.widths == widths
+    assert result.queries == oracle.queries and "bent hyperplanes" in result.notes[0]
+    metrics = compare_networks(victim, result.network, input_bounds=(-1.0, 1.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
+    assert all(layer["worst_bits"] >= 30 for layer in metrics["layers"])
+    given = extract_functional(_boxed(victim, -1.0, 1.0), hidden=widths,
+                               input_bounds=(-1.0, 1.0))
+    assert given.network.widths == widths and given.queries < result.queries
+
+
+def test_a_first_layer_unit_active_on_the_whole_box_is_found_from_deeper_normals():
+    """A unit whose hyperplane misses the box has no critical point there, yet it is a linear
+    function of the input that the second layer reads: its row comes from the parts of the
+    deeper normals off the first layer's span, and the first layer is oriented beside it."""
+    victim = ReLUNetwork.random(10, (10, 10), 1, seed=0)
+    bias = victim.bias0.copy()
+    bias[0] = np.abs(victim.weight0[0]).sum() + 0.05  # active by 0.05 or more on [-1, 1]^10
+    victim = ReLUNetwork(victim.weight0, bias, victim.weight1, victim.bias1,
+                         hidden_layers=victim.hidden_layers)
+    oracle = _boxed(victim, -1.0, 1.0)
+    result = extract_functional(oracle, input_bounds=(-1.0, 1.0))
+    net = result.network
+    assert net.widths[0] == 10 and net.metadata["active_throughout"] == [9]
+    assert any("never changed state in the box" in n for n in result.notes)
+    cos = net.weight0[9] @ victim.weight0[0] / np.linalg.norm(victim.weight0[0])
+    assert abs(cos) > 1 - 1e-9  # one such unit: its row exactly (its bias is its own)
+    metrics = compare_networks(victim, net, input_bounds=(-1.0, 1.0))
+    assert metrics["fidelity_uniform"] == 1.0 and metrics["max_logit_error"] < 1e-7
 
 
 def test_the_self_check_says_what_share_it_vouches_for():

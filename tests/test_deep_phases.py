@@ -734,3 +734,52 @@ def _check_plane_fits(plane_through, pinned_plane, d, extra, noise, seed):
     zero = points.copy()
     zero[:, 0] = 0.0  # R exactly singular: the full SVD answers
     assert np.isfinite(plane_through(zero, normal)[0]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 12),
+       lo=st.floats(-3.0, 2.0), width=st.floats(1e-3, 5.0), step=st.floats(1e-9, 0.4))
+def test_jacobian_steps_turn_back_at_the_box_faces(seed, d, lo, width, step):
+    """Each Jacobian column's two steps stay in the box, the same way, the second a quarter of
+    the first; the full step wherever either way has the room for it."""
+    from model_extraction.attacks.functional.critical import _signed_steps
+    from model_extraction.attacks.functional.domain import Domain
+
+    rng = np.random.default_rng(seed)
+    box = Domain(lo, lo + width, d)
+    points = box.uniform(rng, 5)
+    points[0] = box.lo  # a corner
+    directions = np.vstack([np.eye(d), rng.standard_normal((3, d))])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    s = np.full(5, step * width)
+    steps = _signed_steps(box, points, directions, s)
+    probes = points[None, :, None, :] + steps[..., None] * directions[None, None]
+    tol = 1e-12 * (1 + abs(lo) + width)
+    assert np.all(probes >= box.lo - tol) and np.all(probes <= box.hi + tol)
+    assert np.all(steps[1] * 4 == steps[0])
+    fits = box.holds(np.repeat(points, len(directions), axis=0),
+                     np.tile(directions, (5, 1)), np.repeat(s, len(directions)))
+    assert np.all(np.abs(steps[0]).ravel()[fits] == s.repeat(len(directions))[fits])
+
+
+def test_a_query_outside_the_box_is_refused_before_it_is_spent():
+    import pickle
+
+    from model_extraction.attacks.functional.domain import (
+        Domain,
+        OutsideDomainError,
+        guarded,
+    )
+
+    victim = ReLUNetwork.random(4, 3, 2, seed=0)
+    inner = ModelOracle(victim, budget=100)
+    oracle = guarded(inner, Domain(0.0, 1.0, 4))
+    assert oracle(np.full((3, 4), 0.5)).shape == (3, 2) and inner.queries == 3
+    with pytest.raises(OutsideDomainError, match="1 inputs outside the box"):
+        oracle(np.array([[0.5, 0.5, 0.5, 1.5], [0.0, 0.0, 1.0, 1.0]]))
+    assert inner.queries == oracle.queries == 3 and oracle.remaining == 97
+    oracle.queries += 5  # the executor's count of queries spent in copies lands on the oracle
+    assert inner.queries == 8
+    copy = pickle.loads(pickle.dumps(oracle))  # a copy for an executor's tasks
+    assert copy(np.zeros((1, 4))).shape == (1, 2) and copy.queries == 9
+    assert guarded(inner, Domain(-0.5, 0.5, 4, bounded=False)) is inner

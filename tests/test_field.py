@@ -7,6 +7,7 @@ import pytest
 
 from model_extraction import (
     CallableOracle,
+    FunctionalExtraction,
     ModelOracle,
     OracleMismatchError,
     ReLUNetwork,
@@ -201,7 +202,9 @@ def _deep(seed=0):
 @pytest.mark.parametrize("victim", ["two hidden layers", "clipped inputs"])
 def test_not_one_relu_layer_on_the_domain_is_refused_early(victim):
     """A deeper network, or an API that clips its inputs to a smaller range than the box
-    declared, is refused within a few lines (a few thousand queries), not after a full run."""
+    declared, is refused by the one-hidden-layer attack within a few lines (a few thousand
+    queries), not after a full run (extract_functional then goes on with the deep phases:
+    tests/test_deep.py)."""
     if victim == "two hidden layers":
         fn = _deep()
     else:
@@ -210,7 +213,7 @@ def test_not_one_relu_layer_on_the_domain_is_refused_early(victim):
             return net.logits(np.clip(x, 0.25, 0.75))
     oracle = CallableOracle(fn, input_dim=30, output_kind="logits")
     with pytest.raises(OracleMismatchError, match="not a one-hidden-layer ReLU network"):
-        extract_functional(oracle)
+        FunctionalExtraction().run(oracle)
     assert oracle.queries < 10_000
 
 

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from model_extraction.attacks.functional import OracleMismatchError, extract_functional
+from model_extraction.attacks.functional import (
+    FunctionalExtraction,
+    OracleMismatchError,
+)
 from model_extraction.evaluation import compare_networks
 from model_extraction.network import ReLUNetwork
 from model_extraction.oracle import ModelOracle
@@ -86,7 +89,7 @@ def test_deep_victims_are_evaluated_and_refused_by_the_one_layer_attack():
     assert same["max_logit_error"] == 0.0
     oracle = ModelOracle(victim)
     with pytest.raises(OracleMismatchError, match="not a one-hidden-layer"):
-        extract_functional(oracle, seed=0)
+        FunctionalExtraction(seed=0).run(oracle)
     assert 0 < oracle.queries < 5000  # refused early, not after the budget of a full attack
 
 

@@ -93,7 +93,7 @@ def extract(
     query_log: QueryLog = None,
     dry_run: DryRun = False,
 ) -> None:
-    """Functionally-equivalent extraction (§6) of a one-hidden-layer ReLU network.
+    """Functionally-equivalent extraction (§6) of a ReLU network of any depth.
 
     Without --url: trains a victim on the dataset (or loads or draws one) and extracts it
     through its float64 oracle. With --url: extracts the model behind that API. Either way no
@@ -242,7 +242,8 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
     t.add_row("mode", a["mode"])
     found = f"{a['hidden']}" + (", plus an affine term" if a["affine_term"] else "")
     if e is not None:
-        found += (f" (victim: {e['hidden']}, {e['units_crossing_box']} of them change state "
+        which = "of them" if isinstance(e["hidden"], int) else "of its first layer's units"
+        found += (f" (victim: {e['hidden']}, {e['units_crossing_box']} {which} change state "
                   "on the box)")
     t.add_row("hidden units found", found)
     c = a["self_check"]

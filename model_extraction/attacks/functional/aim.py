@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints, Span, find_critical_points, random_line
+from .domain import Domain
 from .prefix import Prefix
 from .search import Line
 from .signatures import Signatures
@@ -164,7 +165,8 @@ def t_range(reach: float) -> tuple[float, float]:
 def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
                  rng: np.random.Generator, count: int, scale: float, reach: float,
                  aim: tuple[Prefix, NDArray[np.bool_]] | None = None,
-                 through: Array | None = None, span: Span | None = None) -> CriticalPoints:
+                 through: Array | None = None, span: Span | None = None,
+                 domain: Domain | None = None) -> CriticalPoints:
     """``found`` plus the critical points of ``count`` new random lines (appended to ``lines``);
     with ``aim = (prefix, wanted)``, half of them start where the wanted units of the prefix's
     top layer are active (there the next layer's critical points show their weights on those
@@ -173,27 +175,35 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
     the others measured in the span of its first layer (:class:`~.critical.Span`); with
     ``through`` ``(m, d)`` (where a model failed its self-check: a neuron it lacks is
     active there), the other half pass through those points; without ``aim``, the Jacobians
-    are measured along ``span`` where it is given."""
+    are measured along ``span`` where it is given. In a bounded ``domain`` the lines are
+    :meth:`~.domain.Domain.line_through` the box (aimed origins moved into it), and searched
+    where they lie in it."""
     d = found.points.shape[1]
-    more = [random_line(rng, d, scale) for _ in range(count)]
+    bounded = domain is not None and domain.bounded
+    more = [domain.line_through(rng) if bounded else random_line(rng, d, scale)
+            for _ in range(count)]
     if aim is not None and aim[1].any():
         origins = aimed_origins(*aim, rng, count // 2, scale)
-        more[: len(origins)] = [Line(o, line.direction)
-                               for o, line in zip(origins, more[: len(origins)], strict=True)]
+        more[: len(origins)] = [domain.line_through(rng, domain.clip(o)) if bounded
+                                else Line(o, line.direction)
+                                for o, line in zip(origins, more[: len(origins)], strict=True)]
     if through is not None and len(through):
         picked = through[rng.choice(len(through), count // 2)]  # a few points: several each
-        more[count - len(picked):] = [Line(o, line.direction) for o, line in
+        more[count - len(picked):] = [domain.line_through(rng, o) if bounded
+                                      else Line(o, line.direction) for o, line in
                                       zip(picked, more[count - len(picked):], strict=True)]
     known = None if aim is None else known_normals(aim[0], scale)
     span = span if aim is None else Span.of(aim[0].layers[0][0], rng)
     first = len(lines)
     lines += more  # counted from now on (a budget error says how many were drawn)
-    return found.join(find_critical_points(oracle, more, first_line=first,
-                                           t_range=t_range(reach), known=known, span=span))
+    return found.join(find_critical_points(
+        oracle, more, first_line=first, t_range=(-np.inf, np.inf) if bounded else
+        t_range(reach), known=known, span=span, domain=domain))
 
 
 def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generator,
-                count: int, scale: float, reach: float) -> tuple[CriticalPoints, dict[int, Span]]:
+                count: int, scale: float, reach: float, domain: Domain | None = None,
+                ) -> tuple[CriticalPoints, dict[int, Span]]:
     """The critical points of the ``count`` first random lines (appended to ``lines``), before
     any layer is known.
 
@@ -213,7 +223,8 @@ def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generat
         seen = len(found)
         if span is not None:
             spans[len(lines)] = span
-        found = search_lines(oracle, found, lines, rng, 1, scale, reach, span=span)
+        found = search_lines(oracle, found, lines, rng, 1, scale, reach, span=span,
+                             domain=domain)
         rows = (found.normals if span is None
                 else np.vstack([span.basis[: -span.checks], found.normals[seen:]]))
         span = Span.of(rows, rng, rtol=_SPAN_RTOL) if len(rows) else None
@@ -228,7 +239,7 @@ def known_normals(prefix: Prefix, scale: float) -> Callable[[Array], Array]:
 
 def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                    partial: Signatures, rng: np.random.Generator,
-                   scale: float) -> CriticalPoints:
+                   scale: float, domain: Domain | None = None) -> CriticalPoints:
     """``found`` plus critical points aimed at what partial rows lack: for each, one of its
     critical points is moved (by :func:`line_into`, on the prefix, no query; where its Newton
     steps do not get there, by the ascent of :func:`coactive_lines` from several of them,
@@ -256,13 +267,14 @@ def toward_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
         else:
             stuck.append((int(i), u))
     if stuck:
-        lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale, (8, 2))
-    return _crossed(oracle, found, prefix, lines, rng, scale)
+        lines += _ascended(found, prefix, partial, sorted(set(stuck)), rng, scale, (8, 2),
+                           domain)
+    return _crossed(oracle, found, prefix, lines, rng, scale, domain)
 
 
 def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
                          partial: Signatures, rng: np.random.Generator,
-                         scale: float) -> CriticalPoints:
+                         scale: float, domain: Domain | None = None) -> CriticalPoints:
     """``found`` plus critical points for the units partial rows lack (``MORE_LINES``
     ``(row, unit)`` pairs at most, one unit of each row in turn, the rows seen at the fewest
     points first: a rare neuron's row has few): the ascent of :func:`coactive_lines` from 256
@@ -273,12 +285,14 @@ def toward_every_missing(oracle: Oracle, found: CriticalPoints, prefix: Prefix,
     lacking = [np.flatnonzero(~partial.known[i]) for i in order]
     pairs = [(int(i), int(units[r])) for r in range(max(map(len, lacking), default=0))
              for i, units in zip(order, lacking, strict=True) if r < len(units)][:MORE_LINES]
-    lines = _ascended(found, prefix, partial, pairs, rng, scale, (256 // max(len(pairs), 1), 4))
-    return _crossed(oracle, found, prefix, lines, rng, scale)
+    lines = _ascended(found, prefix, partial, pairs, rng, scale, (256 // max(len(pairs), 1), 4),
+                      domain)
+    return _crossed(oracle, found, prefix, lines, rng, scale, domain)
 
 
 def _crossed(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Line],
-             rng: np.random.Generator, scale: float) -> CriticalPoints:
+             rng: np.random.Generator, scale: float,
+             domain: Domain | None = None) -> CriticalPoints:
     """``found`` plus the critical points of the short ``lines`` (``|t| ≤ 0.2 scale``), the
     normals of those on the prefix's hyperplanes taken from it, the others measured in the
     span of its first layer."""
@@ -287,12 +301,13 @@ def _crossed(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[
     return found.join(find_critical_points(oracle, lines, first_line=-1,
                                            t_range=t_range(0.2 * scale),
                                            known=known_normals(prefix, scale),
-                                           span=Span.of(prefix.layers[0][0], rng)))
+                                           span=Span.of(prefix.layers[0][0], rng),
+                                           domain=domain))
 
 
 def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
               stuck: list[tuple[int, int]], rng: np.random.Generator, scale: float,
-              effort: tuple[int, int]) -> list[Line]:
+              effort: tuple[int, int], domain: Domain | None = None) -> list[Line]:
     """Lines from :func:`coactive_lines` for the ``stuck`` ``(row, unit)`` pairs of
     ``partial``: with ``effort = (starts, per_unit)``, the ascent starts from ``starts``
     points for each pair, the row's critical points in turn, each moved by Gaussian noise of
@@ -310,7 +325,8 @@ def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
     pair_of = np.array(pair)
     rows, units = (np.array([stuck[j][c] for j in pair_of]) for c in (0, 1))
     x = found.points[np.concatenate(starts)]
-    lines, source = coactive_lines(prefix, x + rng.standard_normal(x.shape) * 0.1 * scale,
+    x = x + rng.standard_normal(x.shape) * 0.1 * scale
+    lines, source = coactive_lines(prefix, x if domain is None else domain.clip(x),
                                    partial.rows[rows], partial.biases[rows], units,
                                    0.05 * scale, scale)
     kept, count = [], np.zeros(len(stuck), dtype=np.int64)

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
+from .domain import Domain
 from .search import Kink, Line, LineSearchStats, search_line
 
 Array = NDArray[np.float64]
@@ -146,30 +147,58 @@ def line_kinks(oracle: Oracle, line: Line, t_range: tuple[float, float],
     return search_line(oracle, line, t_range, grid=_GRID, verify_step=_VERIFY)
 
 
-def _jacobians(oracle: Oracle, points: Array, step: Array,
-               basis: Array | None) -> tuple[Array, NDArray[np.bool_]]:
+def _jacobians(oracle: Oracle, points: Array, step: Array, basis: Array | None,
+               domain: Domain | None = None) -> tuple[Array, NDArray[np.bool_]]:
     """Forward-difference Jacobians at ``points`` ``(m, d)`` with steps ``step`` ``(m,)`` and
     ``step / 4``, along the coordinates (``(m, K, d)``) or the rows of ``basis`` ``(r, d)``
-    (``(m, K, r)``); the mask ``(m, d)`` or ``(m, r)`` says which columns the two agree on."""
+    (``(m, K, r)``); the mask ``(m, d)`` or ``(m, r)`` says which columns the two agree on.
+    In a bounded ``domain`` each column steps backwards where forwards would leave the box,
+    and shorter where neither way has the room (:func:`_signed_steps`)."""
     m, d = points.shape
     base = oracle(points)
-    steps = np.stack([step, step / 4])  # (2, m)
+    directions = np.eye(d) if basis is None else basis
+    steps = np.broadcast_to(np.stack([step, step / 4])[:, :, None], (2, m, len(directions)))
+    if domain is not None and domain.bounded:
+        steps = _signed_steps(domain, points, directions, step)
     if basis is None:
         probes = np.empty((2, m, d, d))  # each point, then each coordinate moved by each step
         probes[...] = points[None, :, None, :]
-        probes[:, :, np.arange(d), np.arange(d)] += steps[:, :, None]
+        probes[:, :, np.arange(d), np.arange(d)] += steps
     else:
         probes = (points[None, :, None, :]
-                  + steps[:, :, None, None] * basis[None, None, :, :])
+                  + steps[:, :, :, None] * basis[None, None, :, :])
     r = probes.shape[2]
     y = oracle(probes.reshape(-1, d)).reshape(2, m, r, -1)
-    slopes = (y - base[None, :, None, :]) / steps[:, :, None, None]
-    agree = np.all(np.abs(slopes[0] - slopes[1]) <= _AGREE * (1 + np.abs(slopes[0])), axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # no room at a corner: not clean
+        slopes = (y - base[None, :, None, :]) / steps[:, :, :, None]
+        agree = np.all(np.abs(slopes[0] - slopes[1]) <= _AGREE * (1 + np.abs(slopes[0])),
+                       axis=2)
     return slopes[1].transpose(0, 2, 1), agree
 
 
-def _clean_jacobians(oracle: Oracle, points: Array, room: Array,
-                     basis: Array | None) -> tuple[Array, NDArray[np.bool_]]:
+def _signed_steps(domain: Domain, points: Array, directions: Array, step: Array) -> Array:
+    """The steps ``(2, m, r)`` along ``directions`` ``(r, d)`` at ``points`` ``(m, d)``: ``step``
+    ``(m,)`` and a quarter of it, forwards where the box has the room, else backwards, else
+    half the larger room either way (the two always the same way)."""
+    fwd, back = domain.face_room(points)  # (m, d)
+    up, down = np.maximum(directions, 0.0), np.maximum(-directions, 0.0)  # (r, d)
+
+    def room(plus: Array, minus: Array) -> Array:  # (m, r): the longest step inside the box
+        with np.errstate(divide="ignore"):
+            a = np.where(up[None] > 0, plus[:, None] / np.where(up > 0, up, 1.0)[None], np.inf)
+            b = np.where(down[None] > 0, minus[:, None] / np.where(down > 0, down, 1.0)[None],
+                         np.inf)
+        return np.minimum(a.min(axis=2), b.min(axis=2))
+
+    ahead, behind = room(fwd, back), room(back, fwd)
+    s = np.broadcast_to(step[:, None], ahead.shape)
+    signed = np.where(ahead >= s, s, np.where(behind >= s, -s, np.where(
+        ahead >= behind, 0.5 * ahead, -0.5 * behind)))
+    return np.stack([signed, signed / 4])
+
+
+def _clean_jacobians(oracle: Oracle, points: Array, room: Array, basis: Array | None,
+                     domain: Domain | None = None) -> tuple[Array, NDArray[np.bool_]]:
     """The Jacobians at ``points`` ``(m, d)`` (along ``basis``, see :func:`_jacobians`), each
     with the largest step of ``0.3``, ``0.03`` and ``0.003`` times its ``room`` ``(m,)`` whose
     two estimates agree on every column (else all of it is measured again with the next):
@@ -183,7 +212,7 @@ def _clean_jacobians(oracle: Oracle, points: Array, room: Array,
             todo = start + np.flatnonzero(~ok[start : start + chunk])
             if not len(todo):
                 continue
-            j, agree = _jacobians(oracle, points[todo], factor * room[todo], basis)
+            j, agree = _jacobians(oracle, points[todo], factor * room[todo], basis, domain)
             jac = np.zeros((len(points), *j.shape[1:])) if jac is None else jac
             clean = agree.all(axis=1)
             jac[todo[clean]], ok[todo[clean]] = j[clean], True
@@ -221,7 +250,8 @@ def _regions(ts: Array, need: NDArray[np.bool_], shared: bool,
 
 
 def _normals(oracle: Oracle, line: Line, ts: Array, slope_change: Array,
-             need: NDArray[np.bool_], shared: bool, span: Span | None = None) -> Array:
+             need: NDArray[np.bool_], shared: bool, span: Span | None = None,
+             domain: Domain | None = None) -> Array:
     """The unit normals ``(n, d)`` at the kinks ``ts`` ``(n,)`` of ``line`` that ``need`` one,
     from the Jacobians on both sides (:func:`_regions`; along ``span`` where given, and again
     along every coordinate for a kink where a check's slope does not vanish on either side);
@@ -233,11 +263,14 @@ def _normals(oracle: Oracle, line: Line, ts: Array, slope_change: Array,
     little; with one output no rank can tell). With ``shared``, the kinks left without a normal
     are measured again with points of their own, beside them."""
     at, room, sides = _regions(ts, need, shared)
+    inside = None if domain is None else domain.within(line, (-np.inf, np.inf))
+    if inside is not None and len(at):  # a kink near a face: its point there, in the box
+        at = np.clip(at, *inside)
     normals = np.full((len(ts), len(line.origin)), np.nan)
     if not len(at):
         return normals
     basis = None if span is None else span.basis
-    jac, ok = _clean_jacobians(oracle, line.at(at), room, basis)
+    jac, ok = _clean_jacobians(oracle, line.at(at), room, basis, domain)
     off = np.zeros(len(ts), dtype=bool)
     if span is not None:  # the checks' slopes, against the largest slope of the region
         check = np.abs(jac[:, :, -span.checks:]).max(axis=(1, 2))
@@ -254,17 +287,19 @@ def _normals(oracle: Oracle, line: Line, ts: Array, slope_change: Array,
         if s[0] > 0 and (len(s) == 1 or s[1] <= _RANK_ONE * s[0]):
             normals[j] = vt[0]
     if off.any():  # a neuron off the span: along every coordinate, as before the first layer
-        normals[off] = _normals(oracle, line, ts, slope_change, off, shared)[off]
+        normals[off] = _normals(oracle, line, ts, slope_change, off, shared, None, domain)[off]
     again = need & ~off & np.isnan(normals[:, 0])
     if shared and again.any():  # measured beside each point instead, as a lone one is
-        normals[again] = _normals(oracle, line, ts, slope_change, again, False, span)[again]
+        normals[again] = _normals(oracle, line, ts, slope_change, again, False, span,
+                                 domain)[again]
     return normals
 
 
 def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int = 0,
                          t_range: tuple[float, float] = (-4.0, 3.3),
                          known: Callable[[Array], Array] | None = None,
-                         span: Span | None = None) -> CriticalPoints:
+                         span: Span | None = None,
+                         domain: Domain | None = None) -> CriticalPoints:
     """Search each of ``lines`` for critical points and measure each one's normal.
 
     Costs the line searches plus ``2d + 1`` queries per linear region next to a critical point
@@ -283,11 +318,16 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
     ``span``: the first layer's :class:`Span` (rank ``r``), along which the Jacobians are then
     measured: ``2 (r + 2) + 1`` queries a region instead of ``2d + 1``, and a kink off it
     measured again along every coordinate.
+    ``domain``: where queries are bounded, each line is searched only where it lies in the box
+    (a line that misses it is skipped), and the Jacobians' steps turn back at its faces.
     """
     d = len(lines[0].origin) if lines else 0
     found = CriticalPoints.empty(d)
     for i, line in enumerate(lines):
-        kinks, stats = line_kinks(oracle, line, t_range)
+        inside = t_range if domain is None else domain.within(line, t_range)
+        if inside is None:
+            continue
+        kinks, stats = line_kinks(oracle, line, inside)
         ts = np.array([k.t for k in kinks])
         slopes = np.array([k.slope_change for k in kinks])
         xs = line.at(ts) if len(ts) else np.zeros((0, d))
@@ -297,7 +337,8 @@ def find_critical_points(oracle: Oracle, lines: list[Line], *, first_line: int =
         need = ~np.isfinite(given).all(axis=1) & ~crowded
         complete = not (stats.unresolved or stats.curved or stats.notes)
         normals = np.where(need[:, None],
-                           _normals(oracle, line, ts, slopes, need, complete, span), given)
+                           _normals(oracle, line, ts, slopes, need, complete, span, domain),
+                           given)
         keep = np.isfinite(normals).all(axis=1)
         if keep.any():
             found = found.join(CriticalPoints(xs[keep], normals[keep],

@@ -1,6 +1,7 @@
 """Functionally-equivalent extraction of a ReLU network of any depth (one hidden layer being its
 first case), black box end to end (after Carlini, Jagielski and Mironov, CRYPTO 2020), in the
-paper's setting (any float64 input).
+paper's setting (any float64 input) or inside the input box an API enforces (:mod:`.domain`:
+every phase keeps its queries in it).
 
 The phases, one module each, layer after layer:
 
@@ -53,17 +54,18 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .aim import MORE_LINES, first_lines, search_lines
 from .critical import CriticalPoints, Span
+from .domain import Domain, guarded
 from .extract import FunctionalExtraction
 from .hypothesis import Refuted, one_layer_attack, try_one_layer
 from .lastlayer import fit_with_affine, orient_and_fit
-from .layers import Hyperplanes, first_layer
+from .layers import Hyperplanes, active_throughout, first_layer, held_active
 from .nextlayer import distinct_with_partial, grow, with_partial
 from .phases import PhaseLog
 from .prefix import Prefix
 from .refinement import refit_first_layer, refit_next_layer
 from .result import ExtractionError, ExtractionResult
 from .selfcheck import SelfCheck, self_check_drawn
-from .signs import signs_by_preimage, signs_from_next_layer
+from .signs import signs_beside_linear, signs_by_preimage, signs_from_next_layer
 from .unseen import measure_unseen
 from .wiggle import signs_by_wiggle
 
@@ -129,6 +131,7 @@ def extract_deep(
     check_points: int = 4096,
     check_tolerance: float = 1e-6, progress: Callable[..., None] | None = None,
     executor: Any = None, one_layer: bool | FunctionalExtraction = True,
+    input_bounds: tuple[float, float] | None = None, reference_inputs: Any = None,
 ) -> ExtractionResult:
     """Extract a ``d → h1 → … → hL → K`` ReLU network (``L ≥ 1``) from its float64 logits.
 
@@ -163,6 +166,16 @@ def extract_deep(
     for another value); where it holds, its :class:`~.result.ExtractionResult` is returned as
     it is (``mode="default"``, no phase ``one-layer hypothesis``); where it is refuted,
     ``progress`` is told so (phase ``one-layer hypothesis refuted``) before the deep phases.
+    ``input_bounds``: the box ``(lo, hi)`` an API enforces; every query then stays in
+    ``[lo, hi]^d`` (a guard refuses any other before it is sent,
+    :class:`~.domain.OutsideDomainError`), ``scale`` is its width and ``reach`` does not apply:
+    lines run across the box (:meth:`~.domain.Domain.line_through`), draws are uniform in it,
+    finite differences turn back at its faces, preimages are found in it by linear programs,
+    the hypothesis runs the one-layer attack in it, and a first-layer unit active on all of it
+    is found from the deeper normals (``network.metadata["active_throughout"]``, a note);
+    the model is then the victim's on the box. ``reference_inputs``: with ``input_bounds``,
+    natural inputs ``(n, d)`` inside the box that the attacker holds: two lines in three pass
+    through them, half of every draw is taken from them, and the hypothesis gets them too.
 
     Returns an :class:`~.result.ExtractionResult` whose ``network`` may carry an affine term
     ``skip`` ``(K, h_{L-1})`` in its last hidden layer's input (docs/deep.md; a note says so),
@@ -180,7 +193,9 @@ def extract_deep(
     layer (``h1 > d``; as the only hidden layer it is extracted, with an affine term in the
     inputs where the logits do not fix its signs, ``h1 > K d``); and the oracle's errors
     (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase
-    and layer reached and the widths already extracted).
+    and layer reached and the widths already extracted). ``ValueError`` too (before any query)
+    for a box that is not ``(lo, hi)`` with ``lo < hi``, and for reference inputs without a box,
+    of another width or outside it.
     """
     oracle = as_oracle(oracle, input_dim=input_dim)
     d = input_dim if input_dim is not None else oracle.input_dim
@@ -193,8 +208,11 @@ def extract_deep(
     if check_points < 1 or not 0 < check_tolerance < 1:
         raise ValueError(f"check_points={check_points}, check_tolerance={check_tolerance}: the "
                          "self-check needs at least one fresh point and a tolerance in (0, 1)")
-    attack = one_layer_attack(one_layer, hidden, scale=scale, seed=seed,
+    domain = _domain(input_bounds, scale, d, reference_inputs)
+    scale = domain.width
+    attack = one_layer_attack(one_layer, hidden, domain=domain, seed=seed,
                               check_points=check_points, check_tolerance=check_tolerance)
+    oracle = guarded(oracle, domain)
     held = None if attack is None else try_one_layer(attack, oracle, d, progress)
     if isinstance(held, ExtractionResult):
         return held
@@ -214,7 +232,7 @@ def extract_deep(
         with phases.budget(lines):
             network, residuals, check = _until_checked(
                 oracle, d, rng, phases, lines, (scale, reach, max_lines), hidden, executor,
-                (check_points, check_tolerance))
+                (check_points, check_tolerance), domain)
     except ExtractionError as err:
         if held is None:
             raise
@@ -231,6 +249,36 @@ def extract_deep(
         network=network, mode="deep", queries=oracle.queries, phases=phases.costs,
         lines=len(lines), estimated_bits=-np.log2(np.maximum(residuals, 2.0**-60)),
         notes=notes, check=check.as_dict())
+
+
+def _domain(input_bounds: tuple[float, float] | None, scale: float, d: int,
+            reference: Any) -> Domain:
+    """Where the queries go: the box ``input_bounds`` that they stay in (with the
+    ``reference`` inputs, ``(n, d)``, if any), or the paper's setting (any input; ``[-scale/2,
+    scale/2]^d`` then only sets the scale). ``ValueError`` for a box that is not ``(lo, hi)``
+    with ``lo < hi``, a ``scale`` that is not positive, or reference inputs without a box,
+    of another shape or outside it."""
+    if input_bounds is None:
+        if not scale > 0:
+            raise ValueError(f"scale={scale}: the spread of the queries must be positive")
+        if reference is not None:
+            raise ValueError("reference_inputs need input_bounds: the box they are inside")
+        return Domain(-scale / 2, scale / 2, d, bounded=False)
+    lo, hi = (float(v) for v in input_bounds)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"input_bounds={input_bounds}: give the box the API accepts as "
+                         "(low, high), low < high")
+    if reference is None:
+        return Domain(lo, hi, d, bounded=True)
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref.reshape(len(ref), -1) if ref.ndim > 2 else ref
+    if ref.ndim != 2 or ref.shape[1] != d or len(ref) < 2:
+        raise ValueError(f"reference_inputs must be at least 2 rows of {d} inputs; got shape "
+                         f"{ref.shape}")
+    if not np.all(np.isfinite(ref)) or ref.min() < lo or ref.max() > hi:
+        raise ValueError(f"reference_inputs must be finite and inside input_bounds {(lo, hi)}; "
+                         "scale them as the API expects")
+    return Domain(lo, hi, d, bounded=True, reference=ref)
 
 
 def _refuted(held: Refuted, then: str = "extracted as a deep network") -> str:
@@ -256,6 +304,12 @@ def _notes(network: ReLUNetwork) -> list[str]:
         f"[neuron, unit] pairs) {'were' if many else 'was'} never seen: the unit below was "
         "inactive at every critical point of the neuron, and the weight is set to 0; it "
         "matters only where both are active, which the self-check did not see"]
+    linear = network.metadata.get("active_throughout", [])
+    notes += [] if not linear else [
+        f"{len(linear)} first-layer unit(s) (metadata['active_throughout'], counted from 0) "
+        "never changed state in the box, and came from the deeper neurons' normals: active on "
+        "all of it, with a bias that keeps them so; the model equals the victim on the box, "
+        "not beyond it (with several, only the span of their rows is the victim's)"]
     guessed = network.metadata.get("guessed_signs", [])
     notes += [] if not guessed else [
         f"the orientations of {len(guessed)} middle-layer neurons (metadata['guessed_signs'] "
@@ -269,34 +323,37 @@ def _notes(network: ReLUNetwork) -> list[str]:
 def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Phases,
                    lines: list[Any], search: tuple[float, float, int],
                    hidden: tuple[int, ...] | None, executor: Any, checking: tuple[int, float],
-                   ) -> tuple[ReLUNetwork, Array, SelfCheck]:
+                   domain: Domain) -> tuple[ReLUNetwork, Array, SelfCheck]:
     """The phases, with more lines each time a layer cannot be finished or the model fails its
     self-check, until it passes (the network, the first layer's refit residuals, the check) or
     ``max_lines`` (:class:`~.result.ExtractionError`)."""
     scale, reach, max_lines = search
     check_points, check_tolerance = checking
     phases.enter("critical points")
-    found, spans = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach)
+    found, spans = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach, domain)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
     examined = 0
     while True:
         phases.enter("first layer")
-        planes, examined = _more_planes(oracle, found, planes, rng, scale, examined), len(found)
+        planes, examined = (_more_planes(oracle, found, planes, rng, scale, examined, domain),
+                            len(found))
         if spans:  # once: the first lines' normals into the span of the refined first layer
             phases.enter("refinement", len(planes.rows))
             found = _carried(found, spans, _refined_first(oracle, planes, rng, scale, executor,
-                                                          refined)[0])
+                                                          refined, domain)[0])
             spans = {}
         try:
             found, network, residuals, held = _layers(
-                oracle, found, planes, lines, rng, phases, search, hidden, executor, refined)
+                oracle, found, planes, lines, rng, phases, search, hidden, executor, refined,
+                domain)
         except _Incomplete as stop:
             first, why, found, failed = stop.first, str(stop), stop.found or found, None
         else:
             phases.enter("self-check", sum(network.widths))
             check, failed = self_check_drawn(
-                oracle, network, lambda n: rng.standard_normal((n, d)) * scale,
+                oracle, network, lambda n: domain.draw(rng, n) if domain.bounded
+                else rng.standard_normal((n, d)) * scale,
                 check_points, *held, check_tolerance)
             if check.passed:
                 break
@@ -315,7 +372,8 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         # twice as many lines after a failed check: a pass of the phases costs far more
         more = MORE_LINES * (1 if failed is None else 2)
         found = search_lines(oracle, found, lines, rng, more, scale, reach,
-                             (first, np.ones(first.widths[0], dtype=bool)), failed)
+                             (first, np.ones(first.widths[0], dtype=bool)), failed,
+                             domain=domain)
     return network, residuals, check
 
 
@@ -330,11 +388,14 @@ def _carried(found: CriticalPoints, spans: dict[int, Span], rows: Array) -> Crit
 
 
 def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
-                 rng: np.random.Generator, scale: float, examined: int) -> Hyperplanes:
+                 rng: np.random.Generator, scale: float, examined: int,
+                 domain: Domain) -> Hyperplanes:
     """``planes`` plus the first-layer hyperplanes among the points not on one of them (a new
     one has a point beyond the first ``examined``, those of the earlier passes)."""
     free = np.flatnonzero(~_on_planes(found, planes, scale))
-    new = first_layer(oracle, found.subset(free), rng, scale=scale, seeds=free >= examined)
+    # in a box a line crosses fewer hyperplanes: a plane seen on one line is tested
+    new = first_layer(oracle, found.subset(free), rng, scale=scale, seeds=free >= examined,
+                      min_lines=1 if domain.bounded else 3, domain=domain)
     if len(planes.rows) and len(new.rows):  # one already known, seen again far away
         same = np.abs(np.abs(new.rows @ planes.rows.T) - 1) < 1e-6
         near = np.abs(np.abs(new.offsets)[:, None] - np.abs(planes.offsets)[None]) < 1e-6 * scale
@@ -351,13 +412,14 @@ def _more_planes(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes,
 
 def _refined_first(oracle: Oracle, planes: Hyperplanes, rng: np.random.Generator,
                    scale: float, executor: Any, refined: dict[int, tuple[Array, float, float]],
-                   ) -> tuple[Array, Array, Array]:
+                   domain: Domain) -> tuple[Array, Array, Array]:
     """The first layer refined, orientation arbitrary: rows ``(h1, d)``, offsets and refit
     residuals ``(h1,)``. ``refined`` holds each plane refined on an earlier pass (by index, in
     the plane's own orientation), so that only new planes are refined again."""
     new = [i for i in range(len(planes.rows)) if i not in refined]
     rows, offsets, residuals = refit_first_layer(
-        oracle, planes.rows[new], planes.offsets[new], rng, scale=scale, executor=executor)
+        oracle, planes.rows[new], planes.offsets[new], rng, scale=scale, executor=executor,
+        domain=domain)
     refined.update({i: (r, float(c), float(e))
                     for i, r, c, e in zip(new, rows, offsets, residuals, strict=True)})
     kept = [refined[i] for i in range(len(planes.rows))]
@@ -367,7 +429,7 @@ def _refined_first(oracle: Oracle, planes: Hyperplanes, rng: np.random.Generator
 
 def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows: Array,
                offsets: Array, rng: np.random.Generator, scale: float, width: int | None,
-               ) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
+               domain: Domain) -> tuple[ReLUNetwork, tuple[Array, Array]] | None:
     """The network, when the first layer ``rows``, ``offsets`` is the last hidden layer and
     complete: the logits are affine in its activations and the inputs (its signs and the logit
     layer then follow from :func:`_logit_layer`, the inputs playing the layer below, with an
@@ -376,7 +438,7 @@ def _one_layer(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, rows:
     yet). When ``hidden=`` gave one layer of ``width`` and the logits are not affine in the
     layer, raises :class:`_Incomplete` (fewer neurons found: one is missing) or
     :class:`~.result.ExtractionError` (all found: the victim is deeper)."""
-    x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale)
+    x = _fit_inputs(None, rows, [found.points[m] for m in planes.members], rng, scale, domain)
     y = np.asarray(oracle(x), dtype=np.float64)
     v, b, a, a0, skip, fit = _logit_layer(x, rows, offsets, y, width is None or
                                           len(rows) >= width)
@@ -415,21 +477,58 @@ def _logit_layer(below: Array, rows: Array, biases: Array, y: Array, affine: boo
     return v, b, a, a0, None, fit
 
 
-def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float) -> Array:
+def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float,
+                 layer: tuple[Array, Array] | None = None) -> Array:
     """The first layer's orientations: every critical point off its hyperplanes (a deeper
-    neuron's) votes (:func:`.signs.signs_from_next_layer`; ``ValueError`` when ``h1 > d``)."""
+    neuron's) votes (:func:`.signs.signs_from_next_layer`; ``ValueError`` when ``h1 > d``).
+    ``layer``: the rows and offsets to orient, with units active on the whole box after them
+    (:func:`.layers.active_throughout`, oriented too: their parts make the deeper normals
+    whole); default the hyperplanes'. Returns the signs of the hyperplanes' units."""
     rest = np.flatnonzero(~_on_planes(found, planes, scale))
     h, d = planes.rows.shape
     if h > d:
         raise ValueError(_EXPANSIVE_FIRST.format(h=h, d=d))
-    return signs_from_next_layer(planes.rows, planes.offsets, found.points[rest],
-                                 found.normals[rest])[0]
+    rows, offsets = (planes.rows, planes.offsets) if layer is None else layer
+    return signs_from_next_layer(rows, offsets, found.points[rest],
+                                 found.normals[rest])[0][:h]
+
+
+def _first_prefix(found: CriticalPoints, planes: Hyperplanes, rows: Array, offsets: Array,
+                  signs: Array | None, scale: float, domain: Domain) -> tuple[Prefix, list[int]]:
+    """The first layer oriented by ``signs`` (``None``: in a box, by :func:`_boxed_signs`,
+    with the units active on all of it after the rows), and those units' indices."""
+    if signs is not None:
+        return Prefix(((rows * signs[:, None], offsets * signs),)), []
+    signs, linear, biases = _boxed_signs(found, planes, rows, offsets, scale, domain)
+    return (Prefix(((np.vstack([rows * signs[:, None], linear]),
+                     np.concatenate([offsets * signs, biases])),)),
+            list(range(len(rows), len(rows) + len(linear))))
+
+
+def _boxed_signs(found: CriticalPoints, planes: Hyperplanes, rows: Array, offsets: Array,
+                 scale: float, domain: Domain) -> tuple[Array, Array, Array]:
+    """The first layer's orientations in a box, and the rows and biases of the units active on
+    all of it (:func:`.layers.active_throughout`, :func:`.signs.signs_beside_linear`; a unit
+    neither side of which fits is oriented by the votes of :func:`_first_signs`)."""
+    rest = ~_on_planes(found, planes, scale)
+    h, d = rows.shape
+    if h > d:
+        raise ValueError(_EXPANSIVE_FIRST.format(h=h, d=d))
+    directions = active_throughout(found.normals[rest], rows, domain)
+    signs, linear = signs_beside_linear(rows, offsets, directions, found.points[rest],
+                                        found.normals[rest])
+    linear, biases = held_active(linear, domain, scale)
+    if not signs.all():
+        votes = _first_signs(found, planes, scale, (np.vstack([rows, linear]),
+                                                    np.concatenate([offsets, biases])))
+        signs = np.where(signs == 0, votes, signs)
+    return signs, linear, biases
 
 
 def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
             rng: np.random.Generator, phases: _Phases, search: tuple[float, float, int],
             hidden: tuple[int, ...] | None, executor: Any,
-            refined: dict[int, tuple[Array, float, float]],
+            refined: dict[int, tuple[Array, float, float]], domain: Domain,
             ) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
     """The first layer (see :func:`_refined_first` for ``refined``), every layer above it, one
     after the other (none for a one-hidden-layer network), and the logit layer: the points
@@ -442,14 +541,15 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
     # refinement is paid for (ValueError when h1 > d)
     one = len(hidden) == 1 if hidden is not None else bool(
         np.mean(~_on_planes(found, planes, scale)) <= _UNEXPLAINED)
-    signs = None if one else _first_signs(found, planes, scale)
+    signs = None if one or domain.bounded else _first_signs(found, planes, scale)
     phases.enter("refinement", len(planes.rows))
-    rows, offsets, residuals = _refined_first(oracle, planes, rng, scale, executor, refined)
+    rows, offsets, residuals = _refined_first(oracle, planes, rng, scale, executor, refined,
+                                              domain)
     if one:
         phases.enter("last layer", len(rows))
         try:
             last = _one_layer(oracle, found, planes, rows, offsets, rng, scale,
-                              None if hidden is None else hidden[0])
+                              None if hidden is None else hidden[0], domain)
         except _Incomplete as stop:
             stop.found = found
             raise
@@ -461,12 +561,14 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                               "missing, or the victim has more hidden layers, and an expansive "
                               "first layer of a deeper network is not extracted",
                               Prefix(((rows, offsets),)))
-        signs = _first_signs(found, planes, scale)
-    prefix = Prefix(((rows * signs[:, None], offsets * signs),))
+        signs = None if domain.bounded else _first_signs(found, planes, scale)
+    prefix, linear = _first_prefix(found, planes, rows, offsets, signs, scale, domain)
+    residuals = np.concatenate([residuals, np.full(len(linear), np.nan)])
     phases.known = prefix.widths
     try:
         while True:
-            found, layer, partial = grow(oracle, found, prefix, lines, rng, phases, search)
+            found, layer, partial = grow(oracle, found, prefix, lines, rng, phases, search,
+                                         domain)
             if not len(layer.rows):
                 raise _Incomplete(f"no neuron found above the layers of widths "
                                   f"{prefix.widths}", prefix)
@@ -474,22 +576,24 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             phases.enter("refinement", len(layer.rows))
             v, b, _ = refit_next_layer(oracle, prefix, layer.rows, layer.biases,
                                        [found.points[m] for m in layer.members], rng,
-                                       scale=scale, executor=executor)
+                                       scale=scale, executor=executor, domain=domain)
             keep = distinct_with_partial(v, b, layer, whole, _room(hidden, prefix))
             # a weight never seen is 0 after the refit too, unless its points measured it
             v, b, unseen = v[keep], b[keep], ~layer.known[keep] & (v[keep] == 0)
             if unseen.any():  # measured where both units are active, if lines get there
                 v = measure_unseen(oracle, prefix, v, b, unseen,
-                                   [found.points[layer.members[i]] for i in keep], rng, scale)
+                                   [found.points[layer.members[i]] for i in keep], rng, scale,
+                                   domain)
                 unseen &= v == 0
             phases.enter("last layer", len(v))
             x_fit = _fit_inputs(prefix, v, [found.points[layer.members[i]] for i in keep], rng,
-                                scale)
+                                scale, domain)
             y_fit = np.asarray(oracle(x_fit), dtype=np.float64)
             v_o, b_o, a, a0, skip, fit = _logit_layer(prefix.top(x_fit), v, b, y_fit,
                                                       _may_be_whole(hidden, prefix, len(v)))
             if _is_last(found, prefix.then(v, b), fit, hidden, scale):
                 meta = {"extracted_by": "functional/deep"} | (
+                    {"active_throughout": linear} if linear else {}) | (
                     {"unseen_weights": np.argwhere(unseen).tolist()} if unseen.any() else {}
                 ) | ({"guessed_signs": [list(p) for p in prefix.guessed]}
                      if prefix.guessed else {})
@@ -501,7 +605,8 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             whole = ~unseen.any(axis=1)  # a middle layer takes whole rows only
             phases.enter("signs", int(whole.sum()))
             prefix = _orient(oracle, prefix, v[whole], b[whole],
-                             [found.points[layer.members[i]] for i in keep[whole]], rng, scale)
+                             [found.points[layer.members[i]] for i in keep[whole]], rng, scale,
+                             domain)
             phases.known = prefix.widths
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
@@ -509,17 +614,20 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
 
 
 def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
-                rng: np.random.Generator, scale: float) -> Array:
+                rng: np.random.Generator, scale: float, domain: Domain | None = None) -> Array:
     """Where the logits are fitted on a new layer ``rows`` ``(h, h_T)`` on top of ``prefix``
     (``None``: ``rows`` ``(h, d)`` is the first layer, the inputs playing the layer below):
     ``4 (Σ widths + h + 1)`` Gaussian points (``d`` for ``Σ widths`` on the first layer), and a
     point on either side of each neuron's hyperplane (``0.01 scale`` along its normal) at two
     of its ``critical`` points ``(m_i, d)``, so that a neuron active on a sliver of the
     Gaussian region is active at some of them (its logit weights are undetermined otherwise,
-    and the self-check fails where it is active)."""
+    and the self-check fails where it is active). In a bounded ``domain``, uniform points of
+    its box for the Gaussian ones, and the points beside hyperplanes that are in it."""
     d = rows.shape[1] if prefix is None else prefix.layers[0][0].shape[1]
     below = d if prefix is None else sum(prefix.widths)
-    gauss = rng.standard_normal((4 * (below + len(rows) + 1), d)) * scale
+    many = 4 * (below + len(rows) + 1)
+    bounded = domain is not None and domain.bounded
+    gauss = domain.draw(rng, many) if bounded else rng.standard_normal((many, d)) * scale
     sides = []
     for row, points in zip(rows, critical, strict=True):
         x = points[rng.choice(len(points), min(2, len(points)), replace=False)]
@@ -528,6 +636,7 @@ def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
         length = np.linalg.norm(normal, axis=1, keepdims=True)
         step = 0.01 * scale * normal / np.where(length > 0, length, np.inf)
         sides += [x + step, x - step]
+    sides = [p[domain.contains(p)] for p in sides] if bounded else sides
     return np.vstack([gauss, *sides])
 
 
@@ -565,7 +674,7 @@ def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
 
 
 def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array, critical: list[Array],
-            rng: np.random.Generator, scale: float) -> Prefix:
+            rng: np.random.Generator, scale: float, domain: Domain) -> Prefix:
     """A middle layer's neurons, oriented on top of ``prefix``: by preimages where the layer is
     contractive (:func:`.signs.signs_by_preimage`), by neuron wiggles (:mod:`.wiggle`, from
     each neuron's ``critical`` points) where it is expansive and for the neurons the preimages
@@ -575,12 +684,13 @@ def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array, critical
     signs, guessed = np.zeros(len(rows)), np.zeros(len(rows), dtype=bool)
     if len(rows) <= min(prefix.widths):
         try:
-            signs = signs_by_preimage(oracle, prefix, rows, biases, rng, bound=scale)
+            signs = signs_by_preimage(oracle, prefix, rows, biases, rng, bound=scale,
+                                      domain=domain)
         except ValueError as err:  # dependent rows: a neuron seen as two, or a wrong one
             raise _Incomplete(f"layer {layer}: {err}", prefix) from err
     if not np.isnan(signs).any() and not signs.all():
         signs, guessed = signs_by_wiggle(oracle, prefix, rows, biases, critical, rng,
-                                         scale=scale, known=signs)
+                                         scale=scale, known=signs, domain=domain)
     if np.isnan(signs).any():
         raise _Incomplete(f"layer {layer} is missing neurons (its {len(rows)} neurons found "
                           "do not hold the layer still)", prefix)

@@ -12,16 +12,19 @@ lines run far outside the box (the box then only sets the scale).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from model_extraction.oracle import Oracle
 
 from .search import Line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Domain"]
+__all__ = ["Domain", "OutsideDomainError", "guarded"]
 
 # A line's searched stretch ends this fraction of its length inside the faces: the search's
 # end slopes probe a little beyond the ends of its range.
@@ -30,12 +33,15 @@ _MARGIN = 1e-4
 
 @dataclass(frozen=True)
 class Domain:
-    """The box ``[lo, hi]^d`` and whether queries must stay inside it."""
+    """The box ``[lo, hi]^d`` and whether queries must stay inside it; ``reference``: natural
+    inputs ``(n, d)`` the attacker holds, inside the box, for the deep phases' lines and draws
+    (:meth:`line_through`, :meth:`draw`; the one-hidden-layer attack takes its own)."""
 
     lo: float
     hi: float
     d: int
     bounded: bool = True
+    reference: Array | None = field(default=None, compare=False, repr=False)
 
     @property
     def width(self) -> float:
@@ -94,6 +100,75 @@ class Domain:
         signs = rng.choice([-1.0, 1.0], self.d)
         return Line(self.centre, 0.5 * self.width * signs)
 
+    def contains(self, points: Array, margin: float = 0.0) -> NDArray[np.bool_]:
+        """Which of ``points`` ``(n, d)`` lie in the box shrunk by ``margin`` on every side
+        (all of them when queries are not bounded)."""
+        if not self.bounded:
+            return np.ones(len(points), dtype=bool)
+        return np.all((points >= self.lo + margin) & (points <= self.hi - margin), axis=1)
+
+    def holds(self, points: Array, directions: Array, radius: Array | float) -> NDArray[np.bool_]:
+        """Which segments ``points ± radius · directions`` (``(n, d)``, ``(n, d)``, ``(n,)``)
+        lie in the box."""
+        reach = np.abs(directions) * np.reshape(radius, (-1, 1))
+        return self.contains(points + reach) & self.contains(points - reach)
+
+    def clip(self, points: Array) -> Array:
+        """``points`` moved onto the box's nearest point (unchanged when not bounded)."""
+        return np.clip(points, self.lo, self.hi) if self.bounded else points
+
+    def within(self, line: Line, t_range: tuple[float, float]) -> tuple[float, float] | None:
+        """The part of ``t_range`` where ``line`` lies in the box (a margin at both ends, see
+        :meth:`segment`); ``None`` when there is none. ``t_range`` itself when not bounded."""
+        if not self.bounded:
+            return t_range
+        try:
+            t0, t1 = self.segment(line)
+        except ValueError:
+            return None
+        t0, t1 = max(t0, t_range[0]), min(t1, t_range[1])
+        return (t0, t1) if t1 > t0 else None
+
+    def draw(self, rng: np.random.Generator, n: int) -> Array:
+        """``n`` points of the box where the deep phases look: uniform, or, with ``reference``
+        inputs, half of them reference inputs (picked at random) and half uniform."""
+        if self.reference is None:
+            return self.uniform(rng, n)
+        picked = self.reference[rng.integers(len(self.reference), size=n // 2)]
+        return np.concatenate([picked, self.uniform(rng, n - n // 2)])
+
+    def line_through(self, rng: np.random.Generator, origin: Array | None = None) -> Line:
+        """A line of the deep phases inside the box, unit direction: through ``origin`` (a
+        point of the box) in a random diagonal direction, turned toward the far side in each
+        coordinate that lies in the outer quarters of the box, or, without one, through a
+        uniform point of the box's middle half in a random diagonal direction (a line from a
+        uniform point of a high-dimensional box leaves it at once: one of its coordinates is
+        near a face); with ``reference`` inputs, two lines in three are :meth:`random_line`'s
+        through them instead."""
+        if origin is None and self.reference is not None:
+            line = self.random_line(rng, self.reference, int(rng.integers(3)))
+            return Line(line.origin, line.direction / np.linalg.norm(line.direction))
+        signs = rng.choice([-1.0, 1.0], self.d)
+        if origin is None:
+            origin = self.uniform(rng, 1, shrink=0.5)[0]
+        else:
+            off = self.centre - origin
+            signs = np.where(np.abs(off) > 0.25 * self.width, np.sign(off), signs)
+        return Line(origin, signs / np.sqrt(self.d))
+
+    def onto_plane(self, points: Array, row: Array, offset: float, margin: float = 0.0,
+                   steps: int = 50) -> Array:
+        """``points`` ``(n, d)`` moved onto the hyperplane ``row · x + offset = 0`` (``row``
+        of unit norm), by projections onto it and onto the box shrunk by ``margin`` in turn
+        where queries are bounded (the hyperplane's points in that box are where they
+        converge, when it meets it), ending on the hyperplane: the caller keeps those
+        :meth:`contains` or :meth:`holds` says."""
+        p = np.array(points, dtype=np.float64)
+        for _ in range(steps if self.bounded else 0):
+            p -= (p @ row + offset)[:, None] * row
+            p = np.clip(p, self.lo + margin, self.hi - margin)
+        return p - (p @ row + offset)[:, None] * row
+
     def inward(self, points: Array, directions: Array, step: float) -> Array:
         """``directions`` (unit rows) with the coordinates zeroed along which ``points ± step``
         would leave the box, renormalised: probes on both sides stay inside."""
@@ -103,3 +178,46 @@ class Domain:
         u = np.where(np.minimum(fwd, back) > step, directions, 0.0)
         norm = np.linalg.norm(u, axis=1, keepdims=True)
         return np.where(norm > 0, u / np.where(norm > 0, norm, 1.0), directions)
+
+
+class OutsideDomainError(RuntimeError):
+    """A query outside the box that the API enforces: refused before it is sent (an attack
+    that makes one has a defect; none is spent)."""
+
+
+class _Guarded(Oracle):
+    """An oracle that refuses, before they are sent, queries outside ``domain``'s box; every
+    other attribute (the queries counted, the budget) is the wrapped oracle's own."""
+
+    def __init__(self, oracle: Oracle, domain: Domain) -> None:  # no state of its own
+        self._oracle, self._domain = oracle, domain
+
+    def __call__(self, x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        outside = ~self._domain.contains(x) if x.ndim == 2 else np.zeros(0, dtype=bool)
+        if outside.any():
+            worst = float(max(self._domain.lo - x.min(), x.max() - self._domain.hi))
+            raise OutsideDomainError(
+                f"the attack asked for {int(outside.sum())} inputs outside the box "
+                f"[{self._domain.lo}, {self._domain.hi}]^d (by up to {worst:.3g}); none was "
+                "sent")
+        return self._oracle(x)
+
+    @property
+    def queries(self) -> int:  # type: ignore[override]
+        return self._oracle.queries
+
+    @queries.setter
+    def queries(self, value: int) -> None:
+        self._oracle.queries = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._oracle, name)
+
+
+def guarded(oracle: Oracle, domain: Domain) -> Oracle:
+    """``oracle`` behind a guard that refuses queries outside ``domain``'s box
+    (:class:`OutsideDomainError`) where queries are bounded; ``oracle`` itself otherwise."""
+    return _Guarded(oracle, domain) if domain.bounded else oracle

@@ -178,28 +178,31 @@ def extract_functional(
 ) -> ExtractionResult:
     """Functionally-equivalent extraction (§6) as one function call.
 
-    See :class:`FunctionalExtraction` for the parameters. In the paper's setting
-    (``stay_in_bounds=False``, default mode) this is the pipeline of :func:`~.deep.extract_deep`,
-    which extracts any depth: the one-hidden-layer attack configured here tests its hypothesis
-    first (:mod:`.hypothesis`) and, where hyperplanes bend or its model fails its self-check,
-    the deep phases go on (the queries already spent counted; a note says so). ``hidden`` may
-    then also be the widths ``(h1, …, hL)``: the deep phases run at once.
+    See :class:`FunctionalExtraction` for the parameters. In default mode this is the pipeline
+    of :func:`~.deep.extract_deep`, which extracts any depth: the one-hidden-layer attack
+    configured here tests its hypothesis first (:mod:`.hypothesis`) and, where hyperplanes bend
+    or its model fails its self-check, the deep phases go on (the queries already spent
+    counted; a note says so), inside ``input_bounds`` (with the ``reference_inputs``) unless
+    ``stay_in_bounds=False``. ``hidden`` may then also be the widths ``(h1, …, hL)``: the deep
+    phases run at once. Paper mode runs the one-hidden-layer reference alone.
     """
     widths = None if hidden is None or isinstance(hidden, int) else tuple(hidden)
     if widths is not None and len(widths) == 1:
         hidden, widths = widths[0], None
-    deep_ok = mode == "default" and options.get("stay_in_bounds", True) is False
-    if widths is not None and not deep_ok:
-        raise ValueError("hidden=(h1, h2, ...) needs mode='default' and stay_in_bounds=False:"
-                         " deep networks are extracted in the paper's setting only")
-    attack = None if widths is not None else FunctionalExtraction(
-        mode=mode, hidden=hidden, input_bounds=input_bounds, seed=seed, **options)
-    if attack is not None and not deep_ok:
+    if widths is not None and mode != "default":
+        raise ValueError("hidden=(h1, h2, ...) needs mode='default': paper mode is the "
+                         "one-hidden-layer reference")
+    attack = FunctionalExtraction(mode=mode, hidden=None if widths is not None else hidden,
+                                  input_bounds=input_bounds, seed=seed, **options)
+    if mode != "default":
         return attack.run(oracle, input_dim=input_dim, progress=progress)
     from .deep import extract_deep
 
     keep = {k: options[k] for k in ("check_points", "check_tolerance") if k in options}
     given = widths or (None if hidden is None else (hidden,))
-    return extract_deep(oracle, input_dim=input_dim, hidden=given,
-                        scale=input_bounds[1] - input_bounds[0], seed=seed, progress=progress,
-                        one_layer=False if attack is None else attack, **keep)
+    bounded = attack.stay_in_bounds
+    return extract_deep(
+        oracle, input_dim=input_dim, hidden=given, scale=input_bounds[1] - input_bounds[0],
+        seed=seed, progress=progress, one_layer=False if widths is not None else attack,
+        input_bounds=tuple(input_bounds) if bounded else None,
+        reference_inputs=attack.reference_inputs if bounded else None, **keep)

@@ -23,6 +23,7 @@ import numpy as np
 from model_extraction.oracle import Oracle
 
 from .checks import BentHyperplanesError
+from .domain import Domain
 from .extract import FunctionalExtraction
 from .phases import ProgressFn
 from .result import ExtractionError, ExtractionResult, PhaseCost
@@ -41,15 +42,17 @@ class Refuted:
 
 
 def one_layer_attack(one_layer: bool | FunctionalExtraction, hidden: tuple[int, ...] | None,
-                     *, scale: float, seed: int, check_points: int,
+                     *, domain: Domain, seed: int, check_points: int,
                      check_tolerance: float) -> FunctionalExtraction | None:
     """The attack that tests the hypothesis, or ``None`` when it is not tested
     (``one_layer=False``, or ``hidden`` gives two widths or more). ``True``: the one-layer
-    attack's defaults on lines through the box ``[-scale/2, scale/2]^d``, with the pipeline's
-    ``seed`` and self-check; a :class:`~.extract.FunctionalExtraction`: those settings (it must
-    work in the paper's setting, ``mode="default"``, ``stay_in_bounds=False``). Either way
-    with ``hidden=(h,)``'s width. Raises ``ValueError`` for any other ``one_layer``, an attack
-    that would query elsewhere, or one whose ``hidden`` is not ``hidden``'s width."""
+    attack's defaults on lines through ``domain``'s box (its queries inside it where the
+    domain is bounded, else in the paper's setting), with the pipeline's ``seed`` and
+    self-check; a :class:`~.extract.FunctionalExtraction`: those settings (``mode="default"``,
+    and the pipeline's domain: ``stay_in_bounds=False`` in the paper's setting, the same
+    ``input_bounds`` in a bounded one). Either way with ``hidden=(h,)``'s width. Raises
+    ``ValueError`` for any other ``one_layer``, an attack that would query elsewhere, or one
+    whose ``hidden`` is not ``hidden``'s width."""
     if not isinstance(one_layer, bool | np.bool_ | FunctionalExtraction):
         raise ValueError(f"one_layer={one_layer!r}: True, False or a FunctionalExtraction")
     if not one_layer or (hidden is not None and len(hidden) > 1):
@@ -57,12 +60,18 @@ def one_layer_attack(one_layer: bool | FunctionalExtraction, hidden: tuple[int, 
     width = None if hidden is None else hidden[0]
     if not isinstance(one_layer, FunctionalExtraction):
         return FunctionalExtraction(
-            hidden=width, input_bounds=(-scale / 2, scale / 2), seed=seed, stay_in_bounds=False,
-            check_points=check_points, check_tolerance=check_tolerance)
-    if one_layer.mode != "default" or one_layer.stay_in_bounds:
+            hidden=width, input_bounds=(domain.lo, domain.hi), seed=seed,
+            stay_in_bounds=domain.bounded, check_points=check_points,
+            check_tolerance=check_tolerance, reference_inputs=domain.reference)
+    same = one_layer.stay_in_bounds == domain.bounded and (
+        not domain.bounded or tuple(one_layer.input_bounds) == (domain.lo, domain.hi))
+    if one_layer.mode != "default" or not same:
+        where = (f"input_bounds={(domain.lo, domain.hi)}" if domain.bounded
+                 else "stay_in_bounds=False")
         raise ValueError(f"one_layer= must be a FunctionalExtraction with mode='default' and "
-                         f"stay_in_bounds=False (got mode={one_layer.mode!r}, stay_in_bounds="
-                         f"{one_layer.stay_in_bounds}): the deep phases query outside any box")
+                         f"the deep phases' domain, {where} (got mode={one_layer.mode!r}, "
+                         f"stay_in_bounds={one_layer.stay_in_bounds}, input_bounds="
+                         f"{one_layer.input_bounds})")
     if width is not None and one_layer.hidden not in (None, width):
         raise ValueError(f"one_layer has hidden={one_layer.hidden} and hidden= says {width}: "
                          "give the width once")

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints
+from .domain import Domain
 from .planes import plane_through
 from .prefix import Prefix, placed_on
 from .search import Line, crossings, search_line
@@ -43,19 +44,29 @@ class Hyperplanes:
 
 
 def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
-            scale: float, tries: int = 12, hits_needed: int = 4) -> bool:
+            scale: float, tries: int = 12, hits_needed: int = 4,
+            domain: Domain | None = None) -> bool:
     """Whether the hyperplane ``row · x + offset = 0`` is flat: at random points of it (Gaussian
     of standard deviation ``scale / 2``, as the lines' origins, projected), a short line along
     ``row`` meets a critical point exactly there ``hits_needed`` times, and never elsewhere
     only, within ``tries`` points (where the neuron is invisible, nothing is met: that point
-    says nothing; a deeper neuron can look flat over one large region, hence several hits)."""
+    says nothing; a deeper neuron can look flat over one large region, hence several hits).
+    In a bounded ``domain``, the points are uniform points of the box moved onto the
+    hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line that would leave
+    the box is not searched (that try says nothing)."""
     hits = 0
+    bounded = domain is not None and domain.bounded
     for _ in range(tries):
         if hits == hits_needed:
             return True
-        p = rng.standard_normal(len(row)) * 0.5 * scale
-        p -= (p @ row + offset) * row
         r = 0.05 * scale
+        if bounded:
+            p = domain.onto_plane(domain.draw(rng, 1), row, offset, 2 * r * np.abs(row).max())[0]
+            if not domain.holds(p[None], row[None], r)[0]:
+                continue
+        else:
+            p = rng.standard_normal(len(row)) * 0.5 * scale
+            p -= (p @ row + offset) * row
         kinks, _ = search_line(oracle, Line(p, row), (-r, 0.83 * r), grid=32)
         ts = np.array([k.t for k in kinks])
         if not len(ts):
@@ -68,7 +79,8 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
 
 def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator, *,
                 scale: float, min_lines: int = 3,
-                seeds: NDArray[np.bool_] | None = None) -> Hyperplanes:
+                seeds: NDArray[np.bool_] | None = None,
+                domain: Domain | None = None) -> Hyperplanes:
     """The first layer's hyperplanes among ``found``: groups of critical points with one normal
     and one offset, seen on at least ``min_lines`` lines, that pass :func:`is_flat`. ``seeds``
     ``(m,)``: the points a group may start from (default all; the points already examined on
@@ -91,7 +103,7 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             if len(set(found.line[group].tolist())) < min_lines:
                 continue
             n, c = _group_plane(pts[group], normals[group], normals[i])
-            if is_flat(oracle, n, c, rng, scale=scale):
+            if is_flat(oracle, n, c, rng, scale=scale, domain=domain):
                 free[group] = False
                 rows.append(n)
                 cs.append(c)
@@ -138,9 +150,23 @@ def _placed(prefix: Prefix, row: Array, bias: float, starts: Array) -> tuple[Arr
     return p[placed], unit[placed], radius[placed]
 
 
+def _tested(prefix: Prefix, rows: Array, biases: Array, j: int, starts: Array, scale: float,
+            domain: Domain | None) -> tuple[Array, Array, Array]:
+    """The segments that test candidate ``j`` from ``starts`` ``(n, d)``: points brought onto
+    its hyperplane (:func:`_placed`), the local normal, radii kept short of the other
+    candidates' hyperplanes (:func:`_apart`); in a bounded ``domain``, those in its box."""
+    p, unit, radius = _placed(prefix, rows[j], float(biases[j]), starts)
+    radius = _apart(prefix, rows, biases, j, p, radius, scale)
+    if domain is None or not domain.bounded:
+        return p, unit, radius
+    keep = domain.holds(p, unit, radius)
+    return p[keep], unit[keep], radius[keep]
+
+
 def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                rng: np.random.Generator, *, scale: float, tries: int = 16,
-               near: list[Array] | None = None) -> NDArray[np.bool_]:
+               near: list[Array] | None = None,
+               domain: Domain | None = None) -> NDArray[np.bool_]:
     """Which candidate neurons ``rows`` ``(m, h_T)``, ``biases`` ``(m,)`` on top of ``prefix`` are
     ones: a neuron's hyperplane ``row · a_T + bias = 0`` is flat in the space of the prefix's top
     activations ``a_T``.
@@ -157,18 +183,21 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     Gaussian points could be brought onto (a neuron active on a sliver of the region has a
     gradient only there) is tested from ``tries`` points within ``0.05 scale`` per
     coordinate of those instead; that test cannot tell a neuron further up seen in that one
-    region (the self-check can). Returns ``(m,)`` booleans.
+    region (the self-check can). In a bounded ``domain`` the points are drawn in the box and
+    only the segments that stay in it are tested. Returns ``(m,)`` booleans.
     """
     d = prefix.layers[0][0].shape[1]
+    bounded = domain is not None and domain.bounded
     tests = []
-    for j, (row, bias) in enumerate(zip(rows, biases, strict=True)):
-        p, unit, radius = _placed(prefix, row, float(bias),
-                                  rng.standard_normal((tries, d)) * 0.5 * scale)
-        if near is not None and len(p) < tries // 4:
+    for j in range(len(rows)):
+        test = _tested(prefix, rows, biases, j, domain.draw(rng, tries) if bounded
+                       else rng.standard_normal((tries, d)) * 0.5 * scale, scale, domain)
+        if near is not None and len(test[0]) < tries // 4:
             seeds = near[j][rng.choice(len(near[j]), tries)]
-            p, unit, radius = _placed(prefix, row, float(bias),
-                                      seeds + rng.standard_normal(seeds.shape) * 0.05 * scale)
-        tests.append((p, unit, _apart(prefix, rows, biases, j, p, radius, scale)))
+            seeds = seeds + rng.standard_normal(seeds.shape) * 0.05 * scale
+            test = _tested(prefix, rows, biases, j, domain.clip(seeds) if bounded else seeds,
+                           scale, domain)
+        tests.append(test)
     counts = [len(p) for p, _, _ in tests]
     if not sum(counts):
         return np.zeros(len(rows), dtype=bool)
@@ -182,3 +211,36 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         flat[j] = (counts[j] >= 2 and on.sum() >= max(2, counts[j] // 2)
                    and on.sum() >= 4 * (seen & ~on).sum())
     return flat
+
+
+def active_throughout(normals: Array, rows: Array, domain: Domain) -> Array:
+    """Directions ``(k, d)`` of first-layer units active on the whole box, seen only in deeper
+    neurons' normals.
+
+    In a bounded domain a first-layer unit whose hyperplane misses the box (or crosses it where
+    no line went) has no critical point, yet it is a linear function of the input there, and
+    the deeper neurons' normals ``normals`` ``(m, d)`` (unit rows) carry a part of its row off
+    the span of the first layer's ``rows`` ``(h1, d)``. Where 3 normals or more have such a
+    part (above ``1e-6``), the orthonormal span of those parts (their singular vectors above
+    ``1e-3`` of the largest, at most ``d - h1``) is returned: the units' rows are these plus
+    parts in the rows' span, which :func:`.signs.signs_beside_linear` finds. None (``k =
+    0``) in the paper's setting, or where no normal has such a part."""
+    d = rows.shape[1]
+    if not domain.bounded or not len(normals) or len(rows) >= d:
+        return np.zeros((0, d))
+    q = np.linalg.qr(rows.T)[0].T  # (h1, d): orthonormal basis of the rows' span
+    off = normals - (normals @ q.T) @ q
+    size = np.linalg.norm(off, axis=1)
+    big = size > 1e-6
+    if big.sum() < 3:
+        return np.zeros((0, d))
+    _, s, vt = np.linalg.svd(off[big] / size[big, None], full_matrices=False)
+    return vt[: min(int(np.sum(s > 1e-3 * s[0])), d - len(rows))]
+
+
+def held_active(rows: Array, domain: Domain, scale: float) -> tuple[Array, Array]:
+    """Unit rows ``(k, d)`` along ``rows`` and the biases that keep each active by ``scale /
+    2`` or more on ``domain``'s box (there a unit active throughout is its pre-activation:
+    any such bias is the victim's up to the next layer's biases)."""
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return unit, -np.sum(np.minimum(unit * domain.lo, unit * domain.hi), axis=1) + 0.5 * scale

@@ -15,6 +15,7 @@ from model_extraction.oracle import Oracle
 
 from .aim import MORE_LINES, search_lines, toward_every_missing, toward_missing
 from .critical import CriticalPoints
+from .domain import Domain
 from .joint import joint_rows
 from .layers import flat_above
 from .phases import PhaseLog
@@ -28,7 +29,8 @@ __all__ = ["distinct_with_partial", "grow", "settled", "with_partial"]
 
 def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any],
           rng: np.random.Generator, phases: PhaseLog,
-          search: tuple[float, float, int]) -> tuple[CriticalPoints, Signatures, Signatures]:
+          search: tuple[float, float, int], domain: Domain | None = None,
+          ) -> tuple[CriticalPoints, Signatures, Signatures]:
     """The next layer's neurons: known on every unit below and flat in the space of the
     prefix's top activations (:func:`.layers.flat_above`; a neuron further up, seen in one
     region, is not). More lines (half aimed where the units that partial rows lack are
@@ -38,7 +40,7 @@ def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any]
     new neuron, or ``max_lines``; before it returns with partial rows, one last try aimed at
     every unit they lack (:func:`.aim.toward_every_missing`), and the signatures again.
     Returns the points found, the neurons and the partial rows left that are flat
-    (:func:`settled`)."""
+    (:func:`settled`). ``domain``: the box queries stay in, where bounded."""
     scale, reach, max_lines = search
     before, stable, tried = -1, 0, False
     while True:
@@ -52,27 +54,32 @@ def grow(oracle: Oracle, found: CriticalPoints, prefix: Prefix, lines: list[Any]
         neurons = complete.copy()
         neurons[complete] = flat_above(
             oracle, prefix, layer.rows[complete], layer.biases[complete], rng, scale=scale,
-            near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c])
+            near=[found.points[m] for m, c in zip(layer.members, complete, strict=True) if c],
+            domain=domain)
         stable = stable + 1 if neurons.sum() <= before else 0
         done = (stable and complete.all()) or stable >= 2 or len(lines) >= max_lines
         if done and not tried and not complete.all():  # a last try for the partial rows
             phases.enter("critical points", sum(prefix.widths))
             found, tried = toward_every_missing(oracle, found, prefix,
-                                                layer.subset(~complete), rng, scale), True
+                                                layer.subset(~complete), rng, scale,
+                                                domain), True
             continue
         if done:
             return found, layer.subset(neurons), settled(oracle, prefix, layer.subset(
                 ~complete), [found.points[m] for m, c in zip(layer.members, complete,
-                                                             strict=True) if not c], rng, scale)
+                                                             strict=True) if not c], rng, scale,
+                domain)
         before = max(before, int(neurons.sum()))
         phases.enter("critical points", sum(prefix.widths))
-        found = toward_missing(oracle, found, prefix, layer.subset(~complete), rng, scale)
+        found = toward_missing(oracle, found, prefix, layer.subset(~complete), rng, scale,
+                               domain)
         wanted = ~layer.known[~complete].all(axis=0)  # units some partial row lacks
-        found = search_lines(oracle, found, lines, rng, MORE_LINES, scale, reach, (prefix, wanted))
+        found = search_lines(oracle, found, lines, rng, MORE_LINES, scale, reach, (prefix, wanted),
+                             domain=domain)
 
 
 def settled(oracle: Oracle, prefix: Prefix, partial: Signatures, near: list[Array],
-            rng: np.random.Generator, scale: float) -> Signatures:
+            rng: np.random.Generator, scale: float, domain: Domain | None = None) -> Signatures:
     """The rows of ``partial`` (critical points ``near``) that are flat in the space of the
     prefix's top activations, their unknown entries set to 0: a neuron whose weight on a unit
     of the layer below is unknown after the aimed lines and the last try was never seen at a
@@ -83,7 +90,8 @@ def settled(oracle: Oracle, prefix: Prefix, partial: Signatures, near: list[Arra
     if not len(partial.members):
         return partial
     rows = np.where(partial.known, partial.rows, 0.0)
-    flat = flat_above(oracle, prefix, rows, partial.biases, rng, scale=scale, near=near)
+    flat = flat_above(oracle, prefix, rows, partial.biases, rng, scale=scale, near=near,
+                      domain=domain)
     return Signatures(rows, partial.biases, partial.known, partial.members,
                       partial.residuals).subset(flat)
 

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
 from .aim import coactive_lines
+from .domain import Domain
 from .planes import pinned_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
@@ -151,26 +152,36 @@ def _run_tasks(oracle: Oracle, task: Any, argsets: list[tuple[Any, ...]], querie
 
 
 def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.random.Generator,
-                      *, scale: float, executor: Any = None) -> tuple[Array, Array, Array]:
+                      *, scale: float, executor: Any = None,
+                      domain: Domain | None = None) -> tuple[Array, Array, Array]:
     """Each first-layer hyperplane refitted through ``3 (d + 1)`` points placed on it (one
     independent task per neuron: ``executor`` runs them in parallel, with the same results
     and query count). Returns the rows, offsets and the relative residual of each row kept on
     the held-out points (see :func:`better_plane`: where the points did not beat the estimate,
-    the hyperplane is kept as it was; NaN where too few points were located)."""
+    the hyperplane is kept as it was; NaN where too few points were located). In a bounded
+    ``domain`` the points are uniform points of the box moved onto the hyperplane within it
+    (:meth:`~.domain.Domain.onto_plane`), those whose crossing test stays in the box."""
     h, d = rows.shape
     argsets = []
     for i in range(h):
-        p = rng.standard_normal((3 * (d + 1), d)) * scale
-        p -= (p @ rows[i] + offsets[i])[:, None] * rows[i]
+        if domain is not None and domain.bounded:
+            p = domain.onto_plane(domain.draw(rng, 3 * (d + 1)), rows[i], offsets[i],
+                                  2e-3 * scale * np.abs(rows[i]).max())
+            p = p[domain.holds(p, np.broadcast_to(rows[i], p.shape), 1e-3 * scale)]
+        else:
+            p = rng.standard_normal((3 * (d + 1), d)) * scale
+            p -= (p @ rows[i] + offsets[i])[:, None] * rows[i]
         argsets.append((rows[i], float(offsets[i]), p, scale))
-    done = _run_tasks(oracle, _first_task, argsets, 6 * 3 * (d + 1) * h, executor)
+    done = _run_tasks(oracle, _first_task, argsets, 6 * sum(len(a[2]) for a in argsets),
+                      executor)
     return (np.array([r[0] for r in done]).reshape(h, d), np.array([r[1] for r in done]),
             np.array([r[2] for r in done]))
 
 
 def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                      anchors: list[Array], rng: np.random.Generator, *, scale: float,
-                     executor: Any = None) -> tuple[Array, Array, Array]:
+                     executor: Any = None,
+                     domain: Domain | None = None) -> tuple[Array, Array, Array]:
     """Each next-layer hyperplane ``rows[j] · a_T + biases[j] = 0`` refitted, in the space of the
     prefix's top activations ``a_T``, through ``8 (h_T + 1)`` points placed on it: half near its
     critical points ``anchors[j]`` ``(m_j, d)`` (moved off the anchor within its region), half
@@ -180,23 +191,30 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     at fewer than ``_RARE`` of those points (its weight is otherwise not fitted, see
     :func:`better_plane`, and keeps the precision of the signatures), up to ``_RARE`` points
     on the hyperplane where that unit is active (:func:`_where_rare`). Returns the rows, biases
-    and relative residuals, as :func:`refit_first_layer` does."""
+    and relative residuals, as :func:`refit_first_layer` does. In a bounded ``domain`` the
+    points start in the box, and the crossing tests that would leave it are not made."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
+    bounded = domain is not None and domain.bounded
     starts = []
     for anchor in anchors:
         n = _NEXT_POINTS * (h + 1)
         near = _jittered(prefix, anchor[rng.integers(len(anchor), size=n - n // 2)], rng)
-        far = rng.standard_normal((n // 2, d)) * 0.5 * scale  # where the lines start
-        starts.append(np.concatenate([near, far]))
+        far = (domain.draw(rng, n // 2) if bounded  # where the lines start
+               else rng.standard_normal((n // 2, d)) * 0.5 * scale)
+        starts.append(np.concatenate([domain.clip(near) if bounded else near, far]))
     placed = [placed_on(prefix, rows[j], float(biases[j]), p) for j, p in enumerate(starts)]
-    rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale)
+    rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale,
+                       domain)
     argsets = []
     for j, (on, more) in enumerate(zip(placed, rare, strict=True)):
         if len(more):
             on = tuple(np.concatenate(pair) for pair in zip(
                 on, placed_on(prefix, rows[j], float(biases[j]), more), strict=True))
         p, unit, radius = on
+        if bounded:
+            keep = domain.holds(p, unit, radius + 1e-12 * scale)
+            p, unit, radius = p[keep], unit[keep], radius[keep]
         argsets.append((prefix, rows[j], float(biases[j]), p, unit, radius + 1e-12 * scale))
     done = _run_tasks(oracle, _next_task, argsets, 6 * sum(len(a[3]) for a in argsets),
                       executor)
@@ -205,7 +223,8 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
 
 
 def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
-                anchors: list[Array], rng: np.random.Generator, scale: float) -> list[Array]:
+                anchors: list[Array], rng: np.random.Generator, scale: float,
+                domain: Domain | None = None) -> list[Array]:
     """For each neuron ``j``, points ``(m_j, d)`` near its estimated hyperplane where a unit of
     the top layer is active that is active at fewer than ``_RARE`` of the points ``placed[j]``
     on it: ``_RARE_STARTS`` ascents of :func:`~.aim.coactive_lines` (no query) for
@@ -224,7 +243,8 @@ def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
     pair = np.repeat(np.arange(len(pairs)), _RARE_STARTS)
     js, units = (np.array([pairs[k][c] for k in pair]) for c in (0, 1))
     x = np.array([anchors[j][rng.integers(len(anchors[j]))] for j in js])
-    lines, source = coactive_lines(prefix, x + rng.standard_normal(x.shape) * 0.1 * scale,
+    x = x + rng.standard_normal(x.shape) * 0.1 * scale
+    lines, source = coactive_lines(prefix, x if domain is None else domain.clip(x),
                                    rows[js], biases[js], units, 0.05 * scale, scale)
     reached = pair[source]
     for k in np.unique(reached):

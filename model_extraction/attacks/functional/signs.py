@@ -21,6 +21,7 @@ from scipy.optimize import linprog
 
 from model_extraction.oracle import Oracle
 
+from .domain import Domain
 from .prefix import Prefix
 
 Array = NDArray[np.float64]
@@ -153,6 +154,32 @@ def preimage(p_row: Array, q: float, constraints: list[tuple[Array, Array]], bou
     return None if res.status != 0 else (res.x[:-1], float(res.x[-1]))
 
 
+def preimage_in_box(p_row: Array, q: float, constraints: list[tuple[Array, Array]],
+                    first: tuple[Array, Array], domain: Domain,
+                    rng: np.random.Generator) -> tuple[Array, float] | None:
+    """:func:`preimage` for an API that enforces a box: inputs ``x`` ``(d,)`` in the box
+    shrunk by ``1%`` of its width on every side, whose first-layer activations ``a = W1 x +
+    b1`` (``first = (W1, b1)``) meet the same conditions (a linear program in ``x``): ``(x,
+    t)``, or ``None`` when the box holds no such point."""
+    w1, b1 = first
+    d, lead = w1.shape[1], 0.01 * domain.width
+    upper = [np.hstack([-w1, np.ones((len(b1), 1))])]
+    limits = [b1]
+    for m_mat, m_vec in constraints:
+        upper.append(np.hstack([-m_mat @ w1, np.ones((len(m_vec), 1))]))
+        limits.append(m_mat @ b1 + m_vec)
+    problem = {"A_ub": np.vstack(upper), "b_ub": np.concatenate(limits),
+               "A_eq": np.append(p_row @ w1, 0.0)[None], "b_eq": [-q - p_row @ b1],
+               "method": "highs"}
+    box = [(domain.lo + lead, domain.hi - lead)] * d
+    res = linprog(-np.eye(d + 1)[-1], bounds=[*box, (0.0, None)], **problem)
+    if res.status != 0 or res.x[-1] <= 1e-6 * domain.width:
+        return None
+    tilt = np.append(rng.standard_normal(d), 0.0)
+    res = linprog(tilt, bounds=[*box, (0.5 * res.x[-1], None)], **problem)
+    return None if res.status != 0 else (res.x[:-1], float(res.x[-1]))
+
+
 def how_far_moved(y: Array) -> tuple[Array, float]:
     """How far each probe of ``y`` (the answers at ``x``, ``x ± εΔ``, ``x ± εΔ/16``) moved the
     logits from ``x`` ``(4,)``, and the least move that is not rounding."""
@@ -177,7 +204,7 @@ def side_that_moved(y: Array) -> float:
 
 def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                       rng: np.random.Generator, *, bound: float = 1.0,
-                      tries: int = 8) -> Array:
+                      tries: int = 8, domain: Domain | None = None) -> Array:
     """Orientations of a middle layer (rows ``(h, h_{T})`` and biases ``(h,)`` on top of the
     oriented ``prefix``) by preimages (Carlini et al., CRYPTO 2020, §4.4), exact and with no
     search over ``2^h``.
@@ -192,9 +219,10 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
 
     Returns the signs ``(h,)``: 0 for a unit left undecided, ``nan`` for one whose probes moved
     the logits on both sides at every point tried (a unit not in ``rows`` moved: the layer is
-    incomplete). Raises ``ValueError`` when the layer is wider than what the layers below let
-    through where all are active (``P`` has no right inverse: :mod:`.wiggle` orients such a
-    layer).
+    incomplete). In a bounded ``domain`` the points are found in the box
+    (:func:`preimage_in_box`) and the probes kept in it. Raises ``ValueError`` when the layer
+    is wider than what the layers below let through where all are active (``P`` has no right
+    inverse: :mod:`.wiggle` orients such a layer).
     """
     p_mat, q, constraints = all_active(prefix, rows, biases)
     delta, *_ = np.linalg.lstsq(p_mat, np.eye(len(rows)), rcond=None)  # (h1, h)
@@ -208,15 +236,27 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
         pending = np.flatnonzero((signs == 0) | np.isnan(signs))
         probes, units = [], []
         for j in pending:
-            found = preimage(p_mat[j], float(q[j]), constraints, bound, rng)
-            if found is None:
-                continue
-            a, margin = found
             reach = max([np.abs(delta[:, j]).max()]
                         + [np.abs(m @ delta[:, j]).max() for m, _ in constraints])
-            eps = 0.25 * margin / reach
-            steps = np.array([0.0, eps, -eps, eps / 16, -eps / 16])
-            probes.append(((a - b1)[None] + steps[:, None] * delta[:, j]) @ back.T)
+            if domain is not None and domain.bounded:
+                found = preimage_in_box(p_mat[j], float(q[j]), constraints, (w1, b1), domain,
+                                        rng)
+                if found is None:
+                    continue
+                x, margin = found
+                move = back @ delta[:, j]
+                eps = min(0.25 * margin / reach,
+                          0.5 * 0.01 * domain.width / max(np.abs(move).max(), 1e-300))
+                steps = np.array([0.0, eps, -eps, eps / 16, -eps / 16])
+                probes.append(x[None] + steps[:, None] * move)
+            else:
+                found = preimage(p_mat[j], float(q[j]), constraints, bound, rng)
+                if found is None:
+                    continue
+                a, margin = found
+                eps = 0.25 * margin / reach
+                steps = np.array([0.0, eps, -eps, eps / 16, -eps / 16])
+                probes.append(((a - b1)[None] + steps[:, None] * delta[:, j]) @ back.T)
             units.append(j)
         if not units:
             break
@@ -227,3 +267,47 @@ def signs_by_preimage(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array
         if np.all(np.abs(signs) == 1):
             break
     return signs
+
+
+def signs_beside_linear(rows: Array, offsets: Array, linear: Array, points: Array,
+                        normals: Array, least: int = 3) -> tuple[Array, Array]:
+    """Orientations of a contractive first layer ``rows`` ``(h, d)``, ``offsets`` ``(h,)``
+    beside ``k`` units active everywhere the attack queried, known only by directions
+    ``linear`` ``(k, d)`` off the rows' span (:func:`.layers.active_throughout`), from deeper
+    neurons' critical points ``points`` and unit ``normals`` ``(m, d)``; and those units' rows.
+
+    A deeper normal is ``g = Σ_{i active} c_i r_i + Σ_u c_u w_u``, ``w_u = Σ_j B_uj r_j +
+    Σ_v Γ_uv e_v`` for the units ``u`` active throughout. In the basis of the rows and the
+    directions ``e``, its coefficient on an inactive row ``j`` is ``c_Eᵀ m_j`` (``c_E``: its
+    coefficients on ``e``; ``m_j = Γ⁻¹ B_j``, the same at every point), on an active one that
+    plus ``c_j``: on the side of hyperplane ``j`` where the unit is inactive the coefficients
+    fit ``c_Eᵀ m_j`` (at ``least`` points or more, 9 in 10 of them within ``1e-6`` of the
+    largest coefficient), which orients it, and ``m_j`` gives the rows ``e_v + Σ_j m_jv r_j``,
+    which span what the units active throughout do (with ``k = 0``, the coefficients vanish
+    on the inactive side: the preimage argument of :func:`signs_from_next_layer`).
+
+    Returns the signs ``(h,)`` (0 where neither side or both fit) and the rows ``(k, d)``."""
+    h, k = len(rows), len(linear)
+    basis = np.vstack([rows, linear])
+    coef, *_ = np.linalg.lstsq(basis.T, normals.T, rcond=None)  # (h + k, m)
+    inside = np.linalg.norm(basis.T @ coef - normals.T, axis=0) <= 1e-6
+    coef, at = coef[:, inside], points[inside]
+    c_e = coef[h:].T  # (m, k)
+    tol = 1e-6 * np.abs(coef).max(axis=0)  # per point
+    side = np.sign(at @ rows.T + offsets)  # (m, h)
+    signs, m = np.zeros(h), np.zeros((h, k))
+    for j in range(h):
+        fits = {}
+        for s in (1.0, -1.0):
+            pts = side[:, j] == s
+            if pts.sum() < max(least, k + 2):
+                continue
+            mj = (np.linalg.lstsq(c_e[pts], coef[j, pts], rcond=None)[0] if k
+                  else np.zeros(0))
+            good = np.abs(coef[j, pts] - c_e[pts] @ mj) <= tol[pts]
+            if good.mean() >= 0.9:
+                fits[s] = mj
+        if len(fits) == 1:
+            (s, mj), = fits.items()
+            signs[j], m[j] = -s, mj  # inactive where r·x + c has sign s
+    return signs, linear + m.T @ rows

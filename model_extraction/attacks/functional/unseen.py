@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .aim import coactive_lines
+from .domain import Domain
 from .prefix import Prefix
 from .search import Line, search_line
 
@@ -35,7 +36,7 @@ _LINE_QUERIES = 4096  # most queries of one line's search (one along a hyperplan
 
 def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                    unseen: NDArray[np.bool_], anchors: list[Array], rng: np.random.Generator,
-                   scale: float) -> Array:
+                   scale: float, domain: Domain | None = None) -> Array:
     """``rows`` ``(m, h_T)`` with the weights ``unseen`` ``(m, h_T)`` measured where a value is
     met on ``_VOTES`` lines (the others stay 0, and unseen): each pair's lines start from
     ``_STARTS`` ascents for each orientation of the row, a quarter from the neuron's critical
@@ -44,17 +45,21 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     neuron lie close together, and the ascents from them seldom get there), and are searched
     over ``|t| ≤ 0.2 scale`` (a grid of 64 intervals; one line search each, no Jacobian, at
     most ``_LINE_QUERIES``). Costs the line searches only: at most ``8 · 4096`` queries a
-    pair."""
+    pair. In a bounded ``domain`` the starts are drawn in the box and each line searched
+    where it lies in it."""
     out = rows.copy()
     pairs = np.argwhere(unseen)
     if not len(pairs):
         return out
     d = prefix.layers[0][0].shape[1]
+    bounded = domain is not None and domain.bounded
     starts = []
     for i, _ in pairs:  # near the neuron's critical points, and anywhere on its hyperplane
         near = anchors[i][rng.integers(len(anchors[i]), size=_STARTS // 4)]
         near = near + rng.standard_normal(near.shape) * 0.1 * scale
-        far = rng.standard_normal((_STARTS - _STARTS // 4, d)) * 0.5 * scale
+        far = (domain.draw(rng, _STARTS - _STARTS // 4) if bounded
+               else rng.standard_normal((_STARTS - _STARTS // 4, d)) * 0.5 * scale)
+        near = domain.clip(near) if bounded else near
         starts += [near, prefix.onto(far, rows[i], float(biases[i]), 20)]
     # both orientations: the ascent seeks the row's positive side, which is the neuron's
     # active side only if the row is oriented, and the layer is not oriented yet
@@ -68,7 +73,7 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         mine = [line for line, s in zip(lines, pair[source], strict=True) if s == k]
         mine = [mine[j] for j in rng.permutation(len(mine))[:_LINES]]  # from any start
         candidates = [_candidates(oracle, prefix, rows[i], float(biases[i]), int(u), line,
-                                  scale) for line in mine]
+                                  scale, domain) for line in mine]
         weight = _agreed(candidates)
         if weight is not None:
             out[i, u] = weight
@@ -76,11 +81,14 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
 
 
 def _candidates(oracle: Oracle, prefix: Prefix, row: Array, bias: float, unit: int,
-                line: Line, scale: float) -> Array:
+                line: Line, scale: float, domain: Domain | None = None) -> Array:
     """The weight on ``unit`` that puts each kink of ``line`` on the neuron's hyperplane (the
     kinks where ``unit`` is active)."""
-    kinks, _ = search_line(oracle, line, (-0.2 * scale, 0.166 * scale), grid=64,
-                           max_queries=_LINE_QUERIES)
+    inside = (-0.2 * scale, 0.166 * scale)
+    inside = inside if domain is None else domain.within(line, inside)
+    if inside is None:
+        return np.zeros(0)
+    kinks, _ = search_line(oracle, line, inside, grid=64, max_queries=_LINE_QUERIES)
     if not kinks:
         return np.zeros(0)
     x = line.at(np.array([k.t for k in kinks]))

@@ -42,8 +42,9 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
+from .domain import Domain
 from .prefix import Prefix
-from .signs import all_active, how_far_moved, preimage, side_that_moved
+from .signs import all_active, how_far_moved, preimage, preimage_in_box, side_that_moved
 
 Array = NDArray[np.float64]
 
@@ -78,7 +79,7 @@ class _Probe:
 def signs_by_wiggle(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
                     critical: list[Array], rng: np.random.Generator, *, scale: float,
                     known: Array | None = None, rounds: int = 16,
-                    ) -> tuple[Array, NDArray[np.bool_]]:
+                    domain: Domain | None = None) -> tuple[Array, NDArray[np.bool_]]:
     """Orientations ``(h,)`` of the middle layer ``rows`` ``(h, h_T)``, ``biases`` ``(h,)`` on
     top of the oriented ``prefix``, by neuron wiggles (module docstring), for the neurons whose
     entry of ``known`` is 0 (default: all; a decided ``±1`` is kept and used).
@@ -96,7 +97,8 @@ def signs_by_wiggle(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     expansive layer, a neuron may have more units active with it than the layers below let
     through everywhere on its hyperplane: none exists; or a unit of the layer missing from
     ``rows`` moved in its probes), its guess stands if the evidence for it is strong, and
-    only the caller's self-check vouches for it.
+    only the caller's self-check vouches for it. In a bounded ``domain`` the points are
+    drawn in the box and each probe is kept in it (shorter, or left out).
     """
     signs = np.zeros(len(rows)) if known is None else np.array(known, dtype=np.float64)
     votes = np.zeros(len(rows))  # the guess: evidence for +1 (> 0) or -1 (< 0)
@@ -107,8 +109,8 @@ def signs_by_wiggle(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
             break
         probes = [p for j in pending for p in _wiggles(
             prefix, rows, biases, j, _on_plane(prefix, rows[j], float(biases[j]), critical[j],
-                                               rng, scale), _odds(signs, votes, exact),
-            scale, rng)]
+                                               rng, scale, domain), _odds(signs, votes, exact),
+            scale, rng, domain)]
         if not probes:
             break
         y = np.asarray(oracle(np.concatenate([p.inputs for p in probes])),
@@ -158,11 +160,14 @@ def _learn(probe: _Probe, answers: Array, votes: Array,
 
 
 def _on_plane(prefix: Prefix, row: Array, bias: float, critical: Array,
-              rng: np.random.Generator, scale: float) -> Array:
+              rng: np.random.Generator, scale: float, domain: Domain | None = None) -> Array:
     """Candidate points ``(n, d)`` on the hyperplane ``row · a_T + bias = 0``: the critical
-    points and Gaussian points moved onto it by Newton steps (no query)."""
+    points and Gaussian points (uniform points of a bounded ``domain``'s box) moved onto it by
+    Newton steps (no query)."""
     d = prefix.layers[0][0].shape[1]
-    starts = np.concatenate([critical, rng.standard_normal((_STARTS, d)) * 0.5 * scale])
+    bounded = domain is not None and domain.bounded
+    starts = np.concatenate([critical, domain.draw(rng, _STARTS) if bounded
+                             else rng.standard_normal((_STARTS, d)) * 0.5 * scale])
     return prefix.onto(starts, row, bias)
 
 
@@ -198,7 +203,8 @@ def _local(prefix: Prefix, rows: Array, biases: Array, j: int, x: Array, odds: A
 
 
 def _wiggles(prefix: Prefix, rows: Array, biases: Array, j: int, x: Array, odds: Array,
-             scale: float, rng: np.random.Generator) -> list[_Probe]:
+             scale: float, rng: np.random.Generator,
+             domain: Domain | None = None) -> list[_Probe]:
     """Probes of neuron ``j`` at points ``x`` ``(n, d)`` on its hyperplane. ``odds`` ``(h,)``:
     each unit's sign and the confidence in it, signed (:func:`_odds`; ``±1``: decided; 0:
     nothing known, a chance of 1/2 of being active anywhere). At each point
@@ -211,7 +217,7 @@ def _wiggles(prefix: Prefix, rows: Array, biases: Array, j: int, x: Array, odds:
     at = _local(prefix, rows, biases, j, x, odds, scale)
     free, step, is_exact, clean = _exact(at, j)
     if not np.any(is_exact & (clean >= _LIKELY) & at.on):
-        more = _planned(prefix, rows, biases, j, odds, rng, scale)
+        more = _planned(prefix, rows, biases, j, odds, rng, scale, domain=domain)
         if len(more):
             at = _local(prefix, rows, biases, j, np.concatenate([x, more]), odds, scale)
             free, step, is_exact, clean = _exact(at, j)
@@ -224,6 +230,11 @@ def _wiggles(prefix: Prefix, rows: Array, biases: Array, j: int, x: Array, odds:
         residual = np.linalg.norm(np.einsum("nhm,nm->nh", weight, step), axis=1)
         choose, many = np.where(at.on, residual, np.inf), _VOTES
     eps, dx = _room(prefix, at, j, step)
+    if domain is not None and domain.bounded:  # as long as the box has the room, both ways
+        fwd, back = domain.face_room(at.x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            space = np.min(np.where(dx != 0, np.minimum(fwd, back) / np.abs(dx), np.inf), axis=1)
+        eps = np.where(domain.contains(at.x), np.minimum(eps, 0.9 * space), 0.0)
     order = [i for i in np.argsort(choose, kind="stable")
              if np.isfinite(choose[i]) and eps[i] > 1e-9 * scale][:many]
     lengths = np.array([0.0, 1.0, -1.0, 1 / 16, -1 / 16])
@@ -247,7 +258,8 @@ def _exact(at: _Local, j: int) -> tuple[NDArray[np.bool_], Array, NDArray[np.boo
 
 
 def _planned(prefix: Prefix, rows: Array, biases: Array, j: int, odds: Array,
-             rng: np.random.Generator, scale: float, tries: int = 4) -> Array:
+             rng: np.random.Generator, scale: float, tries: int = 4,
+             domain: Domain | None = None) -> Array:
     """Points ``(m, d)`` on neuron ``j``'s hyperplane where every prefix unit is active (the
     layer is affine in the first layer's activations there, :func:`.signs.all_active`, of
     the largest rank, generically) and the units whose signs are the most certain (the rest drawn at
@@ -263,8 +275,13 @@ def _planned(prefix: Prefix, rows: Array, biases: Array, j: int, odds: Array,
         order = others[np.lexsort((rng.random(len(others)), -np.abs(odds[others])))]
         off = order[:max(len(rows) - rank, 0)]
         side = np.where(odds[off] != 0, np.sign(odds[off]), rng.choice([-1.0, 1.0], len(off)))
-        point = preimage(p_mat[j], float(q[j]), [*constraints, (
-            -side[:, None] * p_mat[off], -side * q[off])], scale, rng)
+        more = [*constraints, (-side[:, None] * p_mat[off], -side * q[off])]
+        if domain is not None and domain.bounded:
+            point = preimage_in_box(p_mat[j], float(q[j]), more, (w1, b1), domain, rng)
+            if point is not None:
+                found.append(point[0])
+            continue
+        point = preimage(p_mat[j], float(q[j]), more, scale, rng)
         if point is not None:
             found.append((point[0] - b1) @ back.T)
     if not found:
