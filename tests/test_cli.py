@@ -36,6 +36,21 @@ def test_extract_command_reports_every_layer_of_a_deep_victim(tmp_path, where):
     report = json.loads(out.read_text())
     assert report["attack"]["mode"] == "deep" and report["evaluation"]["fidelity_uniform"] == 1
     assert [layer["units_matched"] for layer in report["evaluation"]["layers"]] == [10, 10]
+    inside = where[0] == "--input-range"
+    assert report["attack"]["queries_inside_input_range"] is inside
+    assert ("inside [-1, 1]^d" in res.output) is inside
+
+
+def test_reference_inputs_outside_the_input_range_are_one_clear_line(tmp_path):
+    from model_extraction.network import ReLUNetwork
+
+    saved = tmp_path / "victim.safetensors"
+    ReLUNetwork.random(64, 16, 10, seed=0).save(saved)  # digits' width: its images are the pool
+    for bad, said in ((["-0.5", "0.5"], "give --reference 0"), (["-inf", "1"], "finite")):
+        res = CliRunner().invoke(app, ["extract", "--victim", str(saved), "--input-range", *bad,
+                                       "--no-progress"])
+        assert res.exit_code == 2 and said in res.output, res.output
+        assert "Traceback" not in res.output
 
 
 def test_budget_error_exit_code():

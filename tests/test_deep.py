@@ -44,8 +44,8 @@ def test_extracts_a_deep_network(d, widths, k, seed):
 
 
 def test_refuses_what_it_cannot_extract():
-    with pytest.raises(ValueError, match="8 units on 4 inputs: .*expansive first layer below "
-                                         "other hidden layers .*contractive"):
+    with pytest.raises(ExtractionError, match="8 first-layer hyperplanes on 4 inputs, .*"
+                                              "expansive first layer below others .*contractive"):
         extract_deep(ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0)), seed=0)
     wide = ModelOracle(ReLUNetwork.random(4, (8, 4), 1, seed=0))
     with pytest.raises(ValueError, match="expansive first layer"):
@@ -384,3 +384,20 @@ def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active(
         assert abs(out[0, 0] / sign - w3[0, 0]) < 1e-8 * abs(w3[0, 0])
         np.testing.assert_array_equal(np.delete(out.ravel(), 0), np.delete(rows.ravel(), 0))
         assert 0 < oracle.queries < 20_000
+
+
+def test_a_box_and_its_reference_inputs_are_checked_before_any_query():
+    oracle = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
+    bad = [({"input_bounds": (1.0, 0.0)}, "low < high"),
+           ({"input_bounds": (0.0, 1.0, 2.0)}, "low < high"),
+           ({"input_bounds": (0.0, np.inf)}, "finite"),
+           ({"reference_inputs": np.zeros((4, 10))}, "need input_bounds"),
+           ({"input_bounds": (0.0, 1.0), "reference_inputs": np.full((4, 10), 2.0)},
+            "inside input_bounds"),
+           ({"input_bounds": (0.0, 1.0), "reference_inputs": np.zeros((4, 9))}, "rows of 10"),
+           ({"input_bounds": (0.0, 1.0), "one_layer": FunctionalExtraction(
+               input_bounds=(-1.0, 1.0))}, "the same box|input_bounds=\\(0.0, 1.0\\)")]
+    for options, said in bad:
+        with pytest.raises(ValueError, match=said):
+            extract_deep(oracle, **options)
+    assert oracle.queries == 0

@@ -102,6 +102,9 @@ def extract(
     """
     if not input_range[0] < input_range[1]:
         fail(f"--input-range needs LOW < HIGH, got {input_range[0]:g} {input_range[1]:g}")
+    if not np.all(np.isfinite(input_range)):
+        fail(f"--input-range needs two finite numbers, got {input_range[0]:g} "
+             f"{input_range[1]:g}")
     if url is None and (dry_run or query_log or input_name or output_name or input_dim):
         fail("--dry-run, --query-log, --input-name, --output-name and --input-dim apply to a "
              "remote API: add --url")
@@ -128,11 +131,16 @@ def extract(
     about["seconds_to_build"] = time.perf_counter() - started
     bounded = not unbounded and mode is Mode.default
     pool = _reference(data, reference, seed) if bounded else None
+    if pool is not None and (pool.min() < input_range[0] or pool.max() > input_range[1]):
+        fail(f"the {len(pool)} reference inputs (--reference, from the dataset) lie outside "
+             f"--input-range {input_range[0]:g} {input_range[1]:g}: give --reference 0, or "
+             "a --dataset whose inputs the API accepts")
     result = _run(oracle, output_kind, mode, net, seed, input_range, bounded, pool, progress)
     if save_extracted is not None:
         result.network.save(save_extracted)
-    report = {"victim": about, "attack": result.summary(),
-              "oracle": getattr(oracle, "cost", {"queries": oracle.queries})}
+    report = {"victim": about, "attack": result.summary() | {
+        "input_range": list(input_range), "queries_inside_input_range": bounded},
+        "oracle": getattr(oracle, "cost", {"queries": oracle.queries})}
     if net is not None:
         from model_extraction.evaluation import compare_networks
 
@@ -228,7 +236,8 @@ def _fmt_bits(x: float | None) -> str:
 
 def _print_report(r: dict[str, Any], to: Console) -> None:
     v, a, e = r["victim"], r["attack"], r.get("evaluation")
-    t = Table(title="Functionally-equivalent extraction (Jagielski et al. 2020, §6)",
+    after = "; deeper layers after Carlini et al. 2020" if a["mode"] == "deep" else ""
+    t = Table(title=f"Functionally-equivalent extraction (Jagielski et al. 2020, §6{after})",
               show_header=False)
     t.add_column(style="bold")
     t.add_column()
@@ -240,6 +249,9 @@ def _print_report(r: dict[str, Any], to: Console) -> None:
                   f"{v['parameters']:,} parameters"
                   + (f", test accuracy {100 * acc:.2f}%" if acc is not None else ""))
     t.add_row("mode", a["mode"])
+    lo, hi = a["input_range"]
+    t.add_row("queries sent", f"inside [{lo:g}, {hi:g}]^d" if a["queries_inside_input_range"]
+              else f"anywhere (the paper's setting; evaluated on [{lo:g}, {hi:g}]^d)")
     found = f"{a['hidden']}" + (", plus an affine term" if a["affine_term"] else "")
     if e is not None:
         which = "of them" if isinstance(e["hidden"], int) else "of its first layer's units"

@@ -83,6 +83,16 @@ _EXPANSIVE_FIRST = (
     "one, h1 <= d); as the only hidden layer it is extracted (hidden=(h1,))")
 
 
+def _expansive_found(h: int, d: int) -> ExtractionError:
+    """The refusal of a first layer found expansive below other hidden layers."""
+    return ExtractionError(
+        f"found {h} first-layer hyperplanes on {d} inputs, and hidden layers above them: "
+        "extract_deep does not extract an expansive first layer below others (its orientations "
+        "need a contractive one, h1 <= d; as the only hidden layer it is extracted, "
+        "hidden=(h1,)); in an input box, a deeper neuron's hyperplane that is flat wherever "
+        "the lines crossed it can also pass for a first-layer one")
+
+
 class _Incomplete(Exception):
     """A layer could not be finished with the critical points at hand (more lines may help);
     ``first``: the first layer (oriented, unless raised before its signs), where the next
@@ -159,17 +169,19 @@ def extract_deep(
     Ray instance on this machine): the per-neuron refinement runs as its tasks, on copies of
     the oracle (it must be picklable), with the same results and the same query count.
     ``one_layer``: ``True`` tests the one-hidden-layer hypothesis first with the one-layer
-    attack's defaults (lines through ``[-scale/2, scale/2]^d``, this ``seed`` and self-check,
-    ``hidden[0]`` when ``hidden`` has one width; not when it has more), ``False`` runs the deep
-    phases alone, and a :class:`~.extract.FunctionalExtraction` (``mode="default"``,
-    ``stay_in_bounds=False``) tests it with those settings (``ValueError``, before any query,
-    for another value); where it holds, its :class:`~.result.ExtractionResult` is returned as
+    attack's defaults (lines through ``[-scale/2, scale/2]^d``, or through the box of
+    ``input_bounds`` and no query outside it, this ``seed`` and self-check, ``hidden[0]`` when
+    ``hidden`` has one width; not when it has more), ``False`` runs the deep phases alone, and a
+    :class:`~.extract.FunctionalExtraction` (``mode="default"``; ``stay_in_bounds=False``, or
+    with ``input_bounds`` given, ``stay_in_bounds=True`` and the same box; its own
+    ``reference_inputs``) tests it with those settings (``ValueError``, before any query, for
+    another value); where it holds, its :class:`~.result.ExtractionResult` is returned as
     it is (``mode="default"``, no phase ``one-layer hypothesis``); where it is refuted,
     ``progress`` is told so (phase ``one-layer hypothesis refuted``) before the deep phases.
     ``input_bounds``: the box ``(lo, hi)`` an API enforces; every query then stays in
     ``[lo, hi]^d`` (a guard refuses any other before it is sent,
     :class:`~.domain.OutsideDomainError`), ``scale`` is its width and ``reach`` does not apply:
-    lines run across the box (:meth:`~.domain.Domain.line_through`), draws are uniform in it,
+    lines run across the box (:meth:`~.domain.Domain.line_through`), points are drawn in it,
     finite differences turn back at its faces, preimages are found in it by linear programs,
     the hypothesis runs the one-layer attack in it, and a first-layer unit active on all of it
     is found from the deeper normals (``network.metadata["active_throughout"]``, a note);
@@ -187,11 +199,13 @@ def extract_deep(
     ["guessed_signs"]``, ``[layer, neuron]`` pairs, and a note).
 
     Raises :class:`~.result.ExtractionError` when the self-check fails, a layer cannot be
-    finished or the widths found differ from ``hidden`` (at once when ``hidden`` has one width
-    and the one-layer hypothesis found hyperplanes that bend); ``ValueError`` for ``check_points <
-    1`` or a ``check_tolerance`` outside ``(0, 1)`` (before any query), an expansive first
-    layer (``h1 > d``; as the only hidden layer it is extracted, with an affine term in the
-    inputs where the logits do not fix its signs, ``h1 > K d``); and the oracle's errors
+    finished, the first layer of a deeper network is found expansive (``h1 > d``; as the only
+    hidden layer it is extracted, with an affine term in the inputs where the logits do not
+    fix its signs, ``h1 > K d``) or the widths found differ from ``hidden`` (at once when
+    ``hidden`` has one width and the one-layer hypothesis found hyperplanes that bend);
+    ``ValueError`` for ``check_points < 1``, a ``check_tolerance`` outside ``(0, 1)`` or
+    ``hidden`` with an expansive first layer of several (before any query); and the oracle's
+    errors
     (precision; a :class:`~model_extraction.oracle.BudgetExhaustedError` that says the phase
     and layer reached and the widths already extracted). ``ValueError`` too (before any query)
     for a box that is not ``(lo, hi)`` with ``lo < hi``, and for reference inputs without a box,
@@ -264,10 +278,13 @@ def _domain(input_bounds: tuple[float, float] | None, scale: float, d: int,
         if reference is not None:
             raise ValueError("reference_inputs need input_bounds: the box they are inside")
         return Domain(-scale / 2, scale / 2, d, bounded=False)
-    lo, hi = (float(v) for v in input_bounds)
+    try:
+        lo, hi = (float(v) for v in input_bounds)
+    except (TypeError, ValueError):
+        lo = hi = np.nan
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise ValueError(f"input_bounds={input_bounds}: give the box the API accepts as "
-                         "(low, high), low < high")
+        raise ValueError(f"input_bounds={input_bounds!r}: give the box the API accepts as "
+                         "(low, high), two finite numbers, low < high")
     if reference is None:
         return Domain(lo, hi, d, bounded=True)
     ref = np.asarray(reference, dtype=np.float64)
@@ -364,10 +381,10 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         if len(lines) >= max_lines:
             given = ("" if hidden is None else " Or hidden= gives more layers or units than "
                      "the victim has: omit it to have them found.")
+            reach_hint = "" if domain.bounded else ", a wider reach (reach=)"
             raise ExtractionError(
-                f"{why} after {len(lines)} lines and {oracle.queries} queries: not returned. "
-                f"More lines (max_lines=), a wider reach (reach=) or another seed= may help."
-                f"{given}")
+                f"{why} after {len(lines)} lines and {oracle.queries:,} queries: not returned. "
+                f"More lines (max_lines=){reach_hint} or another seed= may help.{given}")
         phases.enter("critical points")
         # twice as many lines after a failed check: a pass of the phases costs far more
         more = MORE_LINES * (1 if failed is None else 2)
@@ -480,14 +497,15 @@ def _logit_layer(below: Array, rows: Array, biases: Array, y: Array, affine: boo
 def _first_signs(found: CriticalPoints, planes: Hyperplanes, scale: float,
                  layer: tuple[Array, Array] | None = None) -> Array:
     """The first layer's orientations: every critical point off its hyperplanes (a deeper
-    neuron's) votes (:func:`.signs.signs_from_next_layer`; ``ValueError`` when ``h1 > d``).
+    neuron's) votes (:func:`.signs.signs_from_next_layer`; :class:`~.result.ExtractionError`
+    when ``h1 > d``).
     ``layer``: the rows and offsets to orient, with units active on the whole box after them
     (:func:`.layers.active_throughout`, oriented too: their parts make the deeper normals
     whole); default the hyperplanes'. Returns the signs of the hyperplanes' units."""
     rest = np.flatnonzero(~_on_planes(found, planes, scale))
     h, d = planes.rows.shape
     if h > d:
-        raise ValueError(_EXPANSIVE_FIRST.format(h=h, d=d))
+        raise _expansive_found(h, d)
     rows, offsets = (planes.rows, planes.offsets) if layer is None else layer
     return signs_from_next_layer(rows, offsets, found.points[rest],
                                  found.normals[rest])[0][:h]
@@ -513,7 +531,7 @@ def _boxed_signs(found: CriticalPoints, planes: Hyperplanes, rows: Array, offset
     rest = ~_on_planes(found, planes, scale)
     h, d = rows.shape
     if h > d:
-        raise ValueError(_EXPANSIVE_FIRST.format(h=h, d=d))
+        raise _expansive_found(h, d)
     directions = active_throughout(found.normals[rest], rows, domain)
     signs, linear = signs_beside_linear(rows, offsets, directions, found.points[rest],
                                         found.normals[rest])

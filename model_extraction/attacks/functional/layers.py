@@ -51,9 +51,9 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
     ``row`` meets a critical point exactly there ``hits_needed`` times, and never elsewhere
     only, within ``tries`` points (where the neuron is invisible, nothing is met: that point
     says nothing; a deeper neuron can look flat over one large region, hence several hits).
-    In a bounded ``domain``, the points are uniform points of the box moved onto the
-    hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line that would leave
-    the box is not searched (that try says nothing)."""
+    In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
+    and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
+    that would leave the box is not searched (that try says nothing)."""
     hits = 0
     bounded = domain is not None and domain.bounded
     for _ in range(tries):
@@ -62,7 +62,7 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
         r = 0.05 * scale
         if bounded:
             p = domain.onto_plane(domain.draw(rng, 1), row, offset, 2 * r * np.abs(row).max())[0]
-            if not domain.holds(p[None], row[None], r)[0]:
+            if not domain.holds(p[None], row[None], 1.1 * r)[0]:  # the search's end probes
                 continue
         else:
             p = rng.standard_normal(len(row)) * 0.5 * scale

@@ -159,8 +159,9 @@ def refit_first_layer(oracle: Oracle, rows: Array, offsets: Array, rng: np.rando
     and query count). Returns the rows, offsets and the relative residual of each row kept on
     the held-out points (see :func:`better_plane`: where the points did not beat the estimate,
     the hyperplane is kept as it was; NaN where too few points were located). In a bounded
-    ``domain`` the points are uniform points of the box moved onto the hyperplane within it
-    (:meth:`~.domain.Domain.onto_plane`), those whose crossing test stays in the box."""
+    ``domain`` the points are drawn in the box (:meth:`~.domain.Domain.draw`) and moved onto the
+    hyperplane within it (:meth:`~.domain.Domain.onto_plane`), those whose crossing test stays
+    in it."""
     h, d = rows.shape
     argsets = []
     for i in range(h):

@@ -162,8 +162,8 @@ def _learn(probe: _Probe, answers: Array, votes: Array,
 def _on_plane(prefix: Prefix, row: Array, bias: float, critical: Array,
               rng: np.random.Generator, scale: float, domain: Domain | None = None) -> Array:
     """Candidate points ``(n, d)`` on the hyperplane ``row · a_T + bias = 0``: the critical
-    points and Gaussian points (uniform points of a bounded ``domain``'s box) moved onto it by
-    Newton steps (no query)."""
+    points and Gaussian points (points drawn in a bounded ``domain``'s box,
+    :meth:`~.domain.Domain.draw`) moved onto it by Newton steps (no query)."""
     d = prefix.layers[0][0].shape[1]
     bounded = domain is not None and domain.bounded
     starts = np.concatenate([critical, domain.draw(rng, _STARTS) if bounded
