@@ -100,10 +100,14 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             same = np.abs(np.abs(cosines[:, k]) - 1) < _SAME
             on = np.abs(heights[:, k] + offsets[i]) < _SAME * (scale + abs(offsets[i]))
             group = np.flatnonzero(same & on & free)
-            if len(set(found.line[group].tolist())) < min_lines:
+            seen = len(set(found.line[group].tolist()))
+            if seen < min_lines:
                 continue
             n, c = _group_plane(pts[group], normals[group], normals[i])
-            if is_flat(oracle, n, c, rng, scale=scale, domain=domain):
+            # seen on fewer than 3 lines (min_lines < 3, in a box): twice the evidence
+            few = seen < 3
+            if is_flat(oracle, n, c, rng, scale=scale, domain=domain, tries=24 if few else 12,
+                       hits_needed=8 if few else 4):
                 free[group] = False
                 rows.append(n)
                 cs.append(c)
