@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints, Span, find_critical_points, random_line
-from .domain import Domain
+from .domain import Domain, kept_in
 from .prefix import Prefix
 from .search import Line
 from .signatures import Signatures
@@ -326,7 +326,7 @@ def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
     rows, units = (np.array([stuck[j][c] for j in pair_of]) for c in (0, 1))
     x = found.points[np.concatenate(starts)]
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
-    lines, source = coactive_lines(prefix, x if domain is None else domain.clip(x),
+    lines, source = coactive_lines(prefix, kept_in(domain, x),
                                    partial.rows[rows], partial.biases[rows], units,
                                    0.05 * scale, scale)
     kept, count = [], np.zeros(len(stuck), dtype=np.int64)

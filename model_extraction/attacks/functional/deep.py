@@ -54,7 +54,7 @@ from model_extraction.oracle import BudgetExhaustedError, Oracle, as_oracle
 
 from .aim import MORE_LINES, first_lines, search_lines
 from .critical import CriticalPoints, Span
-from .domain import Domain, guarded
+from .domain import Domain, checked_reference, guarded, spread
 from .extract import FunctionalExtraction
 from .hypothesis import Refuted, one_layer_attack, try_one_layer
 from .lastlayer import fit_with_affine, orient_and_fit
@@ -285,17 +285,8 @@ def _domain(input_bounds: tuple[float, float] | None, scale: float, d: int,
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise ValueError(f"input_bounds={input_bounds!r}: give the box the API accepts as "
                          "(low, high), two finite numbers, low < high")
-    if reference is None:
-        return Domain(lo, hi, d, bounded=True)
-    ref = np.asarray(reference, dtype=np.float64)
-    ref = ref.reshape(len(ref), -1) if ref.ndim > 2 else ref
-    if ref.ndim != 2 or ref.shape[1] != d or len(ref) < 2:
-        raise ValueError(f"reference_inputs must be at least 2 rows of {d} inputs; got shape "
-                         f"{ref.shape}")
-    if not np.all(np.isfinite(ref)) or ref.min() < lo or ref.max() > hi:
-        raise ValueError(f"reference_inputs must be finite and inside input_bounds {(lo, hi)}; "
-                         "scale them as the API expects")
-    return Domain(lo, hi, d, bounded=True, reference=ref)
+    return Domain(lo, hi, d, bounded=True, reference=None if reference is None
+                  else checked_reference(reference, (lo, hi), d))
 
 
 def _refuted(held: Refuted, then: str = "extracted as a deep network") -> str:
@@ -369,8 +360,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         else:
             phases.enter("self-check", sum(network.widths))
             check, failed = self_check_drawn(
-                oracle, network, lambda n: domain.draw(rng, n) if domain.bounded
-                else rng.standard_normal((n, d)) * scale,
+                oracle, network, lambda n: spread(domain, rng, n, d, 1.0, scale),
                 check_points, *held, check_tolerance)
             if check.passed:
                 break
@@ -644,8 +634,7 @@ def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
     d = rows.shape[1] if prefix is None else prefix.layers[0][0].shape[1]
     below = d if prefix is None else sum(prefix.widths)
     many = 4 * (below + len(rows) + 1)
-    bounded = domain is not None and domain.bounded
-    gauss = domain.draw(rng, many) if bounded else rng.standard_normal((many, d)) * scale
+    gauss = spread(domain, rng, many, d, 1.0, scale)
     sides = []
     for row, points in zip(rows, critical, strict=True):
         x = points[rng.choice(len(points), min(2, len(points)), replace=False)]
@@ -654,7 +643,7 @@ def _fit_inputs(prefix: Prefix | None, rows: Array, critical: list[Array],
         length = np.linalg.norm(normal, axis=1, keepdims=True)
         step = 0.01 * scale * normal / np.where(length > 0, length, np.inf)
         sides += [x + step, x - step]
-    sides = [p[domain.contains(p)] for p in sides] if bounded else sides
+    sides = sides if domain is None else [p[domain.contains(p)] for p in sides]
     return np.vstack([gauss, *sides])
 
 

@@ -24,7 +24,7 @@ from .search import Line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Domain", "OutsideDomainError", "guarded"]
+__all__ = ["Domain", "OutsideDomainError", "checked_reference", "guarded", "kept_in", "spread"]
 
 # A line's searched stretch ends this fraction of its length inside the faces: the search's
 # end slopes probe a little beyond the ends of its range.
@@ -178,6 +178,36 @@ class Domain:
         u = np.where(np.minimum(fwd, back) > step, directions, 0.0)
         norm = np.linalg.norm(u, axis=1, keepdims=True)
         return np.where(norm > 0, u / np.where(norm > 0, norm, 1.0), directions)
+
+
+def spread(domain: Domain | None, rng: np.random.Generator, n: int, d: int, sd: float,
+           scale: float) -> Array:
+    """``n`` points ``(n, d)`` where the deep phases look: :meth:`Domain.draw` in a bounded
+    ``domain``, else (the paper's setting) Gaussian of standard deviation ``sd · scale``."""
+    if domain is not None and domain.bounded:
+        return domain.draw(rng, n)
+    return rng.standard_normal((n, d)) * sd * scale
+
+
+def kept_in(domain: Domain | None, points: Array) -> Array:
+    """``points`` moved into a bounded ``domain``'s box (:meth:`Domain.clip`; as they are
+    otherwise): starting points of a search, which need not stay where they were drawn."""
+    return points if domain is None else domain.clip(points)
+
+
+def checked_reference(reference: Any, bounds: tuple[float, float], d: int) -> Array:
+    """Reference inputs as an ``(n, d)`` float64 array (images flattened). Raises
+    ``ValueError`` for fewer than 2 rows, another width, or values not finite or outside
+    ``bounds``."""
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref.reshape(len(ref), -1) if ref.ndim > 2 else ref
+    if ref.ndim != 2 or ref.shape[1] != d or len(ref) < 2:
+        raise ValueError(f"reference_inputs must be at least 2 rows of {d} inputs; got shape "
+                         f"{ref.shape}")
+    if not np.all(np.isfinite(ref)) or ref.min() < bounds[0] or ref.max() > bounds[1]:
+        raise ValueError(f"reference_inputs must be finite and inside input_bounds {bounds}; "
+                         "scale them as the API expects")
+    return ref
 
 
 class OutsideDomainError(RuntimeError):

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import BudgetExhaustedError, as_oracle
 
+from .domain import checked_reference
 from .onelayer.run import execute, start, where
 from .phases import ProgressFn
 from .result import ExtractionResult
@@ -153,16 +154,7 @@ class FunctionalExtraction:
         """The reference inputs as a validated ``(n, d)`` float64 array inside the box."""
         if self.reference_inputs is None:
             return None
-        ref = np.asarray(self.reference_inputs, dtype=np.float64)
-        ref = ref.reshape(len(ref), -1) if ref.ndim > 2 else ref
-        lo, hi = self.input_bounds
-        if ref.ndim != 2 or ref.shape[1] != d or len(ref) < 2:
-            raise ValueError(f"reference_inputs must be at least 2 rows of {d} inputs; got "
-                             f"shape {ref.shape}")
-        if not np.all(np.isfinite(ref)) or ref.min() < lo or ref.max() > hi:
-            raise ValueError(f"reference_inputs must be finite and inside input_bounds "
-                             f"{self.input_bounds}; scale them as the API expects")
-        return ref
+        return checked_reference(self.reference_inputs, self.input_bounds, d)
 
 
 def extract_functional(

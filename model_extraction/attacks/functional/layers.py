@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints
-from .domain import Domain
+from .domain import Domain, kept_in, spread
 from .planes import plane_through
 from .prefix import Prefix, placed_on
 from .search import Line, crossings, search_line
@@ -191,16 +191,14 @@ def flat_above(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     only the segments that stay in it are tested. Returns ``(m,)`` booleans.
     """
     d = prefix.layers[0][0].shape[1]
-    bounded = domain is not None and domain.bounded
     tests = []
     for j in range(len(rows)):
-        test = _tested(prefix, rows, biases, j, domain.draw(rng, tries) if bounded
-                       else rng.standard_normal((tries, d)) * 0.5 * scale, scale, domain)
+        test = _tested(prefix, rows, biases, j, spread(domain, rng, tries, d, 0.5, scale),
+                       scale, domain)
         if near is not None and len(test[0]) < tries // 4:
             seeds = near[j][rng.choice(len(near[j]), tries)]
             seeds = seeds + rng.standard_normal(seeds.shape) * 0.05 * scale
-            test = _tested(prefix, rows, biases, j, domain.clip(seeds) if bounded else seeds,
-                           scale, domain)
+            test = _tested(prefix, rows, biases, j, kept_in(domain, seeds), scale, domain)
         tests.append(test)
     counts = [len(p) for p, _, _ in tests]
     if not sum(counts):

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
 from .aim import coactive_lines
-from .domain import Domain
+from .domain import Domain, kept_in, spread
 from .planes import pinned_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
@@ -196,14 +196,12 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     points start in the box, and the crossing tests that would leave it are not made."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
-    bounded = domain is not None and domain.bounded
     starts = []
     for anchor in anchors:
         n = _NEXT_POINTS * (h + 1)
         near = _jittered(prefix, anchor[rng.integers(len(anchor), size=n - n // 2)], rng)
-        far = (domain.draw(rng, n // 2) if bounded  # where the lines start
-               else rng.standard_normal((n // 2, d)) * 0.5 * scale)
-        starts.append(np.concatenate([domain.clip(near) if bounded else near, far]))
+        far = spread(domain, rng, n // 2, d, 0.5, scale)  # where the lines start
+        starts.append(np.concatenate([kept_in(domain, near), far]))
     placed = [placed_on(prefix, rows[j], float(biases[j]), p) for j, p in enumerate(starts)]
     rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale,
                        domain)
@@ -213,7 +211,7 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
             on = tuple(np.concatenate(pair) for pair in zip(
                 on, placed_on(prefix, rows[j], float(biases[j]), more), strict=True))
         p, unit, radius = on
-        if bounded:
+        if domain is not None and domain.bounded:
             keep = domain.holds(p, unit, radius + 1e-12 * scale)
             p, unit, radius = p[keep], unit[keep], radius[keep]
         argsets.append((prefix, rows[j], float(biases[j]), p, unit, radius + 1e-12 * scale))
@@ -245,8 +243,8 @@ def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
     js, units = (np.array([pairs[k][c] for k in pair]) for c in (0, 1))
     x = np.array([anchors[j][rng.integers(len(anchors[j]))] for j in js])
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
-    lines, source = coactive_lines(prefix, x if domain is None else domain.clip(x),
-                                   rows[js], biases[js], units, 0.05 * scale, scale)
+    lines, source = coactive_lines(prefix, kept_in(domain, x), rows[js], biases[js], units,
+                                   0.05 * scale, scale)
     reached = pair[source]
     for k in np.unique(reached):
         origins = np.array([line.origin for line, r in zip(lines, reached, strict=True)

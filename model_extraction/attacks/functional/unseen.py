@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .aim import coactive_lines
-from .domain import Domain
+from .domain import Domain, kept_in, spread
 from .prefix import Prefix
 from .search import Line, search_line
 
@@ -52,14 +52,12 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     if not len(pairs):
         return out
     d = prefix.layers[0][0].shape[1]
-    bounded = domain is not None and domain.bounded
     starts = []
     for i, _ in pairs:  # near the neuron's critical points, and anywhere on its hyperplane
         near = anchors[i][rng.integers(len(anchors[i]), size=_STARTS // 4)]
         near = near + rng.standard_normal(near.shape) * 0.1 * scale
-        far = (domain.draw(rng, _STARTS - _STARTS // 4) if bounded
-               else rng.standard_normal((_STARTS - _STARTS // 4, d)) * 0.5 * scale)
-        near = domain.clip(near) if bounded else near
+        far = spread(domain, rng, _STARTS - _STARTS // 4, d, 0.5, scale)
+        near = kept_in(domain, near)
         starts += [near, prefix.onto(far, rows[i], float(biases[i]), 20)]
     # both orientations: the ascent seeks the row's positive side, which is the neuron's
     # active side only if the row is oriented, and the layer is not oriented yet

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
-from .domain import Domain
+from .domain import Domain, spread
 from .prefix import Prefix
 from .signs import all_active, how_far_moved, preimage, preimage_in_box, side_that_moved
 
@@ -165,9 +165,7 @@ def _on_plane(prefix: Prefix, row: Array, bias: float, critical: Array,
     points and Gaussian points (points drawn in a bounded ``domain``'s box,
     :meth:`~.domain.Domain.draw`) moved onto it by Newton steps (no query)."""
     d = prefix.layers[0][0].shape[1]
-    bounded = domain is not None and domain.bounded
-    starts = np.concatenate([critical, domain.draw(rng, _STARTS) if bounded
-                             else rng.standard_normal((_STARTS, d)) * 0.5 * scale])
+    starts = np.concatenate([critical, spread(domain, rng, _STARTS, d, 0.5, scale)])
     return prefix.onto(starts, row, bias)
 
 
