@@ -29,7 +29,7 @@ from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints, Span, find_critical_points, random_line
 from .domain import Domain, kept_in
-from .prefix import Prefix
+from .prefix import Prefix, shrunk
 from .search import Line
 from .signatures import Signatures
 
@@ -105,8 +105,9 @@ def _pieces(prefix: Prefix, x: Array, rows: Array, biases: Array, units: NDArray
 
 
 def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
-                   units: NDArray[np.int64], target: float,
-                   scale: float) -> tuple[list[Line], NDArray[np.int64]]:
+                   units: NDArray[np.int64], target: float, scale: float,
+                   box: tuple[float, float] | None = None,
+                   ) -> tuple[list[Line], NDArray[np.int64]]:
     """Lines across next-layer hyperplanes where a unit below is active: from each of ``x``
     ``(n, d)`` (critical points of the partial ``rows`` ``(n, h_T)``, ``biases``), gradient
     ascent on ``min(z_row, z_unit - target)`` over the prefix (normalised steps; where the two
@@ -114,9 +115,15 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
     until both are positive, then a line through the point of the row's hyperplane straight
     across from there, along the unit's level set, brought onto the hyperplane by Newton steps
     along it. Points that do not get there within ``_ASCENT_STEPS`` steps, or whose line's
-    Newton steps do not end on the hyperplane, give no line. Returns the lines and the index
-    in ``x`` of the point each came from."""
+    Newton steps do not end on the hyperplane, give no line. With ``box`` ``(lo, hi)``, the
+    input box where queries are bounded, the ascent is projected onto the box shrunk by
+    :data:`~.prefix.PLACED_MARGIN` of its width (each step clipped to it), and a line whose
+    point on the hyperplane lies outside the box is dropped (its search, held to the box,
+    would not reach the point where both are active). Returns the lines and the index in
+    ``x`` of the point each came from."""
+    inner = shrunk(box)
     x, live = np.array(x, dtype=np.float64), np.arange(len(x))
+    x = x if inner is None else np.clip(x, *inner)
     for step in range(_ASCENT_STEPS):
         z_row, g_row, z_unit, g_unit = _pieces(prefix, x[live], rows[live], biases[live],
                                                units[live], target)
@@ -134,6 +141,8 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
         length = np.linalg.norm(grad, axis=1, keepdims=True)
         size = (0.05 if step < _ASCENT_STEPS // 2 else 0.01) * scale
         x[live] += size * grad / np.where(length > 0, length, np.inf)
+        if inner is not None:
+            x[live] = np.clip(x[live], *inner)
     there = np.setdiff1d(np.arange(len(x)), live)
     _, g_row, _, g_unit = _pieces(prefix, x[there], rows[there], biases[there], units[there],
                                   target)
@@ -151,7 +160,8 @@ def coactive_lines(prefix: Prefix, x: Array, rows: Array, biases: Array,
             continue
         z, *_ = _pieces(prefix, line.origin[None], rows[i:i + 1], biases[i:i + 1],
                         units[i:i + 1], target)
-        if abs(z[0]) <= 1e-9 * (1.0 + abs(biases[i])):  # on the plane, where it ended
+        inside = box is None or bool(np.all((line.origin >= box[0]) & (line.origin <= box[1])))
+        if inside and abs(z[0]) <= 1e-9 * (1.0 + abs(biases[i])):  # on the plane, where it ended
             lines.append(line)
             source.append(i)
     return lines, np.array(source, dtype=np.int64)
@@ -328,7 +338,7 @@ def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
     lines, source = coactive_lines(prefix, kept_in(domain, x),
                                    partial.rows[rows], partial.biases[rows], units,
-                                   0.05 * scale, scale)
+                                   0.05 * scale, scale, None if domain is None else domain.box)
     kept, count = [], np.zeros(len(stuck), dtype=np.int64)
     for line, j in zip(lines, pair_of[source], strict=True):
         if count[j] < per_unit:

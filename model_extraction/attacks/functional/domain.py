@@ -48,6 +48,11 @@ class Domain:
         return self.hi - self.lo
 
     @property
+    def box(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` where queries are bounded, else ``None``."""
+        return (self.lo, self.hi) if self.bounded else None
+
+    @property
     def centre(self) -> Array:
         return np.full(self.d, 0.5 * (self.lo + self.hi))
 
@@ -157,15 +162,18 @@ class Domain:
         return Line(origin, signs / np.sqrt(self.d))
 
     def onto_plane(self, points: Array, row: Array, offset: float, margin: float = 0.0,
-                   steps: int = 50) -> Array:
+                   steps: int = 50, side: tuple[Array, float] | None = None) -> Array:
         """``points`` ``(n, d)`` moved onto the hyperplane ``row · x + offset = 0`` (``row``
         of unit norm), by projections onto it and onto the box shrunk by ``margin`` in turn
         where queries are bounded (the hyperplane's points in that box are where they
         converge, when it meets it), ending on the hyperplane: the caller keeps those
-        :meth:`contains` or :meth:`holds` says."""
+        :meth:`contains` or :meth:`holds` says. ``side`` ``(a, b)``, ``a`` of unit norm: the
+        half-space ``a · x + b >= 0`` is projected onto as well (the caller checks it)."""
         p = np.array(points, dtype=np.float64)
         for _ in range(steps if self.bounded else 0):
             p -= (p @ row + offset)[:, None] * row
+            if side is not None:
+                p -= np.minimum(p @ side[0] + side[1], 0.0)[:, None] * side[0]
             p = np.clip(p, self.lo + margin, self.hi - margin)
         return p - (p @ row + offset)[:, None] * row
 

@@ -18,7 +18,11 @@ from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
 
-__all__ = ["Prefix", "placed_on"]
+__all__ = ["PLACED_MARGIN", "Prefix", "placed_on", "shrunk"]
+
+# the share of an input box's width kept free on every side of the points placed on a
+# hyperplane inside it: their crossing tests stay in the box
+PLACED_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -111,34 +115,59 @@ class Prefix:
         value = np.maximum(pres[-1], 0.0) @ row
         return value, np.einsum("nk,nkh->nh", active * row, jac[-1]) @ self.layers[0][0]
 
-    def onto(self, p: Array, row: Array, bias: float, steps: int = 20) -> Array:
+    def onto(self, p: Array, row: Array, bias: float, steps: int = 20,
+             box: tuple[float, float] | None = None) -> Array:
         """``p`` ``(n, d)`` moved onto the estimated next-layer hyperplane
         ``row · ReLU(z_T(x)) + bias = 0`` by Newton steps along its local normal, up to
         ``steps`` (one is exact within a region of the prefix; a point that starts far off,
         where the neuron is rarely active, crosses regions on the way), each point until it
-        is on the plane to rounding."""
+        is on the plane to rounding. With ``box`` ``(lo, hi)``, points of that box stay in it:
+        a step moves only the coordinates that have room in its direction, and is clipped to
+        the box (a projected Newton step; a point that cannot reach the plane in the box ends
+        off it, and callers keep the points on it)."""
         p = np.array(p, dtype=np.float64)
         moving = np.arange(len(p))
         for _ in range(steps):
             value, normal = self.next_normals(p[moving], row)
             miss = value + bias
-            square = np.sum(normal * normal, axis=1)
-            p[moving] -= (miss / np.where(square > 0, square, np.inf))[:, None] * normal
+            free = normal
+            if box is not None:  # a coordinate at a face the step would cross is held
+                out = -np.sign(miss)[:, None] * normal
+                free = np.where(((p[moving] <= box[0]) & (out < 0))
+                                | ((p[moving] >= box[1]) & (out > 0)), 0.0, normal)
+            square = np.sum(normal * free, axis=1)
+            step = p[moving] - (miss / np.where(square > 0, square, np.inf))[:, None] * free
+            p[moving] = step if box is None else np.clip(step, *box)
             off = (np.abs(miss) > 1e-14 * (np.abs(value) + abs(bias))) & (square > 0)
-            moving = moving[off]  # on the plane, or with no gradient: done
+            moving = moving[off]  # on the plane, or with no gradient (or room): done
             if not len(moving):
                 break
         return p
 
 
-def placed_on(prefix: Prefix, row: Array, bias: float, p: Array,
-              steps: int = 20) -> tuple[Array, Array, Array]:
+def shrunk(box: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The input box ``(lo, hi)`` shrunk by :data:`PLACED_MARGIN` of its width on every side
+    (``None`` for none): where points placed on a hyperplane are kept."""
+    if box is None:
+        return None
+    margin = PLACED_MARGIN * (box[1] - box[0])
+    return box[0] + margin, box[1] - margin
+
+
+def placed_on(prefix: Prefix, row: Array, bias: float, p: Array, steps: int = 20,
+              box: tuple[float, float] | None = None) -> tuple[Array, Array, Array]:
     """Points ``p`` ``(n, d)`` brought onto the estimated next-layer hyperplane (by up to
     ``steps`` Newton steps, :meth:`Prefix.onto`), the unit local normal there ``(n, d)`` and a
-    segment radius ``(n,)`` that stays inside the prefix's region (for :func:`crossings`)."""
-    p = prefix.onto(p, row, bias, steps)
+    segment radius ``(n,)`` that stays inside the prefix's region (for :func:`crossings`).
+    With ``box`` ``(lo, hi)``, the input box where queries are bounded: the points are moved
+    into it shrunk by ``PLACED_MARGIN`` of its width and stay there (a Newton step from a
+    natural input, most of whose pixels sit on a face, leaves the box at once), and the radius
+    is at most that margin, so that every segment lies in the box."""
+    inner = shrunk(box)
+    p = prefix.onto(p if inner is None else np.clip(p, *inner), row, bias, steps, inner)
     room = np.min(prefix.distances(p), axis=1)
     _, normal = prefix.next_normals(p, row)
     length = np.linalg.norm(normal, axis=1, keepdims=True)
     radius = np.where(np.isfinite(room), 0.3 * room, 0.0) + 1e-12
+    radius = radius if box is None else np.minimum(radius, PLACED_MARGIN * (box[1] - box[0]))
     return p, normal / np.where(length > 0, length, 1.0), radius

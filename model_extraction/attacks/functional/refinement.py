@@ -193,7 +193,9 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     :func:`better_plane`, and keeps the precision of the signatures), up to ``_RARE`` points
     on the hyperplane where that unit is active (:func:`_where_rare`). Returns the rows, biases
     and relative residuals, as :func:`refit_first_layer` does. In a bounded ``domain`` the
-    points start in the box, and the crossing tests that would leave it are not made."""
+    points start in the box and are placed on the hyperplane inside it
+    (:func:`.prefix.placed_on`'s ``box``; the ascents too), and the crossing tests that would
+    leave it are not made."""
     h = rows.shape[1]
     d = prefix.layers[0][0].shape[1]
     starts = []
@@ -202,14 +204,16 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         near = _jittered(prefix, anchor[rng.integers(len(anchor), size=n - n // 2)], rng)
         far = spread(domain, rng, n // 2, d, 0.5, scale)  # where the lines start
         starts.append(np.concatenate([kept_in(domain, near), far]))
-    placed = [placed_on(prefix, rows[j], float(biases[j]), p) for j, p in enumerate(starts)]
+    box = None if domain is None else domain.box
+    placed = [placed_on(prefix, rows[j], float(biases[j]), p, box=box)
+              for j, p in enumerate(starts)]
     rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale,
                        domain)
     argsets = []
     for j, (on, more) in enumerate(zip(placed, rare, strict=True)):
         if len(more):
             on = tuple(np.concatenate(pair) for pair in zip(
-                on, placed_on(prefix, rows[j], float(biases[j]), more), strict=True))
+                on, placed_on(prefix, rows[j], float(biases[j]), more, box=box), strict=True))
         p, unit, radius = on
         if domain is not None and domain.bounded:
             keep = domain.holds(p, unit, radius + 1e-12 * scale)
@@ -244,7 +248,7 @@ def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
     x = np.array([anchors[j][rng.integers(len(anchors[j]))] for j in js])
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
     lines, source = coactive_lines(prefix, kept_in(domain, x), rows[js], biases[js], units,
-                                   0.05 * scale, scale)
+                                   0.05 * scale, scale, None if domain is None else domain.box)
     reached = pair[source]
     for k in np.unique(reached):
         origins = np.array([line.origin for line, r in zip(lines, reached, strict=True)

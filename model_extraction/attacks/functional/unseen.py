@@ -20,7 +20,7 @@ from model_extraction.oracle import Oracle
 
 from .aim import coactive_lines
 from .domain import Domain, kept_in, spread
-from .prefix import Prefix
+from .prefix import Prefix, placed_on
 from .search import Line, search_line
 
 Array = NDArray[np.float64]
@@ -45,20 +45,20 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     neuron lie close together, and the ascents from them seldom get there), and are searched
     over ``|t| ≤ 0.2 scale`` (a grid of 64 intervals; one line search each, no Jacobian, at
     most ``_LINE_QUERIES``). Costs the line searches only: at most ``8 · 4096`` queries a
-    pair. In a bounded ``domain`` the starts are drawn in the box and each line searched
-    where it lies in it."""
+    pair. In a bounded ``domain`` the starts are drawn in the box, placed on the hyperplane
+    and moved by the ascents inside it, and each line searched where it lies in it."""
     out = rows.copy()
     pairs = np.argwhere(unseen)
     if not len(pairs):
         return out
-    d = prefix.layers[0][0].shape[1]
+    d, box = prefix.layers[0][0].shape[1], None if domain is None else domain.box
     starts = []
     for i, _ in pairs:  # near the neuron's critical points, and anywhere on its hyperplane
         near = anchors[i][rng.integers(len(anchors[i]), size=_STARTS // 4)]
         near = near + rng.standard_normal(near.shape) * 0.1 * scale
         far = spread(domain, rng, _STARTS - _STARTS // 4, d, 0.5, scale)
         near = kept_in(domain, near)
-        starts += [near, prefix.onto(far, rows[i], float(biases[i]), 20)]
+        starts += [near, placed_on(prefix, rows[i], float(biases[i]), far, 20, box)[0]]
     # both orientations: the ascent seeks the row's positive side, which is the neuron's
     # active side only if the row is oriented, and the layer is not oriented yet
     pair = np.tile(np.repeat(np.arange(len(pairs)), _STARTS), 2)
@@ -66,7 +66,7 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     lines, source = coactive_lines(prefix, np.tile(np.concatenate(starts), (2, 1)),
                                    sign * rows[pairs[pair, 0]], sign[:, 0]
                                    * biases[pairs[pair, 0]], pairs[pair, 1], 0.05 * scale,
-                                   scale)
+                                   scale, box)
     for k, (i, u) in enumerate(pairs):
         mine = [line for line, s in zip(lines, pair[source], strict=True) if s == k]
         mine = [mine[j] for j in rng.permutation(len(mine))[:_LINES]]  # from any start
