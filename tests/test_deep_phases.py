@@ -418,6 +418,62 @@ def test_points_placed_on_a_hyperplane_in_a_box_stay_in_it(seed, lo, width, face
     assert domain.holds(p, unit, radius).all()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_in_a_box_a_deeper_hyperplane_is_not_a_first_layer_one_across_the_planes_found(seed):
+    # first-layer units that change state only in a corner of the box (on every one of 20,000
+    # uniform points they are active): a second-layer neuron's hyperplane is flat on the rest,
+    # and passes the plain flatness test; tested across the first-layer hyperplanes (their own
+    # kinks set aside) it bends, and each of those stays flat
+    d = 20
+    base = ReLUNetwork.random(d, (10, 8), 1, seed=seed)
+    (w1, _), (w2, _) = base.layers[0], base.layers[1]
+    b1 = 0.7 * np.abs(w1).sum(axis=1)
+    b2 = -w2 @ b1  # through the centre of the box
+    victim = ReLUNetwork(w1, b1, base.weight1, base.bias1, hidden_layers=((w2, b2),))
+    norms = np.linalg.norm(w1, axis=1)
+    planes = (w1 / norms[:, None], b1 / norms)
+    domain, rng = Domain(-1.0, 1.0, d), np.random.default_rng(0)
+    oracle, prefix = guarded(ModelOracle(victim), domain), _prefix(victim, 1)
+
+    def across(p, rows, offsets):
+        side = np.sign(p @ rows.T + offsets)
+        return [(-s * a, float(-s * b)) for a, b, s in zip(rows, offsets, side, strict=True)]
+
+    for j in range(len(b2)):
+        on = placed_on(prefix, w2[j], float(b2[j]), domain.uniform(rng, 50, shrink=0.5),
+                       box=domain.box)[0]
+        on = on[np.abs(prefix.top(on) @ w2[j] + b2[j]) < 1e-12][0]
+        normal = prefix.next_normals(on[None], w2[j])[1][0]
+        row = normal / np.linalg.norm(normal)
+        assert is_flat(oracle, row, float(-row @ on), rng, scale=2.0, domain=domain, tries=24,
+                       hits_needed=8)
+        assert not is_flat(oracle, row, float(-row @ on), rng, scale=2.0, domain=domain,
+                           tries=24, hits_needed=8, across=across(on, *planes),
+                           explained=planes)
+    for k in range(len(b1)):
+        others = (np.delete(planes[0], k, axis=0), np.delete(planes[1], k))
+        assert is_flat(oracle, planes[0][k], float(planes[1][k]), rng, scale=2.0,
+                       domain=domain, tries=24, hits_needed=8,
+                       across=across(domain.uniform(rng, 1)[0], *others), explained=others)
+
+
+def test_a_first_layer_row_in_the_span_of_the_others_is_not_a_new_one():
+    from model_extraction.attacks.functional.deep import _independent
+    from model_extraction.attacks.functional.layers import Hyperplanes
+
+    rng = np.random.default_rng(0)
+    known = rng.standard_normal((5, 12))
+    fresh = rng.standard_normal(12)
+    mixed = rng.standard_normal(5) @ known  # a deeper neuron's normal in one region
+    rows = np.vstack([mixed, fresh, mixed + 0.5 * fresh])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    members = (np.arange(3), np.arange(9), np.arange(2))  # fresh is seen at the most points
+    new = _independent(known, Hyperplanes(rows, np.zeros(3), members))
+    assert len(new.rows) == 1 and np.array_equal(new.rows[0], rows[1])
+    square = rng.standard_normal((12, 12))  # the span is the whole space: nothing to tell
+    assert len(_independent(square, Hyperplanes(rows, np.zeros(3), members)).rows) == 3
+
+
 def test_every_neuron_of_an_expansive_layer_is_flat_above_it():
     # 16 units on top of 8: a segment across one hyperplane crosses another unless it is kept
     # short of the other candidates' hyperplanes, and then tells nothing
