@@ -11,6 +11,7 @@ more precisely than any finite-difference normal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,22 +48,24 @@ class Hyperplanes:
 
 def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
             scale: float, tries: int = 12, hits_needed: int = 4,
-            domain: Domain | None = None, across: list[tuple[Array, float]] = (),
+            domain: Domain | None = None, across: Sequence[tuple[Array, float]] = (),
             explained: tuple[Array, Array] | None = None) -> bool:
     """Whether the hyperplane ``row · x + offset = 0`` is flat: at random points of it (Gaussian
     of standard deviation ``scale / 2``, as the lines' origins, projected), a short line along
-    ``row`` meets a critical point exactly there ``hits_needed`` times, and never elsewhere
-    only, within ``tries`` points (where the neuron is invisible, nothing is met: that point
-    says nothing; a deeper neuron can look flat over one large region, hence several hits).
+    ``row`` meets a critical point exactly there ``hits_needed`` times, and never meets one
+    off it without one on it, within ``tries`` points (where the neuron is invisible,
+    nothing is met: that point says nothing; a deeper neuron can look flat over one large
+    region, hence several hits).
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
     ``(a, b)`` (``a · x + b >= 0``, ``a`` of unit norm) where the hyperplane is tested first,
-    one point in each that the box lets it reach, none of which may meet a critical point
-    elsewhere only (a deeper neuron's hyperplane bends where a unit it reads changes state:
-    on the other side of a first-layer hyperplane from where it was seen). ``explained``:
-    first-layer hyperplanes ``(rows, offsets)`` already found, whose critical points a line
-    sets aside (one of them, met where this neuron is invisible, says nothing about it)."""
+    one point in each that the box lets it reach, none of whose lines may meet a critical
+    point off the hyperplane without one on it (a deeper neuron's hyperplane bends where a
+    unit it reads changes state: on the other side of a first-layer hyperplane from where it
+    was seen). ``explained``: first-layer hyperplanes ``(rows, offsets)`` already found, whose
+    critical points a line sets aside (one of them, met where this neuron is invisible, says
+    nothing about it)."""
     r = 0.05 * scale
     hits, tested = 0, 0
     for side in [*across, *[None] * tries]:
@@ -155,9 +158,9 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
 
 def _across(a: Array, b: Array, points: Array,
             rng: np.random.Generator) -> list[tuple[Array, float]]:
-    """The half-spaces on the other side of up to ``_ACROSS`` hyperplanes ``a · x + b = 0``
-    (``(k, d)``, ``(k,)``; drawn at random) from the median of ``points`` ``(m, d)``, as
-    :func:`is_flat`'s ``across``."""
+    """For up to ``_ACROSS`` of the hyperplanes ``a · x + b = 0`` (``(k, d)``, ``(k,)``),
+    chosen at random, the half-space on the side opposite the median of ``points``
+    ``(m, d)`` (of its value ``a · x + b`` there), as :func:`is_flat`'s ``across``."""
     side = np.sign(np.median(points @ a.T + b, axis=0))
     chosen = rng.permutation(len(a))[:_ACROSS]
     return [(-side[k] * a[k], float(-side[k] * b[k])) for k in chosen if side[k] != 0]

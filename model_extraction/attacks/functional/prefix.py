@@ -124,7 +124,7 @@ class Prefix:
         is on the plane to rounding. With ``box`` ``(lo, hi)``, points of that box stay in it:
         a step moves only the coordinates that have room in its direction, and is clipped to
         the box (a projected Newton step; a point that cannot reach the plane in the box ends
-        off it, and callers keep the points on it)."""
+        off it, and callers keep only the points that end on the plane)."""
         p = np.array(p, dtype=np.float64)
         moving = np.arange(len(p))
         for _ in range(steps):
@@ -146,8 +146,8 @@ class Prefix:
 
 
 def shrunk(box: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The input box ``(lo, hi)`` shrunk by :data:`PLACED_MARGIN` of its width on every side
-    (``None`` for none): where points placed on a hyperplane are kept."""
+    """The input box ``(lo, hi)`` shrunk by :data:`PLACED_MARGIN` of its width on every side,
+    where points placed on a hyperplane are kept (``None`` when ``box`` is ``None``)."""
     if box is None:
         return None
     margin = PLACED_MARGIN * (box[1] - box[0])
