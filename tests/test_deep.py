@@ -288,7 +288,8 @@ def test_a_first_layer_unit_active_on_the_whole_box_is_found_from_deeper_normals
     result = extract_functional(oracle, input_bounds=(-1.0, 1.0))
     net = result.network
     assert net.widths[0] == 10 and net.metadata["active_throughout"] == [9]
-    assert any("never changed state in the box" in n for n in result.notes)
+    assert any("never changed state where the attack queried the box" in n
+               for n in result.notes)
     cos = net.weight0[9] @ victim.weight0[0] / np.linalg.norm(victim.weight0[0])
     assert abs(cos) > 1 - 1e-9  # one such unit: its row exactly (its bias is its own)
     metrics = compare_networks(victim, net, input_bounds=(-1.0, 1.0))

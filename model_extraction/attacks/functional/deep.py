@@ -316,9 +316,11 @@ def _notes(network: ReLUNetwork) -> list[str]:
     linear = network.metadata.get("active_throughout", [])
     notes += [] if not linear else [
         f"{len(linear)} first-layer unit(s) (metadata['active_throughout'], counted from 0) "
-        "never changed state in the box, and came from the deeper neurons' normals: active on "
-        "all of it, with a bias that keeps them so; the model equals the victim on the box, "
-        "not beyond it (with several, only the span of their rows is the victim's)"]
+        "never changed state where the attack queried the box, and came from the deeper "
+        "neurons' normals: the model keeps them active on all of it, with a bias that keeps "
+        "them so (with several, only the span of their rows is the victim's); where such a "
+        "unit is in fact inactive, in a part of the box no line crossed, the model differs "
+        "from the victim, and beyond the box too"]
     guessed = network.metadata.get("guessed_signs", [])
     notes += [] if not guessed else [
         f"the orientations of {len(guessed)} middle-layer neurons (metadata['guessed_signs'] "
