@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints, Span, find_critical_points, random_line
-from .domain import Domain, kept_in
+from .domain import Domain, box_of, kept_in
 from .prefix import Prefix, shrunk
 from .search import Line
 from .signatures import Signatures
@@ -338,7 +338,7 @@ def _ascended(found: CriticalPoints, prefix: Prefix, partial: Signatures,
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
     lines, source = coactive_lines(prefix, kept_in(domain, x),
                                    partial.rows[rows], partial.biases[rows], units,
-                                   0.05 * scale, scale, None if domain is None else domain.box)
+                                   0.05 * scale, scale, box_of(domain))
     kept, count = [], np.zeros(len(stuck), dtype=np.int64)
     for line, j in zip(lines, pair_of[source], strict=True):
         if count[j] < per_unit:

@@ -24,7 +24,8 @@ from .search import Line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Domain", "OutsideDomainError", "checked_reference", "guarded", "kept_in", "spread"]
+__all__ = ["Domain", "OutsideDomainError", "box_of", "checked_reference", "guarded", "kept_in",
+           "spread"]
 
 # A line's searched stretch ends this fraction of its length inside the faces: the search's
 # end slopes probe a little beyond the ends of its range.
@@ -195,6 +196,12 @@ def spread(domain: Domain | None, rng: np.random.Generator, n: int, d: int, sd: 
     if domain is not None and domain.bounded:
         return domain.draw(rng, n)
     return rng.standard_normal((n, d)) * sd * scale
+
+
+def box_of(domain: Domain | None) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a bounded ``domain``, else ``None``: the box the geometry of
+    :mod:`.prefix` keeps its points in (:func:`.prefix.placed_on`)."""
+    return None if domain is None else domain.box
 
 
 def kept_in(domain: Domain | None, points: Array) -> Array:

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .critical import CriticalPoints
-from .domain import Domain, kept_in, spread
+from .domain import Domain, box_of, kept_in, spread
 from .planes import plane_through
 from .prefix import Prefix, placed_on
 from .search import Line, crossings, search_line
@@ -142,18 +142,25 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             n, c = _group_plane(pts[group], normals[group], normals[i])
             # seen on fewer than 3 lines (min_lines < 3, in a box): twice the evidence
             few = seen < 3
-            planes = (np.vstack([np.zeros((0, len(n))) if known is None else known.rows, *rows]),
-                      np.concatenate([np.zeros(0) if known is None else known.offsets, cs]))
+            planes = _found(known, rows, cs, len(n)) if boxed else None
             if is_flat(oracle, n, c, rng, scale=scale, domain=domain, tries=24 if few else 12,
                        hits_needed=8 if few else 4,
                        across=_across(*planes, pts[group], rng) if boxed else [],
-                       explained=planes if boxed else None):
+                       explained=planes):
                 free[group] = False
                 rows.append(n)
                 cs.append(c)
                 members.append(group)
     d = pts.shape[1]
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
+
+
+def _found(known: Hyperplanes | None, rows: list[Array], offsets: list[float],
+           d: int) -> tuple[Array, Array]:
+    """The first-layer hyperplanes found so far: ``known`` ones and those of this pass
+    (``rows``, ``offsets``), as ``(rows (k, d), offsets (k,))``."""
+    return (np.vstack([np.zeros((0, d)) if known is None else known.rows, *rows]),
+            np.concatenate([np.zeros(0) if known is None else known.offsets, offsets]))
 
 
 def _across(a: Array, b: Array, points: Array,
@@ -200,7 +207,7 @@ def _placed(prefix: Prefix, row: Array, bias: float, starts: Array,
     keeping the points they got onto the plane (where a neuron has a gradient on a sliver of
     the region only, few are: it is then tested from near its critical points)."""
     p, unit, radius = placed_on(prefix, row, bias, starts, steps=3,
-                                box=None if domain is None else domain.box)
+                                box=box_of(domain))
     value, normal = prefix.next_normals(p, row)
     placed = (np.abs(value + bias) <= 1e-9 * (1.0 + np.abs(value))) & normal.any(axis=1)
     return p[placed], unit[placed], radius[placed]

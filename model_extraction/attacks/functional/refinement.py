@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import BudgetExhaustedError, Oracle
 
 from .aim import coactive_lines
-from .domain import Domain, kept_in, spread
+from .domain import Domain, box_of, kept_in, spread
 from .planes import pinned_plane, plane_through
 from .prefix import Prefix, placed_on
 from .search import crossings
@@ -204,7 +204,7 @@ def refit_next_layer(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
         near = _jittered(prefix, anchor[rng.integers(len(anchor), size=n - n // 2)], rng)
         far = spread(domain, rng, n // 2, d, 0.5, scale)  # where the lines start
         starts.append(np.concatenate([kept_in(domain, near), far]))
-    box = None if domain is None else domain.box
+    box = box_of(domain)
     placed = [placed_on(prefix, rows[j], float(biases[j]), p, box=box)
               for j, p in enumerate(starts)]
     rare = _where_rare(prefix, rows, biases, [p for p, _, _ in placed], anchors, rng, scale,
@@ -248,7 +248,7 @@ def _where_rare(prefix: Prefix, rows: Array, biases: Array, placed: list[Array],
     x = np.array([anchors[j][rng.integers(len(anchors[j]))] for j in js])
     x = x + rng.standard_normal(x.shape) * 0.1 * scale
     lines, source = coactive_lines(prefix, kept_in(domain, x), rows[js], biases[js], units,
-                                   0.05 * scale, scale, None if domain is None else domain.box)
+                                   0.05 * scale, scale, box_of(domain))
     reached = pair[source]
     for k in np.unique(reached):
         origins = np.array([line.origin for line, r in zip(lines, reached, strict=True)

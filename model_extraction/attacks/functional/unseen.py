@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from model_extraction.oracle import Oracle
 
 from .aim import coactive_lines
-from .domain import Domain, kept_in, spread
+from .domain import Domain, box_of, kept_in, spread
 from .prefix import Prefix, placed_on
 from .search import Line, search_line
 
@@ -51,7 +51,7 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     pairs = np.argwhere(unseen)
     if not len(pairs):
         return out
-    d, box = prefix.layers[0][0].shape[1], None if domain is None else domain.box
+    d, box = prefix.layers[0][0].shape[1], box_of(domain)
     starts = []
     for i, _ in pairs:  # near the neuron's critical points, and anywhere on its hyperplane
         near = anchors[i][rng.integers(len(anchors[i]), size=_STARTS // 4)]
