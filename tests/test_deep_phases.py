@@ -871,3 +871,36 @@ def test_a_query_outside_the_box_is_refused_before_it_is_spent():
     copy = pickle.loads(pickle.dumps(oracle))  # a copy for an executor's tasks
     assert copy(np.zeros((1, 4))).shape == (1, 2) and copy.queries == 9
     assert guarded(inner, Domain(-0.5, 0.5, 4, bounded=False)) is inner
+
+
+def test_a_middle_layer_that_held_still_in_one_pass_is_not_lost_in_a_later_one(monkeypatch):
+    from model_extraction.attacks.functional import deep
+
+    victim = _victim()
+    below, (w2, b2) = _prefix(victim, 1), victim.layers[1]
+    outcomes = []
+
+    def orient(oracle, prefix, rows, biases, *_):
+        outcome = outcomes.pop(0)
+        if outcome is None:
+            raise deep._Incomplete("layer 2 is missing neurons", prefix)
+        return prefix.then(rows[:outcome], biases[:outcome])
+
+    monkeypatch.setattr(deep, "_orient", orient)
+    kept = {}
+
+    def run(prefix=below):
+        return deep._kept(kept, None, prefix, w2, b2, [], None, 1.0, None)
+
+    outcomes[:] = [6, None, 5, 6, 8]
+    first = run()
+    assert first.widths == (10, 6) and kept[2] is first
+    assert run() is first  # this pass could not orient it: the earlier one's stands
+    assert run() is first  # fewer neurons: the earlier one's
+    again = run()  # as many, refitted on more points: this pass's
+    assert again is not first and again.widths == (10, 6) and kept[2] is again
+    assert run().widths == (10, 8) == kept[2].widths  # more neurons: this pass's
+    outcomes[:] = [None]
+    other = Prefix(((victim.layers[0][0], victim.layers[0][1] + 1.0),))  # another layer below
+    with pytest.raises(deep._Incomplete):
+        run(other)

@@ -31,8 +31,9 @@ The phases, one module each, layer after layer:
    not, the neurons whose hyperplanes are
    flat in the space of the layer below are kept (:func:`.layers.flat_above`), oriented by
    preimages (:func:`.signs.signs_by_preimage`) where the layer is contractive and by neuron
-   wiggles (:mod:`.wiggle`) where it is expansive, and added to the prefix, and step 3
-   repeats;
+   wiggles (:mod:`.wiggle`) where it is expansive, and added to the prefix (or the layer as
+   an earlier pass oriented it, on the same layers below, where this pass orients fewer of
+   its neurons or cannot orient it), and step 3 repeats;
 5. the self-check (:mod:`.selfcheck`): the model must match fresh answers to 1e-6, or more
    lines (half of them through the points it failed on, where a neuron it lacks is active)
    and the phases again, up to ``max_lines``, then :class:`~.result.ExtractionError`.
@@ -344,6 +345,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
     found, spans = first_lines(oracle, d, lines, rng, _FIRST_LINES, scale, reach, domain)
     planes = Hyperplanes(np.zeros((0, d)), np.zeros(0), ())
     refined: dict[int, tuple[Array, float, float]] = {}
+    kept: dict[int, Prefix] = {}
     examined = 0
     while True:
         phases.enter("first layer")
@@ -357,7 +359,7 @@ def _until_checked(oracle: Oracle, d: int, rng: np.random.Generator, phases: _Ph
         try:
             found, network, residuals, held = _layers(
                 oracle, found, planes, lines, rng, phases, search, hidden, executor, refined,
-                domain)
+                kept, domain)
         except _Incomplete as stop:
             first, why, found, failed = stop.first, str(stop), stop.found or found, None
         else:
@@ -563,10 +565,11 @@ def _boxed_signs(found: CriticalPoints, planes: Hyperplanes, rows: Array, offset
 def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: list[Any],
             rng: np.random.Generator, phases: _Phases, search: tuple[float, float, int],
             hidden: tuple[int, ...] | None, executor: Any,
-            refined: dict[int, tuple[Array, float, float]], domain: Domain,
-            ) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
+            refined: dict[int, tuple[Array, float, float]], kept: dict[int, Prefix],
+            domain: Domain) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
     """The first layer (see :func:`_refined_first` for ``refined``), every layer above it, one
-    after the other (none for a one-hidden-layer network), and the logit layer: the points
+    after the other (none for a one-hidden-layer network; see :func:`_kept` for ``kept``),
+    and the logit layer: the points
     found, the network, the first layer's refit residuals (not a deeper layer's: they do not
     see the errors carried up from the layers below) and the answers the logit layer was
     fitted to (held for the self-check)."""
@@ -639,9 +642,9 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
                 raise _Incomplete(f"no last hidden layer within {_MAX_DEPTH} layers", prefix)
             whole = ~unseen.any(axis=1)  # a middle layer takes whole rows only
             phases.enter("signs", int(whole.sum()))
-            prefix = _orient(oracle, prefix, v[whole], b[whole],
-                             [found.points[layer.members[i]] for i in keep[whole]], rng, scale,
-                             domain)
+            prefix = _kept(kept, oracle, prefix, v[whole], b[whole],
+                           [found.points[layer.members[i]] for i in keep[whole]], rng, scale,
+                           domain)
             phases.known = prefix.widths
     except _Incomplete as stop:  # the points found stay found
         stop.found = found
@@ -705,6 +708,33 @@ def _is_last(found: CriticalPoints, prefix: Prefix, fit: float,
         return True
     unexplained = np.min(prefix.distances(found.points), axis=1) > 1e-7 * scale
     return bool(unexplained.mean() <= _UNEXPLAINED)
+
+
+def _kept(kept: dict[int, Prefix], oracle: Oracle, prefix: Prefix, rows: Array,
+          biases: Array, critical: list[Array], rng: np.random.Generator, scale: float,
+          domain: Domain) -> Prefix:
+    """``prefix`` with its next middle layer oriented (:func:`_orient`, the same arguments), or
+    the one ``kept`` from an earlier pass on the same layers below, where this pass cannot
+    orient the layer (:class:`_Incomplete`) or orients fewer neurons than that one did (a layer
+    that held still once stays found: a later pass's clustering, flatness tests and unseen
+    weights, on more points, can lose a rare neuron). ``kept`` maps a layer (counted from 1) to
+    the prefix that ends with it, the one with the most neurons so far, the latest on ties (its
+    rows were refitted on the most points)."""
+    layer = len(prefix.widths) + 1
+    earlier = kept.get(layer)
+    same = earlier is not None and all(
+        np.array_equal(w, w_e) and np.array_equal(b, b_e)
+        for (w, b), (w_e, b_e) in zip(prefix.layers, earlier.layers[:-1], strict=True))
+    try:
+        oriented = _orient(oracle, prefix, rows, biases, critical, rng, scale, domain)
+    except _Incomplete:
+        if same:
+            return earlier
+        raise
+    if same and earlier.widths[-1] > oriented.widths[-1]:
+        return earlier
+    kept[layer] = oriented
+    return oriented
 
 
 def _orient(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array, critical: list[Array],
