@@ -569,10 +569,9 @@ def _layers(oracle: Oracle, found: CriticalPoints, planes: Hyperplanes, lines: l
             domain: Domain) -> tuple[CriticalPoints, ReLUNetwork, Array, tuple[Array, Array]]:
     """The first layer (see :func:`_refined_first` for ``refined``), every layer above it, one
     after the other (none for a one-hidden-layer network; see :func:`_kept` for ``kept``),
-    and the logit layer: the points
-    found, the network, the first layer's refit residuals (not a deeper layer's: they do not
-    see the errors carried up from the layers below) and the answers the logit layer was
-    fitted to (held for the self-check)."""
+    and the logit layer: the points found, the network, the first layer's refit residuals (not
+    a deeper layer's: they do not see the errors carried up from the layers below) and the
+    answers the logit layer was fitted to (held for the self-check)."""
     scale, phases.known = search[0], ()
     # one hidden layer when hidden= says so or, without it, when almost every critical point
     # is on a first-layer hyperplane; a deeper network's first layer is oriented before its
