@@ -15,7 +15,12 @@ from model_extraction.attacks.functional.critical import (
     random_line,
 )
 from model_extraction.attacks.functional.domain import Domain, guarded
-from model_extraction.attacks.functional.layers import first_layer, flat_above, is_flat
+from model_extraction.attacks.functional.layers import (
+    first_layer,
+    flat_above,
+    flat_offset,
+    is_flat,
+)
 from model_extraction.attacks.functional.prefix import PLACED_MARGIN, Prefix, placed_on
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
@@ -368,6 +373,31 @@ def test_a_first_layer_hyperplane_is_estimated_from_all_its_points_and_normals()
         failed += not is_flat(ModelOracle(victim), normals[0], float(-normals[0] @ points[0]),
                               np.random.default_rng(1), scale=1.0)
     assert failed >= 8
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_a_first_layer_plane_a_few_1e_8_off_is_placed_by_the_flatness_test(bounded):
+    # a group's offset, the median of a few critical points', was off by 1e-8 to 5e-8 for five
+    # first-layer units of trained MNIST in [0, 1]^784, and the test, which wants every kink
+    # within 1e-8, refused them all: the first kink met now places the hyperplane
+    victim = _victim(seed=3)
+    oracle = ModelOracle(victim)
+    domain = Domain(-1.0, 1.0, 12) if bounded else None
+    w1, b1 = victim.layers[0]
+    norms = np.linalg.norm(w1, axis=1)
+    for unit in range(3):
+        row, offset = w1[unit] / norms[unit], float(b1[unit] / norms[unit])
+        for off in (0.0, 3e-8, -5e-8):
+            flat = flat_offset(oracle, row, offset + off, np.random.default_rng(unit),
+                               scale=2.0, domain=domain)
+            assert flat is not None and abs(flat - offset) < 1e-10
+            if off == 0.0:
+                assert flat == offset  # a plane already in place is left there
+        # beyond _NEAR the kinks met are off it: not this hyperplane
+        assert flat_offset(oracle, row, offset + 1e-4, np.random.default_rng(unit), scale=2.0,
+                           domain=domain) is None
+        assert not is_flat(oracle, row, offset + 1e-4, np.random.default_rng(unit), scale=2.0,
+                           domain=domain)
 
 
 def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():

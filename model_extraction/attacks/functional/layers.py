@@ -27,10 +27,11 @@ from .search import Line, crossings, search_line
 
 Array = NDArray[np.float64]
 
-__all__ = ["Hyperplanes", "first_layer", "is_flat", "flat_above"]
+__all__ = ["Hyperplanes", "first_layer", "flat_offset", "is_flat", "flat_above"]
 
 _SAME = 1e-5  # |1 - |cos|| of two normals, and relative offset, of one hyperplane
 _ON_PLANE = 1e-8  # a critical point this close (in t) to a hyperplane lies on it
+_NEAR = 1e-6  # the first critical point this close to a candidate's hyperplane places it
 _BLOCK = 64  # starts of a group compared with every point in one matrix product
 _ACROSS = 8  # first-layer hyperplanes a candidate is tested across, in a box
 _EXPLAINED = 1e-6  # a critical point this close (times scale) to a first-layer plane is its
@@ -50,12 +51,29 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
             scale: float, tries: int = 12, hits_needed: int = 4,
             domain: Domain | None = None, across: Sequence[tuple[Array, float]] = (),
             explained: tuple[Array, Array] | None = None) -> bool:
-    """Whether the hyperplane ``row · x + offset = 0`` is flat: at random points of it (Gaussian
-    of standard deviation ``scale / 2``, as the lines' origins, projected), a short line along
-    ``row`` meets a critical point exactly there ``hits_needed`` times, and never meets one
-    off it without one on it, within ``tries`` points (where the neuron is invisible,
-    nothing is met: that point says nothing; a deeper neuron can look flat over one large
-    region, hence several hits).
+    """Whether the hyperplane ``row · x + offset = 0`` is flat (:func:`flat_offset` finds an
+    offset where it is; the same parameters)."""
+    return flat_offset(oracle, row, offset, rng, scale=scale, tries=tries,
+                       hits_needed=hits_needed, domain=domain, across=across,
+                       explained=explained) is not None
+
+
+def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator, *,
+                scale: float, tries: int = 12, hits_needed: int = 4,
+                domain: Domain | None = None, across: Sequence[tuple[Array, float]] = (),
+                explained: tuple[Array, Array] | None = None) -> float | None:
+    """The offset at which the hyperplane ``row · x + offset = 0`` is flat, or ``None`` where it
+    is not: at random points of it (Gaussian of standard deviation ``scale / 2``, as the lines'
+    origins, projected), a short line along ``row`` meets a critical point exactly there
+    ``hits_needed`` times, and never meets one off it without one on it, within ``tries``
+    points (where the neuron is invisible, nothing is met: that point says nothing; a deeper
+    neuron can look flat over one large region, hence several hits). The first line that
+    meets a critical point may move the hyperplane along ``row`` to it, by up to ``_NEAR
+    scale`` (the offset returned; the other lines must meet it there): a group's offset, the
+    median of a few critical points', can be off by a few ``1e-8``, which a line along
+    ``row`` locates to about ``1e-12`` (on trained MNIST 784-64-64-10 in ``[0, 1]^784``, five
+    first-layer units were refused so, off by ``1e-8`` to ``5e-8``, traced outside the
+    benchmark).
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
@@ -67,7 +85,7 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
     critical points a line sets aside (one of them, met where this neuron is invisible, says
     nothing about it)."""
     r = 0.05 * scale
-    hits, tested = 0, 0
+    hits, tested, met = 0, 0, False
     for side in [*across, *[None] * tries]:
         if side is None and (hits == hits_needed or tested == tries):
             break
@@ -83,10 +101,14 @@ def is_flat(oracle: Oracle, row: Array, offset: float, rng: np.random.Generator,
             ts = ts[np.all(far, axis=1)]
         if not len(ts):
             continue  # the neuron is invisible here (every path from it is inactive)
-        if np.min(np.abs(ts)) > _ON_PLANE * scale:
-            return False
+        t = float(ts[np.argmin(np.abs(ts))])
+        if not met and _ON_PLANE * scale < abs(t) <= _NEAR * scale:
+            offset -= t  # the first kink met: the hyperplane is there
+        elif abs(t) > _ON_PLANE * scale:
+            return None
+        met = True
         hits += side is None
-    return hits >= hits_needed
+    return offset if hits >= hits_needed else None
 
 
 def _point_on(row: Array, offset: float, rng: np.random.Generator, scale: float, r: float,
@@ -143,13 +165,14 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             # seen on fewer than 3 lines (min_lines < 3, in a box): twice the evidence
             few = seen < 3
             planes = _found(known, rows, cs, len(n)) if boxed else None
-            if is_flat(oracle, n, c, rng, scale=scale, domain=domain, tries=24 if few else 12,
-                       hits_needed=8 if few else 4,
-                       across=_across(*planes, pts[group], rng) if boxed else [],
-                       explained=planes):
+            flat = flat_offset(oracle, n, c, rng, scale=scale, domain=domain,
+                               tries=24 if few else 12, hits_needed=8 if few else 4,
+                               across=_across(*planes, pts[group], rng) if boxed else [],
+                               explained=planes)
+            if flat is not None:
                 free[group] = False
                 rows.append(n)
-                cs.append(c)
+                cs.append(flat)
                 members.append(group)
     d = pts.shape[1]
     return Hyperplanes(np.array(rows).reshape(-1, d), np.array(cs), tuple(members))
