@@ -72,8 +72,8 @@ def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Genera
     scale`` (the offset returned; the other lines must meet it there): a group's offset, the
     median of a few critical points', can be off by a few ``1e-8``, which a line along
     ``row`` locates to about ``1e-12`` (on trained MNIST 784-64-64-10 in ``[0, 1]^784``, five
-    first-layer units were refused so, off by ``1e-8`` to ``5e-8``, traced outside the
-    benchmark).
+    first-layer units were refused so, off by about ``1e-8`` to ``5e-8``, traced outside
+    the benchmark).
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
