@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_extraction.attacks.functional import aim
 from model_extraction.attacks.functional.critical import (
     CriticalPoints,
     Span,
@@ -22,6 +23,7 @@ from model_extraction.attacks.functional.layers import (
     is_flat,
 )
 from model_extraction.attacks.functional.prefix import PLACED_MARGIN, Prefix, placed_on
+from model_extraction.attacks.functional.search import Line
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
 from model_extraction.attacks.functional.wiggle import signs_by_wiggle
@@ -934,3 +936,51 @@ def test_a_middle_layer_that_held_still_in_one_pass_is_not_lost_in_a_later_one(m
     other = Prefix(((victim.layers[0][0], victim.layers[0][1] + 1.0),))  # another layer below
     with pytest.raises(deep._Incomplete):
         run(other)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lines_through_natural_inputs_measure_the_normals_of_their_critical_points(seed):
+    # two natural inputs share the faces of their dark pixels, and so does the whole line
+    # through them: a step along a first-layer row leaves the box both ways there, and none of
+    # its critical points would have a normal; pulled a hair toward the centre, every one has
+    d = 40
+    victim = ReLUNetwork.random(d, (10, 8), 2, seed=seed)
+    rng = np.random.default_rng(seed)
+    reference = rng.uniform(0.0, 1.0, (200, d))
+    reference[:, rng.random(d) < 0.5] = 0.0  # dark in every image, as MNIST's borders
+    reference[rng.random(reference.shape) < 0.4] = 0.0
+    domain = Domain(0.0, 1.0, d, reference=reference)
+    oracle, span = guarded(ModelOracle(victim), domain), Span.of(victim.layers[0][0], rng)
+    crossed = measured = 0
+    for _ in range(12):
+        line = domain.line_through(rng)
+        inside = domain.within(line, (-np.inf, np.inf))
+        t = np.linspace(*inside, 20001)
+        states = np.hstack([z > 0 for z in victim.layer_preactivations(line.at(t))[:2]])
+        crossed += int(np.sum(states[1:] != states[:-1]))
+        found = find_critical_points(oracle, [line], t_range=(-np.inf, np.inf), span=span,
+                                     domain=domain)
+        assert domain.contains(line.at(np.array([np.mean(inside)])), 1e-5).all()
+        measured += len(found)
+    assert crossed > 20 and measured >= 0.95 * crossed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lines_pass_through_every_reference_input_once_before_any_twice(seed):
+    # a unit that changes state on two images of a thousand is crossed only by a line through
+    # one of them: the lines cover the attacker's pool rather than draw from it at random
+    d, n = 6, 25
+    rng = np.random.default_rng(seed)
+    domain = Domain(0.0, 1.0, d, reference=rng.uniform(0.1, 0.9, (n, d)))
+    lines = [Line(np.full(d, 0.5), np.ones(d), (0, 0, 3))]  # drawn before: 0 twice, 3 once
+    for _ in range(6):
+        lines += aim._box_lines(domain, rng, 7, lines)
+    visits = np.bincount([0, 0, 3], minlength=n)
+    for line in lines[1:]:  # each through the least visited (and the next, if one is least)
+        if line.through:
+            seen = visits[list(line.through)]
+            assert seen.min() == visits.min() and seen.max() <= visits.min() + 1
+        np.add.at(visits, list(line.through), 1)
+    assert visits.min() >= 1 and np.ptp(visits) <= 1
+    assert {len(line.through) for line in lines[1:]} == {0, 1, 2}  # all three kinds drawn
+    assert all(domain.contains(line.origin[None]).all() for line in lines[1:])

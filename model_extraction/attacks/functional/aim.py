@@ -190,8 +190,8 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
     where they lie in it."""
     d = found.points.shape[1]
     bounded = domain is not None and domain.bounded
-    more = [domain.line_through(rng) if bounded else random_line(rng, d, scale)
-            for _ in range(count)]
+    more = (_box_lines(domain, rng, count, lines) if bounded
+            else [random_line(rng, d, scale) for _ in range(count)])
     if aim is not None and aim[1].any():
         origins = aimed_origins(*aim, rng, count // 2, scale)
         more[: len(origins)] = [domain.line_through(rng, domain.clip(o)) if bounded
@@ -209,6 +209,22 @@ def search_lines(oracle: Oracle, found: CriticalPoints, lines: list[Any],
     return found.join(find_critical_points(
         oracle, more, first_line=first, t_range=(-np.inf, np.inf) if bounded else
         t_range(reach), known=known, span=span, domain=domain))
+
+
+def _box_lines(domain: Domain, rng: np.random.Generator, count: int,
+            lines: list[Any]) -> list[Line]:
+    """``count`` lines across the box (:meth:`~.domain.Domain.line_through`); a line through
+    reference inputs goes through those that ``lines``, and the lines of this batch drawn
+    before it, passed through least."""
+    if domain.reference is None:
+        return [domain.line_through(rng) for _ in range(count)]
+    visits = np.zeros(len(domain.reference), dtype=np.intp)
+    np.add.at(visits, [i for line in lines for i in getattr(line, "through", ())], 1)
+    more = []
+    for _ in range(count):
+        more.append(domain.line_through(rng, visits=visits))
+        np.add.at(visits, list(more[-1].through), 1)
+    return more
 
 
 def first_lines(oracle: Oracle, d: int, lines: list[Any], rng: np.random.Generator,

@@ -30,6 +30,10 @@ __all__ = ["Domain", "OutsideDomainError", "box_of", "checked_reference", "guard
 # A line's searched stretch ends this fraction of its length inside the faces: the search's
 # end slopes probe a little beyond the ends of its range.
 _MARGIN = 1e-4
+# The deep phases' lines through reference inputs are pulled this fraction of the way to the
+# box's centre: two images share the faces of their zero pixels, and so does the whole line
+# between them, where no finite difference along the first layer's rows stays in the box.
+_PULL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ class Domain:
         margin = _MARGIN * (t1 - t0)
         return t0 + margin, t1 - margin
 
-    def random_line(self, rng: np.random.Generator, reference: Array | None, kind: int) -> Line:
+    def random_line(self, rng: np.random.Generator, reference: Array | None, kind: int,
+                    visits: NDArray[np.intp] | None = None) -> Line:
         """A line across the box, from face to face.
 
         With ``reference`` inputs (natural inputs the attacker holds, ``(n, d)``), ``kind``
@@ -95,14 +100,21 @@ class Domain:
         active on almost all the data and nowhere else). Otherwise (and for ``kind`` 2), a
         diagonal through the centre, from a random vertex to the opposite one: the longest lines
         the box holds. A line in a Gaussian direction leaves the box after a short stretch, and
-        crosses far fewer hyperplanes.
+        crosses far fewer hyperplanes. ``visits`` ``(n,)``: how many lines have passed through
+        each reference input so far; the least visited are picked (ties at random), instead of
+        any two at random. The line records those it passes through
+        (:attr:`~.search.Line.through`).
         """
         if reference is not None and len(reference) >= 2 and kind in (0, 1):
-            i, j = rng.choice(len(reference), 2, replace=False)
+            if visits is None:
+                i, j = rng.choice(len(reference), 2, replace=False)
+            else:
+                order = rng.permutation(len(reference))
+                i, j = order[np.argsort(visits[order], kind="stable")[:2]]
             a = reference[i]
             b = reference[j] if kind == 0 else self.uniform(rng, 1)[0]
             if np.any(a != b):
-                return Line(0.5 * (a + b), 0.5 * (b - a))
+                return Line(0.5 * (a + b), 0.5 * (b - a), (int(i), int(j))[: 2 - kind])
         signs = rng.choice([-1.0, 1.0], self.d)
         return Line(self.centre, 0.5 * self.width * signs)
 
@@ -143,17 +155,24 @@ class Domain:
         picked = self.reference[rng.integers(len(self.reference), size=n // 2)]
         return np.concatenate([picked, self.uniform(rng, n - n // 2)])
 
-    def line_through(self, rng: np.random.Generator, origin: Array | None = None) -> Line:
+    def line_through(self, rng: np.random.Generator, origin: Array | None = None,
+                     visits: NDArray[np.intp] | None = None) -> Line:
         """A line of the deep phases inside the box, unit direction: through ``origin`` (a
         point of the box) in a random diagonal direction, turned toward the far side in each
         coordinate that lies in the outer quarters of the box, or, without one, through a
         uniform point of the box's middle half in a random diagonal direction (a line from a
         uniform point of a high-dimensional box leaves it at once: one of its coordinates is
         near a face); with ``reference`` inputs, two lines in three are :meth:`random_line`'s
-        through them instead."""
+        through them instead, pulled ``_PULL`` of the way to the centre (a line through two
+        images lies on the faces of the pixels both leave at 0, and the Jacobians at its
+        critical points, measured along the first layer's rows, have no room there). With
+        ``visits`` ``(n,)``, how many lines have passed through each reference input so far,
+        those passed through least are picked (each once before any twice: a unit that changes
+        state on two images of a thousand is crossed only by a line through one of them)."""
         if origin is None and self.reference is not None:
-            line = self.random_line(rng, self.reference, int(rng.integers(3)))
-            return Line(line.origin, line.direction / np.linalg.norm(line.direction))
+            line = self.random_line(rng, self.reference, int(rng.integers(3)), visits)
+            origin = self.centre + (line.origin - self.centre) * (1.0 - _PULL)
+            return Line(origin, line.direction / np.linalg.norm(line.direction), line.through)
         signs = rng.choice([-1.0, 1.0], self.d)
         if origin is None:
             origin = self.uniform(rng, 1, shrink=0.5)[0]

@@ -35,10 +35,12 @@ __all__ = ["Kink", "Line", "LineSearchStats", "crossings", "search_line", "searc
 
 @dataclass(frozen=True)
 class Line:
-    """The line ``origin + t · direction`` of §6.3 (the paper's ``u + t v``)."""
+    """The line ``origin + t · direction`` of §6.3 (the paper's ``u + t v``); ``through``: the
+    indices of the reference inputs it was drawn through (in a box, :mod:`.domain`)."""
 
     origin: Array
     direction: Array
+    through: tuple[int, ...] = ()
 
     def at(self, t: Array) -> Array:
         """Points of the line at parameters ``t`` (shape ``(n,)``) as an ``(n, d)`` array."""
