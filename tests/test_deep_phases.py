@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_extraction.attacks.functional import aim
+from model_extraction.attacks.functional import aim, layers
 from model_extraction.attacks.functional.critical import (
     CriticalPoints,
     Span,
@@ -400,6 +400,33 @@ def test_a_first_layer_plane_a_few_1e_8_off_is_placed_by_the_flatness_test(bound
                            domain=domain) is None
         assert not is_flat(oracle, row, offset + 1e-4, np.random.default_rng(unit), scale=2.0,
                            domain=domain)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_the_flatness_test_measures_kinks_from_the_hyperplane_not_from_the_lines_origin(
+        bounded, monkeypatch):
+    # a point moved onto a hyperplane within the box lies up to about 1e-7 off it; a kink's t
+    # along the line from there is not its height over the hyperplane (a first-layer unit of
+    # trained MNIST in [0, 1]^784, exact in direction and 2e-8 off in offset, was refused so)
+    victim = _victim(seed=3)
+    oracle = ModelOracle(victim)
+    domain = Domain(-1.0, 1.0, 12) if bounded else None
+    w1, b1 = victim.layers[0]
+    norms = np.linalg.norm(w1, axis=1)
+    placed = layers._point_on
+    jitter = np.random.default_rng(7)
+
+    def off_the_plane(row, *args):
+        p = placed(row, *args)
+        return None if p is None else p + jitter.uniform(-2e-7, 2e-7) * row
+
+    monkeypatch.setattr(layers, "_point_on", off_the_plane)
+    for unit in range(3):
+        row, offset = w1[unit] / norms[unit], float(b1[unit] / norms[unit])
+        for off in (0.0, 3e-8, -5e-8):
+            flat = flat_offset(oracle, row, offset + off, np.random.default_rng(unit),
+                               scale=2.0, domain=domain)
+            assert flat is not None and abs(flat - offset) < 1e-10
 
 
 def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():

@@ -73,7 +73,10 @@ def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Genera
     median of a few critical points', can be off by a few ``1e-8``, which a line along
     ``row`` locates to about ``1e-12`` (on trained MNIST 784-64-64-10 in ``[0, 1]^784``, five
     first-layer units were refused so, off by about ``1e-8`` to ``5e-8``, traced outside
-    the benchmark).
+    the benchmark); a kink's distance to the hyperplane is
+    measured from its point, not from the line's origin, which the box may leave about
+    ``1e-7`` off it (and had a first-layer unit of that victim refused, traced outside the
+    benchmark).
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
@@ -101,10 +104,13 @@ def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Genera
             ts = ts[np.all(far, axis=1)]
         if not len(ts):
             continue  # the neuron is invisible here (every path from it is inactive)
-        t = float(ts[np.argmin(np.abs(ts))])
-        if not met and _ON_PLANE * scale < abs(t) <= _NEAR * scale:
-            offset -= t  # the first kink met: the hyperplane is there
-        elif abs(t) > _ON_PLANE * scale:
+        # each kink's height over the hyperplane: a point moved onto it within the box lies
+        # up to about 1e-7 off it, and the kink's t along the line then is not its height
+        heights = ts + (p @ row + offset)
+        h = float(heights[np.argmin(np.abs(heights))])
+        if not met and _ON_PLANE * scale < abs(h) <= _NEAR * scale:
+            offset -= h  # the first kink met: the hyperplane is there
+        elif abs(h) > _ON_PLANE * scale:
             return None
         met = True
         hits += side is None
