@@ -377,18 +377,23 @@ def test_a_first_layer_hyperplane_is_estimated_from_all_its_points_and_normals()
     assert failed >= 8
 
 
+def _first_planes(bounded: bool) -> tuple[ModelOracle, Domain | None, list[tuple]]:
+    """The oracle of a random victim, the box ``[-1, 1]^12`` (or none) and its first three
+    first-layer hyperplanes as ``(unit row, offset)``."""
+    victim = _victim(seed=3)
+    w1, b1 = victim.layers[0]
+    norms = np.linalg.norm(w1, axis=1)
+    planes = [(w1[u] / norms[u], float(b1[u] / norms[u])) for u in range(3)]
+    return ModelOracle(victim), Domain(-1.0, 1.0, 12) if bounded else None, planes
+
+
 @pytest.mark.parametrize("bounded", [False, True])
 def test_a_first_layer_plane_a_few_1e_8_off_is_placed_by_the_flatness_test(bounded):
     # a group's offset, the median of a few critical points', was off by 1e-8 to 5e-8 for five
     # first-layer units of trained MNIST in [0, 1]^784, and the test, which wants every kink
     # within 1e-8, refused them all: the first kink met now places the hyperplane
-    victim = _victim(seed=3)
-    oracle = ModelOracle(victim)
-    domain = Domain(-1.0, 1.0, 12) if bounded else None
-    w1, b1 = victim.layers[0]
-    norms = np.linalg.norm(w1, axis=1)
-    for unit in range(3):
-        row, offset = w1[unit] / norms[unit], float(b1[unit] / norms[unit])
+    oracle, domain, planes = _first_planes(bounded)
+    for unit, (row, offset) in enumerate(planes):
         for off in (0.0, 3e-8, -5e-8):
             flat = flat_offset(oracle, row, offset + off, np.random.default_rng(unit),
                                scale=2.0, domain=domain)
@@ -408,11 +413,7 @@ def test_the_flatness_test_measures_kinks_from_the_hyperplane_not_from_the_lines
     # a point moved onto a hyperplane within the box lies up to about 1e-7 off it; a kink's t
     # along the line from there is not its height over the hyperplane (a first-layer unit of
     # trained MNIST in [0, 1]^784, exact in direction and 2e-8 off in offset, was refused so)
-    victim = _victim(seed=3)
-    oracle = ModelOracle(victim)
-    domain = Domain(-1.0, 1.0, 12) if bounded else None
-    w1, b1 = victim.layers[0]
-    norms = np.linalg.norm(w1, axis=1)
+    oracle, domain, planes = _first_planes(bounded)
     placed = layers._point_on
     jitter = np.random.default_rng(7)
 
@@ -421,8 +422,7 @@ def test_the_flatness_test_measures_kinks_from_the_hyperplane_not_from_the_lines
         return None if p is None else p + jitter.uniform(-2e-7, 2e-7) * row
 
     monkeypatch.setattr(layers, "_point_on", off_the_plane)
-    for unit in range(3):
-        row, offset = w1[unit] / norms[unit], float(b1[unit] / norms[unit])
+    for unit, (row, offset) in enumerate(planes):
         for off in (0.0, 3e-8, -5e-8):
             flat = flat_offset(oracle, row, offset + off, np.random.default_rng(unit),
                                scale=2.0, domain=domain)

@@ -73,10 +73,9 @@ def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Genera
     median of a few critical points', can be off by a few ``1e-8``, which a line along
     ``row`` locates to about ``1e-12`` (on trained MNIST 784-64-64-10 in ``[0, 1]^784``, five
     first-layer units were refused so, off by about ``1e-8`` to ``5e-8``, traced outside
-    the benchmark); a kink's distance to the hyperplane is
-    measured from its point, not from the line's origin, which the box may leave about
-    ``1e-7`` off it (and had a first-layer unit of that victim refused, traced outside the
-    benchmark).
+    the benchmark). A kink's distance to the hyperplane is measured from the kink's point,
+    not from the line's origin, which the box may leave about ``1e-7`` off it (a sixth unit of
+    that victim was refused so).
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
