@@ -816,7 +816,11 @@ def test_a_neuron_with_a_gradient_on_a_sliver_is_tested_from_near_its_critical_p
     assert flat_above(oracle, prefix, w2, b2, rng, scale=1.0, near=near).all()
 
 
-def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_jointly():
+@pytest.mark.parametrize("gesdd", ["converges", "fails"])
+def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_jointly(
+        gesdd, monkeypatch):
+    """Also where numpy's SVD (LAPACK's gesdd) does not converge, as it did once on a trained
+    MNIST victim in [0, 1]^784: the joint solve falls back to gesvd, with the same rows."""
     from model_extraction.attacks.functional.joint import joint_rows
     from model_extraction.attacks.functional.signatures import Signatures
 
@@ -835,7 +839,12 @@ def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_j
     assert not unique.any()  # no point's own coefficients are unique
     empty = Signatures(np.zeros((0, 14)), np.zeros(0), np.zeros((0, 14), dtype=bool), (),
                        np.zeros(0))
+    if gesdd == "fails":
+        def no_convergence(*args, **kwargs):
+            raise np.linalg.LinAlgError("SVD did not converge")
+        monkeypatch.setattr(np.linalg, "svd", no_convergence)
     layer = joint_rows(empty, prefix, points, normals, np.arange(len(points)), rng)
+    monkeypatch.undo()
     assert len(layer.rows) == 2
     for row, bias, known, members in zip(layer.rows, layer.biases, layer.known, layer.members,
                                          strict=True):

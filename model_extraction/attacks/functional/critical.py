@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from numpy.typing import NDArray
 
 from model_extraction.oracle import Oracle
 
 from .domain import Domain
+from .linalg import thin_svd
 from .search import Kink, Line, LineSearchStats, search_line
 
 Array = NDArray[np.float64]
@@ -127,10 +127,7 @@ class Span:
 def _row_space(rows: Array, rtol: float) -> Array:
     """An orthonormal basis ``(r, d)`` of the span of ``rows`` ``(h, d)``: the right singular
     vectors whose singular values exceed ``rtol`` times the largest."""
-    try:
-        _, s, vt = np.linalg.svd(rows, full_matrices=False)
-    except np.linalg.LinAlgError:  # LAPACK's gesdd does not converge on rare matrices
-        _, s, vt = scipy.linalg.svd(rows, full_matrices=False, lapack_driver="gesvd")
+    _, s, vt = thin_svd(rows)
     return vt[: int(np.sum(s > rtol * s[0]))] if len(s) and s[0] > 0 else vt[:0]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from .linalg import thin_svd
 from .prefix import Prefix
 from .signatures import Signatures, first_coordinates
 
@@ -45,8 +46,11 @@ def _systems(prefix: Prefix, points: Array, normals: Array) -> tuple[list[Array]
         b = beta[:, i] / max(float(np.linalg.norm(beta[:, i])), 1e-300)
         grads = (jac[-1][i] * active[i][:, None]).T  # (h1, h_T): v ↦ Σ v_k g_k
         off = grads - np.outer(b, b @ grads)  # its component off the measured normal
-        _, s, vt = np.linalg.svd(off, full_matrices=False)
-        rows = vt[s > 1e-9 * max(s[0], 1e-300)]
+        if np.isfinite(off).all():
+            _, s, vt = thin_svd(off)
+            rows = vt[s > 1e-9 * max(s[0], 1e-300)]
+        else:  # a normal not measured: the point lies on the hyperplane, no more
+            rows = np.zeros((0, off.shape[1]))
         plane = np.append(acts[i], 1.0)
         out.append(np.vstack([np.hstack([rows, np.zeros((len(rows), 1))]),
                               plane / np.linalg.norm(plane)]))
@@ -55,12 +59,12 @@ def _systems(prefix: Prefix, points: Array, normals: Array) -> tuple[list[Array]
 
 def _solve(eqs: list[Array], cover: NDArray[np.bool_]) -> Array | None:
     """The unit ``(v, b)`` on the ``cover`` units (zero elsewhere) that the stacked equations
-    fix, or ``None`` when they fix none or more than one."""
+    fix, or ``None`` when they fix none or more than one (or are not finite)."""
     cols = np.append(cover, True)
     stacked = np.vstack([e[:, cols] for e in eqs])
-    if len(stacked) < cols.sum():
+    if len(stacked) < cols.sum() or not np.isfinite(stacked).all():
         return None
-    _, s, vt = np.linalg.svd(stacked, full_matrices=False)
+    _, s, vt = thin_svd(stacked)
     if s[-1] > _NULL * s[0] or s[-2] < _GAP * s[0]:
         return None
     sol = np.zeros(len(cols))
