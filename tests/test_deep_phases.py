@@ -455,6 +455,11 @@ def test_a_first_layer_plane_tilted_by_3e_7_is_refined_before_it_is_tested_again
         sign = np.sign(found_planes.rows[0] @ row)
         assert np.linalg.norm(sign * found_planes.rows[0] - row) < 1e-9
         assert abs(sign * found_planes.offsets[0] - offset) < 1e-9
+        # a hyperplane the kinks miss by more than 1e-6 is not this neuron's: no refinement
+        far, refined = layers._flat_or_refined(oracle, (row, offset + 1e-4),
+                                               np.random.default_rng(unit), 2.0, domain,
+                                               few=False, across=[], explained=None)
+        assert far is None and not refined
     assert refused == len(planes)  # not flat as the group's normals place it
 
 
@@ -849,7 +854,7 @@ def test_a_neuron_with_a_gradient_on_a_sliver_is_tested_from_near_its_critical_p
 def test_neurons_whose_critical_points_all_have_dependent_gradients_are_solved_jointly(
         gesdd, monkeypatch):
     """Also where numpy's SVD (LAPACK's gesdd) does not converge, as it did once on a trained
-    MNIST victim in [0, 1]^784: the joint solve falls back to gesvd, with the same rows."""
+    MNIST victim in [0, 1]^784: the joint solve falls back to gesvd, and finds both rows."""
     from model_extraction.attacks.functional.joint import joint_rows
     from model_extraction.attacks.functional.signatures import Signatures
 

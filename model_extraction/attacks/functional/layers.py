@@ -152,8 +152,9 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
                 domain: Domain | None = None, known: Hyperplanes | None = None) -> Hyperplanes:
     """The first layer's hyperplanes among ``found``: groups of critical points with one normal
     and one offset, seen on at least ``min_lines`` lines, that pass :func:`is_flat` (refined
-    and tested again where the kinks miss the group's hyperplane by less than ``_NEAR scale``,
-    :func:`_flat_or_refined`; their points then start no other group). ``seeds``
+    and tested again where a kink after the first misses the hyperplane the first placed by
+    less than ``_NEAR scale``, :func:`_flat_or_refined`; their points then start no other
+    group in this call). ``seeds``
     ``(m,)``: the points a group may start from (default all; the points already examined on
     an earlier pass need not start one again), its members are taken from all. In a bounded
     ``domain``, each candidate is tested first on the other side of up to ``_ACROSS`` of the
@@ -185,8 +186,8 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
             planes = _found(known, rows, cs, len(n)) if boxed else None
             across = _across(*planes, pts[group], rng) if boxed else []
             # seen on fewer than 3 lines (min_lines < 3, in a box): twice the evidence
-            flat, refined = _flat_or_refined(oracle, (n, c), rng, scale, domain, seen < 3,
-                                             across, planes)
+            flat, refined = _flat_or_refined(oracle, (n, c), rng, scale, domain,
+                                             few=seen < 3, across=across, explained=planes)
             spent[group] |= refined  # refined once: its points start no group again
             if flat is None:
                 continue
@@ -199,26 +200,33 @@ def first_layer(oracle: Oracle, found: CriticalPoints, rng: np.random.Generator,
 
 
 def _flat_or_refined(oracle: Oracle, plane: tuple[Array, float], rng: np.random.Generator,
-                     scale: float, domain: Domain | None, few: bool,
+                     scale: float, domain: Domain | None, *, few: bool,
                      across: Sequence[tuple[Array, float]],
                      explained: tuple[Array, Array] | None,
                      ) -> tuple[tuple[Array, float] | None, bool]:
     """A candidate ``plane`` ``(row, offset)`` tested for flatness (:func:`_flatness`; ``few``:
-    seen on fewer than 3 lines, twice the evidence needed), and where a kink within ``_NEAR
-    scale`` of it refuses it (the mean of its points' finite-difference normals can be off
-    by about ``6e-8`` rad, and its hyperplane ``1e-7`` off where the box's far side is
-    tested: MNIST 784-64-64-10's unit 1 in ``[0, 1]^784``, traced outside the benchmark),
-    refined through ``3 (d + 1)`` crossings of it (:func:`.refinement.refit_first_layer`)
-    and tested again. Returns the hyperplane that passed (or ``None``) and whether a
-    refinement was spent on it."""
-    kw = {"scale": scale, "domain": domain, "tries": 24 if few else 12,
-          "hits_needed": 8 if few else 4, "across": across, "explained": explained}
-    offset, tilted = _flatness(oracle, *plane, rng, **kw)
+    seen on fewer than 3 lines, twice the evidence needed), and where a later kink refuses
+    it from within ``_NEAR scale`` of it, once the first has placed it (the mean of its
+    points' finite-difference normals can be off by about ``6e-8`` rad, and its hyperplane
+    ``1e-7`` off where the box's far side is tested: MNIST 784-64-64-10's unit 1 in
+    ``[0, 1]^784``, traced outside the benchmark), refined through up to ``3 (d + 1)``
+    crossings of it (:func:`.refinement.refit_first_layer`) and, where that moved it, tested
+    again (a refit that keeps the estimate gives no second chance). Returns the hyperplane
+    that passed (or ``None``) and whether a refinement was spent on it."""
+
+    def tested(row: Array, offset: float) -> tuple[float | None, bool]:
+        return _flatness(oracle, row, offset, rng, scale=scale, tries=24 if few else 12,
+                         hits_needed=8 if few else 4, domain=domain, across=across,
+                         explained=explained)
+
+    offset, tilted = tested(*plane)
     if offset is not None or not tilted:
         return (None if offset is None else (plane[0], offset)), False
     rows, offsets, _ = refit_first_layer(oracle, plane[0][None], np.array([plane[1]]), rng,
                                          scale=scale, domain=domain)
-    offset, _ = _flatness(oracle, rows[0], float(offsets[0]), rng, **kw)
+    if np.array_equal(rows[0], plane[0]) and offsets[0] == plane[1]:
+        return None, True  # the crossings did not beat the estimate
+    offset, _ = tested(rows[0], float(offsets[0]))
     return (None if offset is None else (rows[0], offset)), True
 
 
