@@ -23,7 +23,7 @@ from model_extraction.attacks.functional.layers import (
     is_flat,
 )
 from model_extraction.attacks.functional.prefix import PLACED_MARGIN, Prefix, placed_on
-from model_extraction.attacks.functional.search import Line
+from model_extraction.attacks.functional.search import Line, search_line
 from model_extraction.attacks.functional.signatures import coefficients
 from model_extraction.attacks.functional.signs import signs_by_preimage
 from model_extraction.attacks.functional.wiggle import signs_by_wiggle
@@ -463,6 +463,30 @@ def test_a_first_layer_plane_tilted_by_3e_7_is_refined_before_it_is_tested_again
     assert refused == len(planes)  # not flat as the group's normals place it
 
 
+@pytest.mark.parametrize("weak", [1e-4, 1e-5])
+def test_a_weak_kink_located_loosely_neither_refuses_nor_passes_a_plane(weak):
+    # a first-layer unit whose outgoing weights are small changes the slope little: the line
+    # search accepts its kink up to ``Kink.resolution`` away and located one 3e-8 off on random
+    # 40-20-10-1 seed 2 in [-1, 1]^40, whose exact first-layer plane was then refused
+    base = ReLUNetwork.random(12, (10, 8), 1, seed=3)
+    (w1, b1), (w2, b2), (w3, b3) = base.layers
+    w2 = w2.copy()
+    w2[:, 0] *= weak
+    oracle = ModelOracle(ReLUNetwork(w1, b1, w3, b3, hidden_layers=((w2, b2),)))
+    norm = np.linalg.norm(w1[0])
+    row, offset = w1[0] / norm, float(b1[0] / norm)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.standard_normal(12)
+        p -= (p @ row + offset) * row
+        kinks, _ = search_line(oracle, Line(p, row), (-0.1, 0.083), grid=32)
+        kink = min(kinks, key=lambda k: abs(k.t))
+        assert abs(kink.t) <= kink.resolution  # the unit's kink, within what it vouches for
+    for seed in range(10):  # before: 8 and 2 of 10 refused
+        flat = flat_offset(oracle, row, offset, np.random.default_rng(seed), scale=2.0)
+        assert flat is not None and abs(flat - offset) < 1e-10
+
+
 def test_a_true_neuron_is_flat_above_its_layer_and_a_random_plane_is_not():
     victim = _victim(seed=2)
     oracle, prefix, rng = ModelOracle(victim), _prefix(victim, 1), np.random.default_rng(0)
@@ -662,6 +686,27 @@ def test_a_refit_improves_what_its_points_determine_and_keeps_the_rest():
     assert np.isnan(better_plane(points[:8], estimate, 0.3)[2])  # too few points to tell
 
 
+def test_a_refit_drops_crossings_far_off_that_a_fit_hides_among_the_others():
+    """With 1.5 (d + 1) points for d + 1 unknowns, a fit leaves a point far off only about a
+    third of its distance: three crossings 5e-9 to 4e-8 off (random 40-20-10-1 seed 2 in
+    [-1, 1]^40) tilted the fit by 1e-8 and hid among the residuals, and an estimate 8e-9 off
+    was kept. Their deleted residuals stand out; the refit drops them."""
+    from model_extraction.attacks.functional.refinement import better_plane
+
+    rng = np.random.default_rng(6)
+    d = 40
+    row = rng.standard_normal(d)
+    row /= np.linalg.norm(row)
+    points = rng.uniform(-1, 1, (3 * (d + 1), d))
+    points -= (points @ row + 0.2)[:, None] * row  # on the plane, to float64 rounding
+    points[[4, 30, 86]] += np.array([4e-8, -1.7e-8, 5e-9])[:, None] * row  # in the fit half
+    tilt = rng.standard_normal(d)
+    estimate = row + 8e-9 * (tilt - (tilt @ row) * row) / np.linalg.norm(tilt)
+    n, c, _ = better_plane(points, estimate, 0.2)
+    scale = np.linalg.norm(n)
+    assert np.linalg.norm(n / scale - row) < 1e-11 and abs(c / scale - 0.2) < 1e-11
+
+
 def test_a_refit_corrects_the_weight_of_a_unit_active_at_a_minority_of_its_points():
     """An error in the weight of a unit active at a fifth of the points leaves most points on
     the estimate: the median over all of them does not see it, the median over the points
@@ -831,6 +876,34 @@ def test_points_of_one_signature_on_parallel_hyperplanes_make_one_candidate_each
         scale = r @ row / (row @ row)
         np.testing.assert_allclose(r, scale * row, rtol=1e-9)
         np.testing.assert_allclose(b, scale * (bias if m[0] == 100 else deeper), rtol=1e-9)
+
+
+def test_points_of_a_signature_with_units_off_at_all_of_them_keep_the_joined_row():
+    """Every row on units inactive at all of a hyperplane's points passes through them: where
+    a parallel hyperplane's points (a neuron further up) gave the joined row those entries,
+    the fit through the neuron's own points took such a row (on random 30-12-16-8-1 seed 0,
+    ``-0.39 e_0 + 0.92 e_9`` with bias 0, which passed the flatness test, pass after pass).
+    The joined row is kept there, with the median bias."""
+    from model_extraction.attacks.functional.signatures import next_layer
+
+    rng = np.random.default_rng(1)
+    row, bias, deeper = rng.standard_normal(6), 0.3, -0.8
+    below, coef = [], []
+    while len(below) < 11:  # 8 points of the neuron with units 0, 5 off; 3 further up
+        on_neuron = len(below) < 8
+        active = np.ones(6, dtype=bool)
+        active[[0, 5]] = not on_neuron
+        a = np.where(active, rng.uniform(0.1, 1.0, 6), 0.0)
+        a[2] -= ((bias if on_neuron else deeper) + a @ row) / row[2]
+        if a[2] > 0.05:
+            below.append(a)
+            coef.append(np.where(active, row, 0.0) * rng.uniform(0.5, 2.0))
+    layer = next_layer(np.array(below), np.array(coef), np.arange(11))
+    assert sorted(map(len, layer.members)) == [3, 8] and layer.known.all()
+    for r, b in zip(layer.rows, layer.biases, strict=True):
+        scale = r @ row / (row @ row)
+        np.testing.assert_allclose(r, scale * row, rtol=1e-9)
+        assert b / scale in (pytest.approx(bias, rel=1e-9), pytest.approx(deeper, rel=1e-9))
 
 
 def test_a_neuron_with_a_gradient_on_a_sliver_is_tested_from_near_its_critical_points():

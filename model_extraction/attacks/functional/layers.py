@@ -76,7 +76,9 @@ def flat_offset(oracle: Oracle, row: Array, offset: float, rng: np.random.Genera
     first-layer units were refused so, off by about ``1e-8`` to ``5e-8``, traced outside
     the benchmark). A kink's distance to the hyperplane is measured from the kink's point,
     not from the line's origin, which the box may leave about ``1e-7`` off it (a sixth unit of
-    that victim was refused so).
+    that victim was refused so). A kink off the hyperplane by no more than the search can
+    locate it (:attr:`.search.Kink.resolution`: a weak one, whose slope changes little) says
+    nothing.
     In a bounded ``domain``, the points are drawn in the box (:meth:`~.domain.Domain.draw`)
     and moved onto the hyperplane within it (:meth:`~.domain.Domain.onto_plane`), and a line
     that would leave the box is not searched (that try says nothing). ``across``: half-spaces
@@ -110,16 +112,20 @@ def _flatness(oracle: Oracle, row: Array, offset: float, rng: np.random.Generato
         tested += side is None
         kinks, _ = search_line(oracle, Line(p, row), (-r, 0.83 * r), grid=32)
         ts = np.array([k.t for k in kinks])
+        loose = np.array([k.resolution for k in kinks])
         if explained is not None and len(ts):
             x = p + ts[:, None] * row
-            far = np.abs(x @ explained[0].T + explained[1]) > _EXPLAINED * scale
-            ts = ts[np.all(far, axis=1)]
+            far = np.all(np.abs(x @ explained[0].T + explained[1]) > _EXPLAINED * scale, axis=1)
+            ts, loose = ts[far], loose[far]
         if not len(ts):
             continue  # the neuron is invisible here (every path from it is inactive)
         # each kink's height over the hyperplane: a point moved onto it within the box lies
         # up to about 1e-7 off it, and the kink's t along the line then is not its height
         heights = ts + (p @ row + offset)
-        h = float(heights[np.argmin(np.abs(heights))])
+        nearest = np.argmin(np.abs(heights))
+        h = float(heights[nearest])
+        if _ON_PLANE * scale < abs(h) <= loose[nearest]:
+            continue  # a kink this weak is located too loosely to tell: this point says nothing
         if not met and _ON_PLANE * scale < abs(h) <= _NEAR * scale:
             offset -= h  # the first kink met: the hyperplane is there
         elif abs(h) > _ON_PLANE * scale:
