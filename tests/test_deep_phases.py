@@ -690,7 +690,7 @@ def test_a_refit_drops_crossings_far_off_that_a_fit_hides_among_the_others():
     """With 1.5 (d + 1) points for d + 1 unknowns, a fit leaves a point far off only about a
     third of its distance: three crossings 5e-9 to 4e-8 off (random 40-20-10-1 seed 2 in
     [-1, 1]^40) tilted the fit by 1e-8 and hid among the residuals, and an estimate 8e-9 off
-    was kept. Their deleted residuals stand out; the refit drops them."""
+    was kept. Their studentized residuals stand out; the refit drops them."""
     from model_extraction.attacks.functional.refinement import better_plane
 
     rng = np.random.default_rng(6)
