@@ -123,12 +123,12 @@ def _never_together(share=0.03):
                        hidden_layers=((w2, b2), (w3, b3)))
 
 
-@pytest.mark.parametrize("seed, seen", [(2, True), (8, True), (9, False)])
+@pytest.mark.parametrize("seed, seen", [(0, True), (8, True), (9, False)])
 def test_a_weight_seen_only_off_the_gaussian_region_is_found_or_said(seed, seen):
     """A last-layer neuron whose weight on a unit below shows only where both are active, never
     together on 400,000 Gaussian inputs: an ascent over the layers extracted finds where they
     are, and a critical point there, or the weight is measured from the kinks of lines across
-    the neuron's hyperplane where the unit is active (:mod:`.unseen`; seeds 2 and 8), or,
+    the neuron's hyperplane where the unit is active (:mod:`.unseen`; seeds 0 and 8), or,
     where neither gets there (seed 9), the neuron is kept with that weight at 0 and the result
     lists it (before all three, the attack missed the neuron and refused)."""
     victim = _never_together()
