@@ -387,6 +387,31 @@ def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active(
         assert 0 < oracle.queries < 20_000
 
 
+@pytest.mark.parametrize("unit", [3, 7])
+def test_two_weights_never_seen_in_one_row_are_measured_one_after_the_other(unit):
+    """Two unseen weights of one row: a kink where both units are active gives no candidate
+    for either (the other's weight would be in it); the weight measured first goes into the
+    row, and the other is measured again with it (before, unit 0's weight stayed unseen: on
+    the victim's unit 3 and 7 are active at 100% and 84% of the points where unit 0 is)."""
+    from model_extraction.attacks.functional.prefix import Prefix
+    from model_extraction.attacks.functional.unseen import measure_unseen
+
+    victim = _never_together()
+    prefix = Prefix(victim.layers[:2])
+    w3, b3 = (np.array(a) for a in victim.layers[2])
+    rng = np.random.default_rng(0)
+    anchors = [prefix.onto(rng.standard_normal((64, 10)), w3[j], float(b3[j]), 20)
+               for j in range(len(b3))]
+    unseen = np.zeros(w3.shape, dtype=bool)
+    unseen[0, [0, unit]] = True
+    oracle = ModelOracle(victim)
+    out = measure_unseen(oracle, prefix, np.where(unseen, 0.0, w3), b3, unseen, anchors, rng,
+                         1.0)
+    np.testing.assert_allclose(out[0, [0, unit]], w3[0, [0, unit]], rtol=1e-8)
+    np.testing.assert_array_equal(out[~unseen], w3[~unseen])
+    assert 0 < oracle.queries < 40_000
+
+
 def test_a_box_and_its_reference_inputs_are_checked_before_any_query():
     oracle = ModelOracle(ReLUNetwork.random(10, (10, 10), 1, seed=0))
     bad = [({"input_bounds": (1.0, 0.0)}, "low < high"),

@@ -28,7 +28,8 @@ Array = NDArray[np.float64]
 __all__ = ["measure_unseen"]
 
 _STARTS = 64  # ascents toward each (neuron, unit) pair, a quarter from its critical points
-_LINES = 8  # lines searched for each pair, at most
+_LINES = 8  # lines searched for each pair and round, at most
+_ROUNDS = 4  # rounds for a row whose weights are measured one after another
 _VOTES = 3  # lines whose candidates must agree
 _AGREE = 1e-6  # relative agreement of two candidates
 _LINE_QUERIES = 4096  # most queries of one line's search (one along a hyperplane finds many)
@@ -44,13 +45,29 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     Gaussian points brought onto its estimated hyperplane (the critical points of a rare
     neuron lie close together, and the ascents from them seldom get there), and are searched
     over ``|t| ≤ 0.2 scale`` (a grid of 64 intervals; one line search each, no Jacobian, at
-    most ``_LINE_QUERIES``). Costs the line searches only: at most ``8 · 4096`` queries a
-    pair. In a bounded ``domain`` the starts are drawn in the box, placed on the hyperplane
-    and moved by the ascents inside it, and each line searched where it lies in it."""
-    out = rows.copy()
-    pairs = np.argwhere(unseen)
-    if not len(pairs):
-        return out
+    most ``_LINE_QUERIES``). A kink where another weight of the row still unseen has its unit
+    active gives no candidate (that weight would be in it); a row that gains a weight and
+    still lacks one is measured again with it, up to ``_ROUNDS`` rounds in all. Costs the
+    line searches only: at most ``8 · 4096`` queries a pair and round. In a bounded
+    ``domain`` the starts are drawn in the box, placed on the hyperplane and moved by the
+    ascents inside it, and each line searched where it lies in it."""
+    out, left = rows.copy(), unseen.copy()
+    again = np.ones(len(rows), dtype=bool)
+    for _ in range(_ROUNDS):
+        pairs = np.argwhere(left & again[:, None])
+        if not len(pairs):
+            break
+        before = left.copy()
+        _measure_round(oracle, prefix, out, biases, left, pairs, anchors, rng, scale, domain)
+        again = np.any(before != left, axis=1) & np.any(left, axis=1)
+    return out
+
+
+def _measure_round(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
+                   left: NDArray[np.bool_], pairs: NDArray[np.int64], anchors: list[Array],
+                   rng: np.random.Generator, scale: float, domain: Domain | None) -> None:
+    """One round of :func:`measure_unseen` over ``pairs`` ``(p, 2)`` (neuron, unit): each
+    weight measured is written into ``rows`` and taken off ``left``, in place."""
     d, box = prefix.layers[0][0].shape[1], box_of(domain)
     starts = []
     for i, _ in pairs:  # near the neuron's critical points, and anywhere on its hyperplane
@@ -70,18 +87,20 @@ def measure_unseen(oracle: Oracle, prefix: Prefix, rows: Array, biases: Array,
     for k, (i, u) in enumerate(pairs):
         mine = [line for line, s in zip(lines, pair[source], strict=True) if s == k]
         mine = [mine[j] for j in rng.permutation(len(mine))[:_LINES]]  # from any start
-        candidates = [_candidates(oracle, prefix, rows[i], float(biases[i]), int(u), line,
-                                  scale, domain) for line in mine]
+        blind = np.flatnonzero(left[i] & (np.arange(left.shape[1]) != u))
+        candidates = [_candidates(oracle, prefix, rows[i], float(biases[i]), int(u), blind,
+                                  line, scale, domain) for line in mine]
         weight = _agreed(candidates)
         if weight is not None:
-            out[i, u] = weight
-    return out
+            rows[i, u], left[i, u] = weight, False
 
 
 def _candidates(oracle: Oracle, prefix: Prefix, row: Array, bias: float, unit: int,
-                line: Line, scale: float, domain: Domain | None = None) -> Array:
+                blind: NDArray[np.int64], line: Line, scale: float,
+                domain: Domain | None = None) -> Array:
     """The weight on ``unit`` that puts each kink of ``line`` on the neuron's hyperplane (the
-    kinks where ``unit`` is active)."""
+    kinks where ``unit`` is active and none of the units ``blind``, whose weights are not
+    known yet)."""
     inside = (-0.2 * scale, 0.166 * scale)
     inside = inside if domain is None else domain.within(line, inside)
     if inside is None:
@@ -92,7 +111,7 @@ def _candidates(oracle: Oracle, prefix: Prefix, row: Array, bias: float, unit: i
     x = line.at(np.array([k.t for k in kinks]))
     a = prefix.top(x)
     e = a @ row + bias
-    live = a[:, unit] > 0
+    live = (a[:, unit] > 0) & ~np.any(a[:, blind] > 0, axis=1)
     return -e[live] / a[live, unit]
 
 
