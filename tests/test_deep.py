@@ -362,13 +362,10 @@ def test_the_notes_say_which_orientations_are_guesses():
     assert "orientations of 2 middle-layer neurons" in note and "guessed_signs" in note
 
 
-def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active():
-    """The rest of the row known, each kink of a line across the neuron's hyperplane where the
-    unit is active gives a candidate weight; the neuron's own kinks agree across lines, and
-    their value is the weight, whichever orientation the row has (no Jacobian is measured:
-    line searches only)."""
+def _last_layer_known_below():
+    """:func:`_never_together`'s victim, its first two layers as the prefix, its third layer's
+    rows and biases, a generator, and 64 points on each third-layer hyperplane."""
     from model_extraction.attacks.functional.prefix import Prefix
-    from model_extraction.attacks.functional.unseen import measure_unseen
 
     victim = _never_together()
     prefix = Prefix(victim.layers[:2])
@@ -376,6 +373,17 @@ def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active(
     rng = np.random.default_rng(0)
     anchors = [prefix.onto(rng.standard_normal((64, 10)), w3[j], float(b3[j]), 20)
                for j in range(len(b3))]
+    return victim, prefix, w3, b3, rng, anchors
+
+
+def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active():
+    """The rest of the row known, each kink of a line across the neuron's hyperplane where the
+    unit is active gives a candidate weight; the neuron's own kinks agree across lines, and
+    their value is the weight, whichever orientation the row has (no Jacobian is measured:
+    line searches only)."""
+    from model_extraction.attacks.functional.unseen import measure_unseen
+
+    victim, prefix, w3, b3, rng, anchors = _last_layer_known_below()
     unseen = np.zeros(w3.shape, dtype=bool)
     unseen[0, 0] = True
     for sign in (1.0, -1.0):
@@ -393,15 +401,9 @@ def test_two_weights_never_seen_in_one_row_are_measured_one_after_the_other(unit
     for either (the other's weight would be in it); the weight measured first goes into the
     row, and the other is measured again with it (before, unit 0's weight stayed unseen: on
     the victim's unit 3 and 7 are active at 100% and 84% of the points where unit 0 is)."""
-    from model_extraction.attacks.functional.prefix import Prefix
     from model_extraction.attacks.functional.unseen import measure_unseen
 
-    victim = _never_together()
-    prefix = Prefix(victim.layers[:2])
-    w3, b3 = (np.array(a) for a in victim.layers[2])
-    rng = np.random.default_rng(0)
-    anchors = [prefix.onto(rng.standard_normal((64, 10)), w3[j], float(b3[j]), 20)
-               for j in range(len(b3))]
+    victim, prefix, w3, b3, rng, anchors = _last_layer_known_below()
     unseen = np.zeros(w3.shape, dtype=bool)
     unseen[0, [0, unit]] = True
     oracle = ModelOracle(victim)
