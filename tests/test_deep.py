@@ -399,8 +399,8 @@ def test_a_weight_never_seen_is_measured_from_kinks_where_both_units_are_active(
 def test_two_weights_never_seen_in_one_row_are_measured_one_after_the_other(unit):
     """Two unseen weights of one row: a kink where both units are active gives no candidate
     for either (the other's weight would be in it); the weight measured first goes into the
-    row, and the other is measured again with it (before, unit 0's weight stayed unseen: on
-    the victim's unit 3 and 7 are active at 100% and 84% of the points where unit 0 is)."""
+    row, and the other is measured again with it (before, unit 0's weight stayed unseen: the
+    victim's units 3 and 7 are active at 100% and 84% of the Gaussian points where unit 0 is)."""
     from model_extraction.attacks.functional.unseen import measure_unseen
 
     victim, prefix, w3, b3, rng, anchors = _last_layer_known_below()
